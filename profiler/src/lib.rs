@@ -1,4 +1,14 @@
 //! `profiler`: an eBPF profiler and latency tracer. The binary in `main.rs` only parses the
 //! command line and dispatches here, so tests and benchmarks run the same code the CLI does.
 
+pub mod cli;
+pub mod ebpf;
+pub mod framepointers;
 pub mod load;
+pub mod preflight;
+pub mod probes;
+pub mod procmaps;
+pub mod report;
+pub mod session;
+pub mod stacks;
+pub mod symbolize;

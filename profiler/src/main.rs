@@ -1,30 +1,66 @@
-use std::process::ExitCode;
+use std::{
+    process::ExitCode,
+    sync::{Arc, atomic::AtomicBool},
+};
 
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(name = "profiler", version, about = "eBPF profiler and latency tracer")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Drive load against a stratum or HTTP target and report client-side latency.
-    Load(profiler::load::LoadArgs),
-}
+use anyhow::Context as _;
+use clap::Parser as _;
+use profiler::{
+    cli::{AttachArgs, Cli, Command},
+    session::{AttachError, Session},
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let level = if cli.verbose { "debug" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .init();
     let result = match cli.command {
+        Command::Attach(args) => attach(args, cli.verbose),
         Command::Load(args) => profiler::load::run(args),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
+            if cli.verbose
+                && let Some(log) = err.downcast_ref::<AttachError>().and_then(|e| match e {
+                    AttachError::Probe(p) => p.verifier_log(),
+                    _ => None,
+                })
+            {
+                eprintln!("verifier log:\n{log}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+fn attach(args: AttachArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second Ctrl-C exits at once; the kernel detaches our programs when we exit.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
+            .context("installing signal handlers")?;
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let opts = args.into_options(verbose);
+    let mut session = Session::start(opts.clone())?;
+    let target = session.target();
+    let until = match opts.duration {
+        Some(d) => format!("for {}", humantime::format_duration(d)),
+        None => "until Ctrl-C".to_string(),
+    };
+    eprintln!(
+        "profiling pid {} ({}) {until}; writing to {}",
+        target.pid,
+        target.comm,
+        session.out_dir().display()
+    );
+    let end = session.run(&stop);
+    let outcome = session.finish(end)?;
+    println!("{}", outcome.terminal);
+    println!("\nreports in {}", outcome.dir.display());
+    Ok(ExitCode::SUCCESS)
 }

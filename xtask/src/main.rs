@@ -1,1 +1,106 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | test | demo | bench | lint`.
+//!
+//! `test` and `demo` run `setup` first, so on a fresh machine the README's two commands are all
+//! a user types.
+
+mod bench;
+mod demo;
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: nightly rust-src, bpf-linker, apt packages.
+    Setup,
+    /// Run every test (as root: the kernel tests load eBPF programs).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The main job: profile the bundled target under load and write the reports.
+    Demo,
+    /// Measure overhead and speed; results go to results/bench/.
+    Bench(bench::BenchArgs),
+    /// cargo fmt --check and clippy -D warnings over the workspace.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::run(),
+        Task::Test { args } => setup::run().and_then(|()| test(&args)),
+        Task::Demo => setup::run().and_then(|()| demo::run()),
+        Task::Bench(args) => setup::run().and_then(|()| bench::run(args)),
+        Task::Lint => setup::run().and_then(|()| lint()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let mut cmd = util::cargo();
+    // profiler-ebpf only builds for the BPF target; profiler/build.rs builds it.
+    cmd.args(["test", "--workspace", "--exclude", "profiler-ebpf"])
+        .args(args);
+    // Kernel tests check that nothing of theirs stays loaded, and time-sensitive ones need the
+    // CPUs to themselves: one test at a time.
+    if !args.iter().any(|a| a == "--") {
+        cmd.arg("--");
+    }
+    cmd.arg("--test-threads=1");
+    util::as_root(&mut cmd);
+    util::run(&mut cmd)
+}
+
+fn lint() -> anyhow::Result<()> {
+    util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
+    util::run(util::cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "profiler-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate, as it is really built: nightly, BPF target, core only.
+    util::run(
+        std::process::Command::new("rustup")
+            .current_dir(util::workspace_root())
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--package",
+                "profiler-ebpf",
+            ])
+            .args([
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
+            .args(["--target-dir", "target/ebpf-lint", "--", "-D", "warnings"]),
+    )
+}

@@ -1,0 +1,40 @@
+//! `cpu`: samples the target's stacks from a cpu-clock perf event on every CPU.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_comm,
+    macros::{map, perf_event},
+    maps::HashMap,
+    programs::PerfEventContext,
+};
+use aya_log_ebpf::debug;
+use profiler_common::{stack::StackKey, stats};
+
+use crate::shared::{add_to, count, kernel_stack, target_thread, user_stack};
+
+#[map]
+static CPU_COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(65536, 0);
+
+#[perf_event]
+pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
+    let Some((tgid, tid)) = target_thread() else {
+        return 0;
+    };
+    count(stats::CPU_SAMPLES);
+    // SAFETY: perf_event programs get a valid bpf_perf_event_data.
+    let cs = unsafe { (*ctx.ctx).regs.cs };
+    let key = StackKey {
+        tgid,
+        tid,
+        user_stack: user_stack(&ctx),
+        kernel_stack: kernel_stack(&ctx, cs & 3 == 3),
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    if !add_to(&CPU_COUNTS, &key, 1, stats::CPU_COUNTS_FULL) {
+        debug!(
+            &ctx,
+            "cpu: CPU_COUNTS is full, sample of tid {} dropped", tid
+        );
+    }
+    0
+}

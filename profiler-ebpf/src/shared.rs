@@ -1,0 +1,171 @@
+//! What every probe family uses: the target filter, the stats counters, and stack capture.
+
+use aya_ebpf::{
+    EbpfContext, Global,
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_stack},
+    macros::map,
+    maps::{HashMap, PerCpuArray, StackTrace},
+    programs::tracing::StackIdContext,
+};
+use profiler_common::{
+    stack::{MAX_USER_FRAMES, NO_KERNEL_STACK, NO_USER_STACK, UserStack, unwinder},
+    stats,
+};
+
+const EEXIST: i32 = 17;
+
+/// The target's tgid, set by the loader.
+#[unsafe(no_mangle)]
+static TARGET_TGID: Global<u32> = Global::new(0);
+
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+
+#[map]
+static USER_STACKS: HashMap<u64, UserStack> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+static KERNEL_STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+#[map]
+static SCRATCH_STACK: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 0);
+
+/// The current thread as (tgid, tid) if it belongs to the target.
+#[inline(always)]
+pub fn target_thread() -> Option<(u32, u32)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let target = TARGET_TGID.load();
+    (target != 0 && tgid == target).then_some((tgid, pid_tgid as u32))
+}
+
+/// Bumps a stats counter. Per-CPU, so a plain add suffices.
+#[inline(always)]
+pub fn count(stat: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(stat) {
+        // SAFETY: the pointer is into this CPU's slot of a live map.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Adds `by` to `map[key]`, creating the entry. Returns false, having counted `full_stat`,
+/// when the map has no room.
+#[inline(always)]
+pub fn add_to<K>(map: &HashMap<K, u64>, key: &K, by: u64, full_stat: u32) -> bool {
+    if let Some(value) = map.get_ptr_mut(key) {
+        atomic_add(value, by);
+        return true;
+    }
+    match map.insert(key, by, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        // Another CPU created it between our lookup and insert.
+        Err(e) if e == -EEXIST => {
+            if let Some(value) = map.get_ptr_mut(key) {
+                atomic_add(value, by);
+            }
+            true
+        }
+        Err(_) => {
+            count(full_stat);
+            false
+        }
+    }
+}
+
+/// An atomic add on map memory (BPF_ATOMIC_ADD): core's atomics have no RMW for the BPF target.
+#[inline(always)]
+pub fn atomic_add(value: *mut u64, by: u64) {
+    // SAFETY: callers pass pointers to live, 8-byte aligned map values.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            value, by,
+        );
+    }
+}
+
+/// Records the kernel stack; [`NO_KERNEL_STACK`] when the context was in user mode.
+#[inline(always)]
+pub fn kernel_stack<C: StackIdContext>(ctx: &C, in_user_mode: bool) -> i32 {
+    if in_user_mode {
+        return NO_KERNEL_STACK;
+    }
+    match ctx.get_stackid(&KERNEL_STACKS, 0) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            count(if e == -EEXIST {
+                stats::KERNEL_STACK_COLLISION
+            } else {
+                stats::KERNEL_STACK_MISSING
+            });
+            e
+        }
+    }
+}
+
+/// Walks the current thread's user stack and stores it in `USER_STACKS`; returns its hash.
+///
+/// The walk is the one seam every probe goes through, so the unwinder behind it can change
+/// (frame pointers here) without touching the probes.
+#[inline(always)]
+pub fn user_stack<C: EbpfContext>(ctx: &C) -> u64 {
+    let Some(stack) = SCRATCH_STACK.get_ptr_mut(0) else {
+        return NO_USER_STACK;
+    };
+    // SAFETY: this CPU's scratch slot; BPF programs do not migrate while running.
+    let stack = unsafe { &mut *stack };
+    let size = core::mem::size_of_val(&stack.frames) as u32;
+    // SAFETY: the buffer is `size` bytes of map memory.
+    let written = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            stack.frames.as_mut_ptr().cast(),
+            size,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if written <= 0 {
+        count(stats::USER_STACK_MISSING);
+        return NO_USER_STACK;
+    }
+    let len = (written as usize / 8).min(MAX_USER_FRAMES);
+    if len == MAX_USER_FRAMES {
+        count(stats::USER_STACK_TRUNCATED);
+    }
+    stack.len = len as u32;
+    stack.unwinder = unwinder::FRAME_POINTER;
+    store_user_stack(stack)
+}
+
+/// Hashes `stack` and inserts it into `USER_STACKS` unless it is there already.
+#[inline(always)]
+fn store_user_stack(stack: &UserStack) -> u64 {
+    let len = stack.len as usize;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ len as u64;
+    for i in 0..MAX_USER_FRAMES {
+        if i >= len {
+            break;
+        }
+        hash = mix(hash ^ stack.frames[i]);
+    }
+    // 0 is the "no stack" sentinel.
+    let hash = hash | 1;
+    if USER_STACKS.get_ptr(hash).is_none()
+        && let Err(e) = USER_STACKS.insert(hash, stack, BPF_NOEXIST as u64)
+        && e != -EEXIST
+    {
+        count(stats::USER_STACKS_FULL);
+        return NO_USER_STACK;
+    }
+    hash
+}
+
+/// The finalizer of MurmurHash3: cheap and spreads every input bit.
+#[inline(always)]
+fn mix(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}

@@ -1,0 +1,73 @@
+//! The eBPF object, built by `build.rs` and embedded here so one binary is all a user copies.
+
+use aya::{Ebpf, EbpfLoader};
+use profiler_common::globals;
+
+/// The object file `profiler-ebpf` compiles to.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+
+/// Global that gates aya-log statements in the kernel (0 silences them all).
+const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+/// aya-log's `Level::Debug`.
+const LOG_LEVEL_DEBUG: u8 = 4;
+
+/// Loads the object with its globals fixed for `target_tgid`. Kernel-side diagnostics are only
+/// compiled in when `verbose`, so they cost nothing otherwise.
+pub fn load(target_tgid: u32, verbose: bool) -> Result<Ebpf, aya::EbpfError> {
+    raise_memlock_limit();
+    let level: u8 = if verbose { LOG_LEVEL_DEBUG } else { 0 };
+    EbpfLoader::new()
+        .override_global(globals::TARGET_TGID, &target_tgid, true)
+        .override_global(AYA_LOG_LEVEL, &level, false)
+        .load(OBJECT)
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so large maps load there too.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct; failure only matters on old kernels.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "could not lift RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use profiler_common::{cpu, stack, stats};
+
+    use super::*;
+
+    /// Every name userspace looks up must exist in the object, so a rename on one side fails here
+    /// rather than at attach time.
+    #[test]
+    fn object_has_every_named_program_and_map() {
+        let object = aya_obj::Object::parse(OBJECT).expect("embedded object parses");
+        let programs = [cpu::PROGRAM];
+        for program in programs {
+            assert!(
+                object.programs.contains_key(program),
+                "program {program} missing; have {:?}",
+                object.programs.keys().collect::<Vec<_>>()
+            );
+        }
+        for map in [
+            stats::MAP,
+            stack::USER_STACKS_MAP,
+            stack::KERNEL_STACKS_MAP,
+            stack::SCRATCH_STACK_MAP,
+            cpu::COUNTS_MAP,
+        ] {
+            assert!(
+                object.maps.contains_key(map),
+                "map {map} missing; have {:?}",
+                object.maps.keys().collect::<Vec<_>>()
+            );
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The probe families. Each module has the same shape: a `Config` built from options,
+//! `attach(&mut Ebpf, &Config)`, and `read(&Ebpf)` returning what its maps aggregated.
+
+pub mod cpu;
+
+use aya::{Ebpf, maps::MapError, programs::ProgramError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{probe}: program {program} is not in the eBPF object")]
+    MissingProgram {
+        probe: &'static str,
+        program: &'static str,
+    },
+    #[error("{probe}: could not load {program}")]
+    Load {
+        probe: &'static str,
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("{probe}: could not attach {program} to {target}")]
+    Attach {
+        probe: &'static str,
+        program: &'static str,
+        target: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("{probe}: map {map} is missing or of the wrong type")]
+    Map {
+        probe: &'static str,
+        map: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("{probe}: {what}")]
+    Other {
+        probe: &'static str,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ProbeError {
+    /// The verifier's log, when the kernel rejected a program: shown with `-v`.
+    pub fn verifier_log(&self) -> Option<String> {
+        match self {
+            Self::Load { source, .. } => match source.as_ref() {
+                ProgramError::LoadError { verifier_log, .. } => Some(verifier_log.to_string()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Looks up a program and converts it to its concrete type.
+pub(crate) fn program_mut<'a, T>(
+    ebpf: &'a mut Ebpf,
+    probe: &'static str,
+    program: &'static str,
+) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::MissingProgram { probe, program })?;
+    prog.try_into().map_err(|source| ProbeError::Load {
+        probe,
+        program,
+        source: Box::new(source),
+    })
+}
+
+/// Looks up a map by name and converts it to a typed view.
+pub(crate) fn map<'a, T>(
+    ebpf: &'a Ebpf,
+    probe: &'static str,
+    map: &'static str,
+) -> Result<T, ProbeError>
+where
+    T: TryFrom<&'a aya::maps::Map, Error = MapError>,
+{
+    let raw = ebpf.map(map).ok_or_else(|| ProbeError::Map {
+        probe,
+        map,
+        source: Box::new(MapError::InvalidName { name: map.into() }),
+    })?;
+    T::try_from(raw).map_err(|source| ProbeError::Map {
+        probe,
+        map,
+        source: Box::new(source),
+    })
+}
+
+/// Detaches and unloads every loaded program, so nothing more is recorded while the maps are
+/// read. Programs are also detached when `Ebpf` drops; this just makes it happen first.
+pub fn unload_all(ebpf: &mut Ebpf) {
+    use aya::programs::Program;
+    for (name, program) in ebpf.programs_mut() {
+        let result = match program {
+            Program::PerfEvent(p) => p.unload(),
+            Program::TracePoint(p) => p.unload(),
+            Program::UProbe(p) => p.unload(),
+            Program::RawTracePoint(p) => p.unload(),
+            _ => Ok(()),
+        };
+        if let Err(err) = result {
+            // Not loaded (a family that was not selected) is the common case; nothing to undo.
+            log::debug!("unloading {name}: {err}");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Report values and writers: weighted stacks (`profile`), collapsed stacks (`folded`),
+//! flamegraphs (`flamegraph`), the run summary (`summary`) and terminal tables (`table`).
+
+pub mod flamegraph;
+pub mod folded;
+pub mod profile;
+pub mod summary;
+pub mod table;

@@ -1,0 +1,64 @@
+//! `summary.json`: what was profiled, for how long, what was found and what was dropped.
+//! Versioned so that `compare` and other tools can read archives from older releases.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::profile::FunctionShare;
+use crate::framepointers::FramePointerCheck;
+
+/// Bumped whenever a field changes meaning or is removed (adding fields does not bump it).
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub schema_version: u32,
+    pub profiler_version: String,
+    pub target: TargetSummary,
+    /// `uname -r` of the machine the capture ran on.
+    pub kernel: String,
+    /// UTC, RFC 3339.
+    pub started_at: String,
+    pub duration_secs: f64,
+    /// Why the capture ended: `duration`, `interrupted` or `target_exited`.
+    pub end_reason: String,
+    /// Things the user should know about this capture, in words.
+    pub notes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cpu: Option<CpuSummary>,
+    /// Every kernel-side counter of dropped or incomplete data, by name; all zero is a clean run.
+    pub dropped: BTreeMap<String, u64>,
+    /// Files written next to this one.
+    pub outputs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetSummary {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: String,
+    /// Whether the main binary seems to have been built with frame pointers.
+    pub frame_pointers: Option<FramePointerCheck>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CpuSummary {
+    pub frequency_hz: u64,
+    /// Samples of the target the kernel took (including any it could not store).
+    pub samples: u64,
+    /// Distinct (thread, user stack, kernel stack) keys.
+    pub stacks: u64,
+    pub threads: Vec<ThreadWeight>,
+    pub top_self: Vec<FunctionShare>,
+    pub top_total: Vec<FunctionShare>,
+    /// Samples whose user stack each unwinder produced ("none": no user stack).
+    pub unwinders: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ThreadWeight {
+    pub name: String,
+    pub weight: u64,
+}

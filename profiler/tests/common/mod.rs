@@ -1,0 +1,100 @@
+//! What the root-only tests share: fixtures, captures through the library, and checks that
+//! nothing is left behind.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashSet, path::PathBuf, process::Command, sync::atomic::AtomicBool, time::Duration,
+};
+
+use profiler::session::{AttachOptions, EndReason, Outcome, Session};
+pub use testbed::{
+    fixture::{CBuild, FRAME_POINTERS, build_c},
+    process::ChildGuard,
+};
+
+/// Kernel tests load eBPF programs; say how to run them rather than fail obscurely.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "eBPF tests need root: run `cargo xtask test` (or sudo)"
+    );
+}
+
+/// Builds and starts a C fixture, waiting for its "ready" line.
+pub fn start_fixture(build: &CBuild<'_>, args: &[&str]) -> ChildGuard {
+    let path = build_c(build).expect("fixture builds");
+    let mut child = ChildGuard::spawn(Command::new(&path).args(args)).expect("fixture starts");
+    child
+        .wait_for_line("ready", Duration::from_secs(10))
+        .expect("fixture gets ready");
+    child
+}
+
+/// A fresh output directory under the target dir, unique per test.
+pub fn output_dir(test: &str) -> PathBuf {
+    let dir = testbed::fixture::workspace_root()
+        .join("target/test-results")
+        .join(format!("{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+pub fn options(pid: u32, duration: Duration, output: PathBuf) -> AttachOptions {
+    AttachOptions {
+        pid,
+        duration: Some(duration),
+        output: Some(output),
+        cpu: Some(profiler::probes::cpu::Config { frequency: 99 }),
+        verbose: false,
+        progress: false,
+    }
+}
+
+/// Attaches, calls `during` once attached, captures until the options say stop, and writes
+/// the outputs. Asserts that no program of ours is loaded afterwards.
+pub fn capture(opts: AttachOptions, during: impl FnOnce()) -> (EndReason, Outcome) {
+    let stop = AtomicBool::new(false);
+    let mut session = Session::start(opts).expect("attach");
+    during();
+    let end = session.run(&stop);
+    let outcome = session.finish(end).expect("outputs written");
+    assert_no_programs_loaded();
+    (end, outcome)
+}
+
+/// Names of our programs as the kernel lists them (truncated to 15 characters).
+const OUR_PROGRAMS: &[&str] = &[profiler_common::cpu::PROGRAM];
+
+pub fn assert_no_programs_loaded() {
+    let ours: HashSet<String> = OUR_PROGRAMS
+        .iter()
+        .map(|name| name.chars().take(15).collect())
+        .collect();
+    let loaded: Vec<String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|info| info.name_as_str().map(str::to_string))
+        .filter(|name| ours.contains(name))
+        .collect();
+    assert!(loaded.is_empty(), "programs still loaded: {loaded:?}");
+}
+
+/// Thread ids and names of a live process.
+pub fn threads_of(pid: u32) -> Vec<(u32, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("process alive")
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let tid = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            Some((tid, comm.trim_end().to_string()))
+        })
+        .collect()
+}
+
+/// `cpu.folded` of an outcome, parsed.
+pub fn folded(outcome: &Outcome, name: &str) -> Vec<(Vec<String>, u64)> {
+    let file = std::fs::File::open(outcome.dir.join(name)).expect("folded file written");
+    profiler::report::folded::parse(std::io::BufReader::new(file)).expect("folded parses")
+}

@@ -1,0 +1,336 @@
+//! `cargo xtask bench cpu`: what sampling costs the target. A fixture does a fixed amount of
+//! CPU-bound work on both CPUs, alone and with each profiler attached at 99 Hz and 999 Hz; the
+//! runs are interleaved round by round and each ratio is against the bare run of its round.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use testbed::{
+    fixture::{CBuild, FRAME_POINTERS, build_c},
+    process::ChildGuard,
+};
+
+use super::{BenchArgs, median, write_result};
+use crate::util;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Tool {
+    Bare,
+    Profiler(u64),
+    Perf(u64),
+}
+
+impl Tool {
+    fn name(self) -> String {
+        match self {
+            Self::Bare => "bare".into(),
+            Self::Profiler(hz) => format!("profiler@{hz}Hz"),
+            Self::Perf(hz) => format!("perf-record-g@{hz}Hz"),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Config {
+    name: String,
+    /// Median over rounds of (this run's time / the bare run's time in the same round).
+    median_ratio: f64,
+    overhead_percent: f64,
+    elapsed_ns: Vec<u64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ProfilerCost {
+    /// Peak resident set of the profiler process, over attach, capture and report.
+    peak_rss_mb: f64,
+    /// CPU time of the profiler process while capturing, as a share of one core.
+    capture_cpu_percent_of_core: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Result {
+    bench: &'static str,
+    timestamp: String,
+    kernel: String,
+    cpus: usize,
+    iterations: u64,
+    rounds: usize,
+    configs: Vec<Config>,
+    /// Median over rounds, by frequency.
+    profiler_cost: BTreeMap<String, ProfilerCost>,
+}
+
+struct Run {
+    elapsed_ns: u64,
+    cost: Option<(f64, f64)>,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let profiler = util::build_profiler()?;
+    let fixture = build_c(&CBuild {
+        source: "cpu_work",
+        output: "cpu_work-fp",
+        cflags: FRAME_POINTERS,
+        libs: &[],
+    })?;
+    let tools = [
+        Tool::Bare,
+        Tool::Profiler(99),
+        Tool::Profiler(999),
+        Tool::Perf(99),
+        Tool::Perf(999),
+    ];
+    let mut runs: Vec<Vec<Run>> = tools.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.rounds {
+        // Rotate the order each round so no tool always runs first or after the same neighbour.
+        for k in 0..tools.len() {
+            let i = (k + round) % tools.len();
+            let run = measure(tools[i], &fixture, &profiler, args.iterations)
+                .with_context(|| format!("round {round}, {}", tools[i].name()))?;
+            eprintln!(
+                "round {}/{}: {:<22} {:>8.3} s",
+                round + 1,
+                args.rounds,
+                tools[i].name(),
+                run.elapsed_ns as f64 / 1e9
+            );
+            runs[i].push(run);
+        }
+    }
+
+    let bare: Vec<u64> = runs[0].iter().map(|r| r.elapsed_ns).collect();
+    let mut configs = Vec::new();
+    let mut profiler_cost = BTreeMap::new();
+    for (tool, tool_runs) in tools.iter().zip(&runs) {
+        let mut ratios: Vec<f64> = tool_runs
+            .iter()
+            .zip(&bare)
+            .map(|(r, b)| r.elapsed_ns as f64 / *b as f64)
+            .collect();
+        let ratio = median(&mut ratios);
+        configs.push(Config {
+            name: tool.name(),
+            median_ratio: ratio,
+            overhead_percent: (ratio - 1.0) * 100.0,
+            elapsed_ns: tool_runs.iter().map(|r| r.elapsed_ns).collect(),
+        });
+        if let Tool::Profiler(hz) = tool {
+            let mut rss: Vec<f64> = tool_runs
+                .iter()
+                .filter_map(|r| r.cost.map(|c| c.0))
+                .collect();
+            let mut cpu: Vec<f64> = tool_runs
+                .iter()
+                .filter_map(|r| r.cost.map(|c| c.1))
+                .collect();
+            profiler_cost.insert(
+                format!("{hz}Hz"),
+                ProfilerCost {
+                    peak_rss_mb: median(&mut rss),
+                    capture_cpu_percent_of_core: median(&mut cpu),
+                },
+            );
+        }
+    }
+    let result = Result {
+        bench: "cpu",
+        timestamp: jiff::Timestamp::now().to_string(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        cpus: thread::available_parallelism().map_or(1, |n| n.get()),
+        iterations: args.iterations,
+        rounds: args.rounds,
+        configs,
+        profiler_cost,
+    };
+    println!(
+        "\ncpu sampling overhead (median of {} interleaved rounds)",
+        args.rounds
+    );
+    for config in &result.configs {
+        println!("  {:<22} {:+6.2}%", config.name, config.overhead_percent);
+    }
+    for (hz, cost) in &result.profiler_cost {
+        println!(
+            "  profiler at {hz}: peak RSS {:.1} MB, {:.2}% of a core while capturing",
+            cost.peak_rss_mb, cost.capture_cpu_percent_of_core
+        );
+    }
+    let path = write_result("cpu", &result)?;
+    println!("written to {}", path.display());
+    Ok(())
+}
+
+fn measure(tool: Tool, fixture: &Path, profiler: &Path, iterations: u64) -> anyhow::Result<Run> {
+    let mut target = ChildGuard::spawn(Command::new(fixture).arg(iterations.to_string()).arg("2"))?;
+    target.wait_for_line("ready", Duration::from_secs(10))?;
+    let pid = target.pid().to_string();
+    let scratch = std::env::temp_dir().join(format!("profiler-bench-{}", std::process::id()));
+    let mut attached = match tool {
+        Tool::Bare => None,
+        Tool::Profiler(hz) => {
+            let mut cmd = Command::new(profiler);
+            cmd.args([
+                "attach",
+                "--quiet",
+                "--pid",
+                &pid,
+                "-F",
+                &hz.to_string(),
+                "--output",
+            ])
+            .arg(scratch.join("out"));
+            Some(Attached::spawn(cmd, Some("profiling pid"))?)
+        }
+        Tool::Perf(hz) => {
+            std::fs::create_dir_all(&scratch)?;
+            let mut cmd = Command::new("perf");
+            cmd.args([
+                "record",
+                "-q",
+                "-g",
+                "-F",
+                &hz.to_string(),
+                "-p",
+                &pid,
+                "-o",
+            ])
+            .arg(scratch.join("perf.data"));
+            // perf says nothing once attached; give it a moment to open its events.
+            let attached = Attached::spawn(cmd, None)?;
+            thread::sleep(Duration::from_millis(800));
+            Some(attached)
+        }
+    };
+    let cpu_before = attached
+        .as_ref()
+        .map(|t| (cpu_time(t.pid()), Instant::now()));
+    target.signal(libc::SIGUSR1)?;
+    let line = target.wait_for_line("elapsed_ns", Duration::from_secs(600))?;
+    let elapsed_ns: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .context("fixture printed no elapsed time")?;
+    let mut cost = None;
+    if let Some(attached) = attached.take() {
+        let cpu_share = cpu_before.map(|(before, at)| {
+            (cpu_time(attached.pid()) - before).as_secs_f64() / at.elapsed().as_secs_f64() * 100.0
+        });
+        let peak_rss_mb = attached.stop()?;
+        if let Tool::Profiler(_) = tool {
+            cost = Some((peak_rss_mb, cpu_share.unwrap_or(f64::NAN)));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(Run { elapsed_ns, cost })
+}
+
+/// A measuring tool we started; stopped with SIGINT and reaped with its resource usage.
+struct Attached {
+    child: Child,
+    reaped: bool,
+}
+
+impl Attached {
+    /// Spawns, and when `ready` is given waits for a stderr line containing it.
+    fn spawn(mut cmd: Command, ready: Option<&str>) -> anyhow::Result<Self> {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {cmd:?}"))?;
+        let stderr = child.stderr.take().context("stderr piped")?;
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tool = Self {
+            child,
+            reaped: false,
+        };
+        if let Some(needle) = ready {
+            loop {
+                match rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(line) if line.contains(needle) => break,
+                    Ok(_) => {}
+                    Err(_) => {
+                        tool.kill();
+                        bail!("{cmd:?} did not attach");
+                    }
+                }
+            }
+        }
+        Ok(tool)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGINT, wait, and return the peak RSS in MB.
+    fn stop(mut self) -> anyhow::Result<f64> {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling and reaping our own unreaped child by pid.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; wait4 fills status and usage.
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        self.reaped = true;
+        // perf re-raises SIGINT after writing its data, so dying of it is a clean stop too.
+        let clean = (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
+            || (libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGINT);
+        if reaped != pid || !clean {
+            bail!("tool pid {pid} ended badly (status {status:#x})");
+        }
+        Ok(usage.ru_maxrss as f64 / 1024.0)
+    }
+
+    fn kill(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// CPU time of every thread of a live process, from schedstat (nanoseconds, unlike the
+/// clock-tick granularity of /proc/PID/stat).
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .filter_map(std::result::Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
+}
