@@ -9,9 +9,12 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use profiler_common::{
-    stack::{MAX_USER_FRAMES, NO_KERNEL_STACK, NO_USER_STACK, UserStack, unwinder},
+    stack::{MAX_USER_FRAMES, NO_KERNEL_STACK, NO_USER_STACK, UserStack, stop, unwinder},
     stats,
+    unwind::mode,
 };
+
+use crate::unwind;
 
 const EEXIST: i32 = 17;
 
@@ -103,17 +106,36 @@ pub fn kernel_stack<C: StackIdContext>(ctx: &C, in_user_mode: bool) -> i32 {
     }
 }
 
+/// This CPU's scratch stack.
+#[inline(always)]
+pub fn scratch_stack() -> Option<&'static mut UserStack> {
+    // SAFETY: this CPU's slot; BPF programs do not migrate while running, and a program does
+    // not nest on its own CPU.
+    SCRATCH_STACK
+        .get_ptr_mut(0)
+        .map(|stack| unsafe { &mut *stack })
+}
+
 /// Walks the current thread's user stack and stores it in `USER_STACKS`; returns its hash.
 ///
-/// The walk is the one seam every probe goes through, so the unwinder behind it can change
-/// (frame pointers here) without touching the probes.
+/// The one seam every probe goes through: frame pointers (`bpf_get_stack`) or the `.eh_frame`
+/// tables, per the unwind mode. `at_entry`: the thread sits at a function's first instruction
+/// (uprobes), where the return address is still on top of the stack.
 #[inline(always)]
-pub fn user_stack<C: EbpfContext>(ctx: &C) -> u64 {
-    let Some(stack) = SCRATCH_STACK.get_ptr_mut(0) else {
+pub fn user_stack<C: EbpfContext>(ctx: &C, tgid: u32, at_entry: bool) -> u64 {
+    let Some(stack) = scratch_stack() else {
         return NO_USER_STACK;
     };
-    // SAFETY: this CPU's scratch slot; BPF programs do not migrate while running.
-    let stack = unsafe { &mut *stack };
+    if unwind::mode() != mode::FRAME_POINTER {
+        if !unwind::walk(stack, tgid, at_entry) {
+            count(stats::USER_STACK_MISSING);
+            return NO_USER_STACK;
+        }
+        if stack.stop == stop::TRUNCATED {
+            count(stats::USER_STACK_TRUNCATED);
+        }
+        return store_user_stack(stack);
+    }
     let size = core::mem::size_of_val(&stack.frames) as u32;
     // SAFETY: the buffer is `size` bytes of map memory.
     let written = unsafe {
@@ -134,6 +156,7 @@ pub fn user_stack<C: EbpfContext>(ctx: &C) -> u64 {
     }
     stack.len = len as u32;
     stack.unwinder = unwinder::FRAME_POINTER;
+    stack.stop = stop::NONE;
     store_user_stack(stack)
 }
 

@@ -3,9 +3,9 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{probes::cpu, session::AttachOptions};
+use crate::{probes::cpu, session::AttachOptions, unwind::UnwindMode};
 
 #[derive(Debug, Parser)]
 #[command(name = "profiler", version, about = "eBPF profiler and latency tracer")]
@@ -23,6 +23,19 @@ pub enum Command {
     Attach(AttachArgs),
     /// Drive load against a stratum or HTTP target and report client-side latency.
     Load(crate::load::LoadArgs),
+    /// Compile the .eh_frame unwinding tables of ELF files and report their size and build
+    /// time (what `attach` does for every binary the target maps).
+    UnwindTables(UnwindTablesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UnwindTablesArgs {
+    /// ELF files (executables, shared libraries).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -40,9 +53,30 @@ pub struct AttachArgs {
     /// Where to write reports [default: results/<comm>-<pid>-<UTC timestamp>/].
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// How to walk user stacks: .eh_frame tables where binaries have them (auto), frame
+    /// pointers only (fp), or tables only (dwarf).
+    #[arg(long, value_enum, default_value_t = Unwind::Auto)]
+    pub unwind: Unwind,
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Unwind {
+    Auto,
+    Fp,
+    Dwarf,
+}
+
+impl From<Unwind> for UnwindMode {
+    fn from(unwind: Unwind) -> Self {
+        match unwind {
+            Unwind::Auto => Self::Auto,
+            Unwind::Fp => Self::FramePointer,
+            Unwind::Dwarf => Self::Dwarf,
+        }
+    }
 }
 
 impl AttachArgs {
@@ -54,6 +88,7 @@ impl AttachArgs {
             cpu: Some(cpu::Config {
                 frequency: self.frequency,
             }),
+            unwind: self.unwind.into(),
             verbose,
             progress: !self.quiet,
         }
@@ -74,6 +109,7 @@ mod tests {
         assert_eq!(opts.pid, 42);
         assert_eq!(opts.duration, None);
         assert_eq!(opts.cpu.unwrap().frequency, 99);
+        assert_eq!(opts.unwind, UnwindMode::Auto);
 
         let cli = Cli::try_parse_from([
             "profiler",
@@ -85,6 +121,8 @@ mod tests {
             "1m30s",
             "-F",
             "999",
+            "--unwind",
+            "fp",
         ])
         .unwrap();
         assert!(cli.verbose);
@@ -94,6 +132,7 @@ mod tests {
         let opts = args.into_options(true);
         assert_eq!(opts.duration, Some(Duration::from_secs(90)));
         assert_eq!(opts.cpu.unwrap().frequency, 999);
+        assert_eq!(opts.unwind, UnwindMode::FramePointer);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The eBPF object, built by `build.rs` and embedded here so one binary is all a user copies.
 
 use aya::{Ebpf, EbpfLoader};
-use profiler_common::globals;
+use profiler_common::{globals, unwind};
 
 /// The object file `profiler-ebpf` compiles to.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
@@ -11,14 +11,26 @@ const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 /// aya-log's `Level::Debug`.
 const LOG_LEVEL_DEBUG: u8 = 4;
 
-/// Loads the object with its globals fixed for `target_tgid`. Kernel-side diagnostics are only
-/// compiled in when `verbose`, so they cost nothing otherwise.
-pub fn load(target_tgid: u32, verbose: bool) -> Result<Ebpf, aya::EbpfError> {
+/// What is fixed at load time: globals the verifier sees as constants, and map sizes.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub target_tgid: u32,
+    /// Kernel-side diagnostics on; when off they cost nothing.
+    pub verbose: bool,
+    /// One of `profiler_common::unwind::mode`.
+    pub unwind_mode: u32,
+    /// Entries of `UNWIND_ROWS`.
+    pub unwind_rows: u32,
+}
+
+pub fn load(config: &LoadConfig) -> Result<Ebpf, aya::EbpfError> {
     raise_memlock_limit();
-    let level: u8 = if verbose { LOG_LEVEL_DEBUG } else { 0 };
+    let level: u8 = if config.verbose { LOG_LEVEL_DEBUG } else { 0 };
     EbpfLoader::new()
-        .override_global(globals::TARGET_TGID, &target_tgid, true)
+        .override_global(globals::TARGET_TGID, &config.target_tgid, true)
+        .override_global(unwind::MODE_GLOBAL, &config.unwind_mode, true)
         .override_global(AYA_LOG_LEVEL, &level, false)
+        .map_max_entries(unwind::ROWS_MAP, config.unwind_rows.max(1))
         .load(OBJECT)
 }
 
@@ -39,7 +51,7 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use profiler_common::{cpu, stack, stats};
+    use profiler_common::{cpu, stack, stats, unwind};
 
     use super::*;
 
@@ -62,6 +74,8 @@ mod tests {
             stack::KERNEL_STACKS_MAP,
             stack::SCRATCH_STACK_MAP,
             cpu::COUNTS_MAP,
+            unwind::ROWS_MAP,
+            unwind::MAPPINGS_MAP,
         ] {
             assert!(
                 object.maps.contains_key(map),

@@ -12,3 +12,4 @@ pub mod report;
 pub mod session;
 pub mod stacks;
 pub mod symbolize;
+pub mod unwind;

@@ -6,8 +6,9 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser as _;
 use profiler::{
-    cli::{AttachArgs, Cli, Command},
+    cli::{AttachArgs, Cli, Command, UnwindTablesArgs},
     session::{AttachError, Session},
+    unwind,
 };
 
 fn main() -> ExitCode {
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Attach(args) => attach(args, cli.verbose),
         Command::Load(args) => profiler::load::run(args),
+        Command::UnwindTables(args) => unwind_tables(&args),
     };
     match result {
         Ok(code) => code,
@@ -62,5 +64,32 @@ fn attach(args: AttachArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     let outcome = session.finish(end)?;
     println!("{}", outcome.terminal);
     println!("\nreports in {}", outcome.dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn unwind_tables(args: &UnwindTablesArgs) -> anyhow::Result<ExitCode> {
+    let mut reports = Vec::new();
+    for file in &args.files {
+        reports.push(unwind::inspect(file).with_context(|| format!("{}", file.display()))?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>10} {:>9} {:>9} {:>11} {:>9}  file",
+        "functions", "rows", "unsupp.", "table KiB", "ms"
+    );
+    for r in &reports {
+        println!(
+            "{:>10} {:>9} {:>9} {:>11.1} {:>9.1}  {}",
+            r.functions,
+            r.rows,
+            r.unsupported_rows,
+            r.table_bytes as f64 / 1024.0,
+            r.build_ms,
+            r.path
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

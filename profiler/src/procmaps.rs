@@ -20,6 +20,8 @@ pub struct MappedFile {
     /// The path as the target sees it (inside its mount namespace).
     pub path: PathBuf,
     pub file: File,
+    /// (device, inode) from the maps line: the file's identity.
+    pub id: (u64, u64),
 }
 
 impl MappedFile {
@@ -194,6 +196,7 @@ impl ProcessMaps {
                 let file = Arc::new(MappedFile {
                     path: PathBuf::from(&line.path),
                     file,
+                    id: key,
                 });
                 self.files.insert(key, file.clone());
                 Backing::File(file)

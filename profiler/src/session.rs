@@ -31,14 +31,18 @@ use crate::{
     },
     stacks,
     symbolize::Symbolizer,
+    unwind::{UnwindError, UnwindMode, Unwinder},
 };
 
 /// How many functions the summary and the terminal list.
 const TOP_FUNCTIONS: usize = 10;
 /// How often the capture loop wakes to check for a stop, refresh mappings and draw progress.
 const TICK: Duration = Duration::from_millis(100);
-/// How often the target's mappings are re-read (libraries loaded by dlopen).
-const MAPS_REFRESH: Duration = Duration::from_secs(1);
+/// How often the target's mappings are re-read, so libraries loaded by dlopen get their
+/// unwind tables well within a second. Reading /proc/PID/maps costs tens of microseconds.
+const MAPS_REFRESH: Duration = Duration::from_millis(250);
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything `profiler attach` can be asked to do, independent of how it was asked.
 #[derive(Debug, Clone)]
@@ -49,6 +53,7 @@ pub struct AttachOptions {
     /// None: `results/<comm>-<pid>-<UTC timestamp>/`.
     pub output: Option<PathBuf>,
     pub cpu: Option<cpu::Config>,
+    pub unwind: UnwindMode,
     /// Kernel-side diagnostics (aya-log) on.
     pub verbose: bool,
     /// Draw a live progress line on stderr.
@@ -66,6 +71,8 @@ pub enum AttachError {
     },
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    #[error("could not load the unwinding tables")]
+    Unwind(#[from] UnwindError),
     #[error("could not read the mappings of pid {pid}")]
     Maps {
         pid: u32,
@@ -106,6 +113,7 @@ pub struct Session {
     ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     maps: ProcessMaps,
+    unwinder: Unwinder,
     pidfd: OwnedFd,
     started: Instant,
     started_at: jiff::Timestamp,
@@ -142,11 +150,18 @@ impl Session {
             source,
         })?;
         let mut notes = Vec::new();
-        let frame_pointers = check_main_binary(&maps, &mut notes);
-
-        let mut ebpf = ebpf::load(opts.pid, opts.verbose).map_err(|source| AttachError::Load {
+        let mut unwinder = Unwinder::prepare(opts.unwind, &maps);
+        let frame_pointers = check_main_binary(&maps, &unwinder, &mut notes);
+        let mut ebpf = ebpf::load(&ebpf::LoadConfig {
+            target_tgid: opts.pid,
+            verbose: opts.verbose,
+            unwind_mode: opts.unwind.kernel_mode(),
+            unwind_rows: unwinder.rows_capacity(),
+        })
+        .map_err(|source| AttachError::Load {
             source: Box::new(source),
         })?;
+        unwinder.install(&mut ebpf, &maps)?;
         let logger = if opts.verbose {
             aya_log::EbpfLogger::init(&mut ebpf)
                 .map_err(|err| log::warn!("kernel-side logging unavailable: {err}"))
@@ -164,6 +179,7 @@ impl Session {
             ebpf,
             logger,
             maps,
+            unwinder,
             pidfd,
             started: Instant::now(),
             started_at,
@@ -183,6 +199,7 @@ impl Session {
     /// Captures until the duration passes, `stop` is set (Ctrl-C, SIGTERM) or the target exits.
     pub fn run(&mut self, stop: &AtomicBool) -> EndReason {
         let mut last_refresh = Instant::now();
+        let mut last_progress = Instant::now();
         let mut progress = Progress::new(self.opts.progress);
         loop {
             let elapsed = self.started.elapsed();
@@ -203,9 +220,18 @@ impl Session {
             }
             if last_refresh.elapsed() >= MAPS_REFRESH {
                 last_refresh = Instant::now();
-                if let Err(err) = self.maps.refresh() {
-                    log::debug!("refreshing maps of pid {}: {err}", self.opts.pid);
+                match self.maps.refresh() {
+                    Ok(true) => {
+                        if let Err(err) = self.unwinder.sync(&mut self.ebpf, &self.maps) {
+                            log::warn!("updating unwind tables: {err:#}");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(err) => log::debug!("refreshing maps of pid {}: {err}", self.opts.pid),
                 }
+            }
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                last_progress = Instant::now();
                 progress.draw(self.started.elapsed(), self.opts.duration, self.samples());
             }
         }
@@ -298,6 +324,7 @@ impl Session {
                     top_self: totals.top_self,
                     top_total: totals.top_total,
                     unwinders: resolved.unwinders,
+                    unwind_stops: resolved.stops,
                 };
                 cpu_stacks = Some(resolved.stacks);
                 Some(summary)
@@ -332,6 +359,7 @@ impl Session {
             end_reason: end.as_str().to_string(),
             notes: notes.clone(),
             cpu,
+            unwind: self.unwinder.stats().clone(),
             dropped: dropped
                 .into_iter()
                 .filter(|(name, _)| name != stats::NAMES[stats::CPU_SAMPLES as usize])
@@ -395,19 +423,35 @@ fn default_output_dir(target: &Target, at: jiff::Timestamp) -> PathBuf {
     ))
 }
 
-fn check_main_binary(maps: &ProcessMaps, notes: &mut Vec<String>) -> Option<FramePointerCheck> {
+/// Says so when the main binary lacks frame pointers and nothing else will walk it.
+fn check_main_binary(
+    maps: &ProcessMaps,
+    unwinder: &Unwinder,
+    notes: &mut Vec<String>,
+) -> Option<FramePointerCheck> {
     let binary = maps.main_binary()?;
     // SAFETY: read-only map of a file we hold open; a concurrent truncation could fault, which
     // for an executable that is running cannot happen (ETXTBSY).
     let data = unsafe { memmap2::Mmap::map(&binary.file) }.ok()?;
     let check = framepointers::check(&data).ok()?;
     if check.has_frame_pointers == Some(false) {
-        notes.push(format!(
-            "{} seems built without frame pointers ({} of {} functions set one up): user stacks through it will be short",
+        let what = format!(
+            "{} seems built without frame pointers ({} of {} functions set one up)",
             binary.path.display(),
             check.with_frame_pointer,
             check.functions_checked
-        ));
+        );
+        if unwinder.has_table(binary.id) {
+            log::info!("{what}; walking it with its .eh_frame tables");
+        } else if unwinder.mode() == UnwindMode::FramePointer {
+            notes.push(format!(
+                "{what}: user stacks through it will be short (--unwind auto walks its .eh_frame tables)"
+            ));
+        } else {
+            notes.push(format!(
+                "{what} and has no .eh_frame tables: user stacks through it will be short"
+            ));
+        }
     }
     Some(check)
 }

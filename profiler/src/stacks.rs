@@ -22,15 +22,26 @@ const PROBE: &str = "stacks";
 /// Stacks resolved to names, and how their user stacks were obtained.
 pub struct Resolved {
     pub stacks: Vec<WeightedStack>,
-    /// Weight per unwinder name ("frame_pointer", ..., "none").
+    /// Weight per unwinder name ("frame_pointer", "dwarf", "mixed", "none").
     pub unwinders: BTreeMap<String, u64>,
+    /// Weight per reason a table walk stopped ("end" is a complete stack).
+    pub stops: BTreeMap<String, u64>,
 }
 
 pub fn unwinder_name(code: u8) -> &'static str {
     match code {
         unwinder::FRAME_POINTER => "frame_pointer",
+        unwinder::DWARF => "dwarf",
+        unwinder::MIXED => "mixed",
         _ => "unknown",
     }
+}
+
+pub fn stop_name(code: u8) -> &'static str {
+    stack::stop::NAMES
+        .get(usize::from(code))
+        .copied()
+        .unwrap_or("unknown")
 }
 
 /// The name of a thread from its NUL-padded comm.
@@ -94,11 +105,17 @@ pub fn resolve(
 
     let mut stacks = Vec::with_capacity(counts.len());
     let mut unwinders: BTreeMap<String, u64> = BTreeMap::new();
+    let mut stops: BTreeMap<String, u64> = BTreeMap::new();
     for (key, weight) in counts {
         let mut frames = Vec::new();
         let user_stack = user.get(&key.user_stack);
         let unwinder = user_stack.map_or("none", |s| unwinder_name(s.unwinder));
         *unwinders.entry(unwinder.to_string()).or_default() += weight;
+        if let Some(s) = user_stack
+            && s.stop != stack::stop::NONE
+        {
+            *stops.entry(stop_name(s.stop).to_string()).or_default() += weight;
+        }
         if let Some(s) = user_stack {
             let len = (s.len as usize).min(stack::MAX_USER_FRAMES);
             push_root_first(&mut frames, &s.frames[..len], &user_names);
@@ -120,7 +137,11 @@ pub fn resolve(
             weight: *weight,
         });
     }
-    Ok(Resolved { stacks, unwinders })
+    Ok(Resolved {
+        stacks,
+        unwinders,
+        stops,
+    })
 }
 
 /// Appends `addrs` (leaf first, as the kernel records them) root first, expanding inlined

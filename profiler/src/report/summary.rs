@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::profile::FunctionShare;
-use crate::framepointers::FramePointerCheck;
+use crate::{framepointers::FramePointerCheck, unwind::UnwindStats};
 
 /// Bumped whenever a field changes meaning or is removed (adding fields does not bump it).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -27,6 +27,8 @@ pub struct Summary {
     pub notes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cpu: Option<CpuSummary>,
+    /// How user stacks were walked, and what the tables cost.
+    pub unwind: UnwindStats,
     /// Every kernel-side counter of dropped or incomplete data, by name; all zero is a clean run.
     pub dropped: BTreeMap<String, u64>,
     /// Files written next to this one.
@@ -55,6 +57,8 @@ pub struct CpuSummary {
     pub top_total: Vec<FunctionShare>,
     /// Samples whose user stack each unwinder produced ("none": no user stack).
     pub unwinders: BTreeMap<String, u64>,
+    /// Samples by why their table walk stopped ("end": the whole stack was walked).
+    pub unwind_stops: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

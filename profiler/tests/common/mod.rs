@@ -1,6 +1,6 @@
 //! What the root-only tests share: fixtures, captures through the library, and checks that
 //! nothing is left behind.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::{
     collections::HashSet, path::PathBuf, process::Command, sync::atomic::AtomicBool, time::Duration,
@@ -8,7 +8,7 @@ use std::{
 
 use profiler::session::{AttachOptions, EndReason, Outcome, Session};
 pub use testbed::{
-    fixture::{CBuild, FRAME_POINTERS, build_c},
+    fixture::{CBuild, FRAME_POINTERS, NO_FRAME_POINTERS, build_c},
     process::ChildGuard,
 };
 
@@ -47,6 +47,7 @@ pub fn options(pid: u32, duration: Duration, output: PathBuf) -> AttachOptions {
         duration: Some(duration),
         output: Some(output),
         cpu: Some(profiler::probes::cpu::Config { frequency: 99 }),
+        unwind: profiler::unwind::UnwindMode::Auto,
         verbose: false,
         progress: false,
     }

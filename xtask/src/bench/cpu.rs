@@ -15,11 +15,11 @@ use std::{
 use anyhow::{Context, bail};
 use serde::Serialize;
 use testbed::{
-    fixture::{CBuild, FRAME_POINTERS, build_c},
+    fixture::{CBuild, FRAME_POINTERS, NO_FRAME_POINTERS, build_c},
     process::ChildGuard,
 };
 
-use super::{BenchArgs, median, write_result};
+use super::{BenchArgs, Unwind, median, write_result};
 use crate::util;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,11 +30,12 @@ enum Tool {
 }
 
 impl Tool {
-    fn name(self) -> String {
-        match self {
-            Self::Bare => "bare".into(),
-            Self::Profiler(hz) => format!("profiler@{hz}Hz"),
-            Self::Perf(hz) => format!("perf-record-g@{hz}Hz"),
+    fn name(self, unwind: Unwind) -> String {
+        match (self, unwind) {
+            (Self::Bare, _) => "bare".into(),
+            (Self::Profiler(hz), _) => format!("profiler-{}@{hz}Hz", unwind.as_str()),
+            (Self::Perf(hz), Unwind::Dwarf) => format!("perf-record-dwarf@{hz}Hz"),
+            (Self::Perf(hz), _) => format!("perf-record-g@{hz}Hz"),
         }
     }
 }
@@ -59,6 +60,8 @@ struct ProfilerCost {
 #[derive(Debug, Serialize)]
 struct Result {
     bench: &'static str,
+    unwind: &'static str,
+    fixture: &'static str,
     timestamp: String,
     kernel: String,
     cpus: usize,
@@ -67,6 +70,8 @@ struct Result {
     configs: Vec<Config>,
     /// Median over rounds, by frequency.
     profiler_cost: BTreeMap<String, ProfilerCost>,
+    /// `profiler unwind-tables` on libc and a large library: what attaching costs up front.
+    table_builds: serde_json::Value,
 }
 
 struct Run {
@@ -76,10 +81,14 @@ struct Run {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let profiler = util::build_profiler()?;
+    let (output, cflags) = match args.unwind {
+        Unwind::Dwarf => ("cpu_work-nofp", NO_FRAME_POINTERS),
+        _ => ("cpu_work-fp", FRAME_POINTERS),
+    };
     let fixture = build_c(&CBuild {
         source: "cpu_work",
-        output: "cpu_work-fp",
-        cflags: FRAME_POINTERS,
+        output,
+        cflags,
         libs: &[],
     })?;
     let tools = [
@@ -94,13 +103,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         // Rotate the order each round so no tool always runs first or after the same neighbour.
         for k in 0..tools.len() {
             let i = (k + round) % tools.len();
-            let run = measure(tools[i], &fixture, &profiler, args.iterations)
-                .with_context(|| format!("round {round}, {}", tools[i].name()))?;
+            let name = tools[i].name(args.unwind);
+            let run = measure(tools[i], args.unwind, &fixture, &profiler, args.iterations)
+                .with_context(|| format!("round {round}, {name}"))?;
             eprintln!(
-                "round {}/{}: {:<22} {:>8.3} s",
+                "round {}/{}: {name:<26} {:>8.3} s",
                 round + 1,
                 args.rounds,
-                tools[i].name(),
                 run.elapsed_ns as f64 / 1e9
             );
             runs[i].push(run);
@@ -118,7 +127,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .collect();
         let ratio = median(&mut ratios);
         configs.push(Config {
-            name: tool.name(),
+            name: tool.name(args.unwind),
             median_ratio: ratio,
             overhead_percent: (ratio - 1.0) * 100.0,
             elapsed_ns: tool_runs.iter().map(|r| r.elapsed_ns).collect(),
@@ -141,8 +150,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let table_builds = table_builds(&profiler)?;
     let result = Result {
         bench: "cpu",
+        unwind: args.unwind.as_str(),
+        fixture: output,
         timestamp: jiff::Timestamp::now().to_string(),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
@@ -153,13 +165,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         rounds: args.rounds,
         configs,
         profiler_cost,
+        table_builds,
     };
     println!(
-        "\ncpu sampling overhead (median of {} interleaved rounds)",
+        "\ncpu sampling overhead on {output} (median of {} interleaved rounds)",
         args.rounds
     );
     for config in &result.configs {
-        println!("  {:<22} {:+6.2}%", config.name, config.overhead_percent);
+        println!("  {:<26} {:+6.2}%", config.name, config.overhead_percent);
+    }
+    if let Some(files) = result.table_builds.as_array() {
+        let total: f64 = files.iter().filter_map(|f| f["build_ms"].as_f64()).sum();
+        for file in files {
+            println!(
+                "  unwind table: {} rows in {:.0} ms for {}",
+                file["rows"],
+                file["build_ms"].as_f64().unwrap_or(f64::NAN),
+                file["path"]
+            );
+        }
+        println!("  unwind tables, all of the above: {total:.0} ms");
     }
     for (hz, cost) in &result.profiler_cost {
         println!(
@@ -172,7 +197,37 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measure(tool: Tool, fixture: &Path, profiler: &Path, iterations: u64) -> anyhow::Result<Run> {
+/// Libraries whose tables the bench times: libc, and the largest library setup installs
+/// (bpftrace's libLLVM, over 100 MB), falling back to bpf-linker.
+const TABLE_FILES: &[&str] = &["/usr/lib/x86_64-linux-gnu/libc.so.6"];
+const LARGE_FILES: &[&str] = &["/usr/lib/x86_64-linux-gnu/libLLVM-14.so.1"];
+
+fn table_builds(profiler: &Path) -> anyhow::Result<serde_json::Value> {
+    let large = LARGE_FILES
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".cargo/bin/bpf-linker"))
+        })
+        .context("no large binary to time")?;
+    let out = util::output(
+        Command::new(profiler)
+            .args(["unwind-tables", "--json"])
+            .args(TABLE_FILES)
+            .arg(large),
+    )?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn measure(
+    tool: Tool,
+    unwind: Unwind,
+    fixture: &Path,
+    profiler: &Path,
+    iterations: u64,
+) -> anyhow::Result<Run> {
     let mut target = ChildGuard::spawn(Command::new(fixture).arg(iterations.to_string()).arg("2"))?;
     target.wait_for_line("ready", Duration::from_secs(10))?;
     let pid = target.pid().to_string();
@@ -181,31 +236,28 @@ fn measure(tool: Tool, fixture: &Path, profiler: &Path, iterations: u64) -> anyh
         Tool::Bare => None,
         Tool::Profiler(hz) => {
             let mut cmd = Command::new(profiler);
-            cmd.args([
-                "attach",
-                "--quiet",
-                "--pid",
-                &pid,
-                "-F",
-                &hz.to_string(),
-                "--output",
-            ])
-            .arg(scratch.join("out"));
+            cmd.args(["attach", "--quiet", "--pid", &pid, "-F", &hz.to_string()])
+                .args(["--unwind", unwind.as_str(), "--output"])
+                .arg(scratch.join("out"));
             Some(Attached::spawn(cmd, Some("profiling pid"))?)
         }
         Tool::Perf(hz) => {
             std::fs::create_dir_all(&scratch)?;
             let mut cmd = Command::new("perf");
+            let call_graph = if unwind == Unwind::Dwarf {
+                "dwarf"
+            } else {
+                "fp"
+            };
             cmd.args([
                 "record",
                 "-q",
-                "-g",
+                "--call-graph",
+                call_graph,
                 "-F",
                 &hz.to_string(),
-                "-p",
-                &pid,
-                "-o",
             ])
+            .args(["-p", &pid, "-o"])
             .arg(scratch.join("perf.data"));
             // perf says nothing once attached; give it a moment to open its events.
             let attached = Attached::spawn(cmd, None)?;

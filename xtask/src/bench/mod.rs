@@ -21,6 +21,27 @@ pub struct BenchArgs {
     /// Work per run, in fixture iterations (about 5 µs each on this machine).
     #[arg(long, default_value_t = 500_000)]
     pub iterations: u64,
+    /// cpu: how the profiler walks stacks. `dwarf` also builds the fixture without frame
+    /// pointers and compares with `perf record --call-graph dwarf`.
+    #[arg(long, value_enum, default_value_t = Unwind::Auto)]
+    pub unwind: Unwind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Unwind {
+    Auto,
+    Fp,
+    Dwarf,
+}
+
+impl Unwind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Fp => "fp",
+            Self::Dwarf => "dwarf",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
