@@ -6,6 +6,9 @@
 #![no_std]
 
 pub mod cpu;
+pub mod futex;
+pub mod hist;
+pub mod offcpu;
 pub mod stack;
 pub mod stats;
 pub mod unwind;

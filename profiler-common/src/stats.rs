@@ -19,7 +19,20 @@ pub const USER_STACKS_FULL: u32 = 5;
 /// User stacks cut at [`crate::stack::MAX_USER_FRAMES`].
 pub const USER_STACK_TRUNCATED: u32 = 6;
 
-pub const COUNT: u32 = 7;
+/// offcpu: switches of a target thread off the CPU.
+pub const OFFCPU_SWITCHES: u32 = 7;
+/// offcpu: off-CPU intervals not recorded because `OFFCPU_START` was full.
+pub const OFFCPU_START_FULL: u32 = 8;
+/// offcpu: time not counted because `OFFCPU_TIMES` was full.
+pub const OFFCPU_TIMES_FULL: u32 = 9;
+/// futex: waits of target threads timed.
+pub const FUTEX_WAITS: u32 = 10;
+/// futex: waits not recorded because a map was full.
+pub const FUTEX_MAPS_FULL: u32 = 11;
+/// futex: wakes counted.
+pub const FUTEX_WAKES: u32 = 12;
+
+pub const COUNT: u32 = 13;
 
 /// Names used in reports and `summary.json`, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -30,4 +43,13 @@ pub const NAMES: [&str; COUNT as usize] = [
     "user_stack_missing",
     "user_stacks_full",
     "user_stack_truncated",
+    "offcpu_switches",
+    "offcpu_start_full",
+    "offcpu_times_full",
+    "futex_waits",
+    "futex_maps_full",
+    "futex_wakes",
 ];
+
+/// Counters that count events rather than losses; summaries keep them apart from drops.
+pub const EVENTS: [u32; 4] = [CPU_SAMPLES, OFFCPU_SWITCHES, FUTEX_WAITS, FUTEX_WAKES];

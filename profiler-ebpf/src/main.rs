@@ -7,6 +7,8 @@
 #![feature(core_intrinsics)]
 
 mod cpu;
+mod futex;
+mod offcpu;
 mod shared;
 mod unwind;
 

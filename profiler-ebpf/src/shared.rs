@@ -192,3 +192,10 @@ fn mix(mut h: u64) -> u64 {
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^ (h >> 33)
 }
+
+/// Monotonic nanoseconds.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}

@@ -5,7 +5,11 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{probes::cpu, session::AttachOptions, unwind::UnwindMode};
+use crate::{
+    probes::{cpu, futex, offcpu},
+    session::AttachOptions,
+    unwind::UnwindMode,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "profiler", version, about = "eBPF profiler and latency tracer")]
@@ -46,10 +50,22 @@ pub struct AttachArgs {
     /// How long to capture, e.g. 30s or 2m [default: until Ctrl-C or the target exits].
     #[arg(short, long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// Sample on-CPU stacks (the default when no probe is named).
+    #[arg(long)]
+    pub cpu: bool,
+    /// Off-CPU time by stack: where threads block and for how long.
+    #[arg(long)]
+    pub offcpu: bool,
+    /// Lock contention: futex waits by lock and stack, and who wakes the waiters.
+    #[arg(long)]
+    pub futex: bool,
     /// CPU samples per second.
     #[arg(short = 'F', long, default_value_t = 99,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub frequency: u64,
+    /// Off-CPU blocks shorter than this are not counted.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1us")]
+    pub min_block: Duration,
     /// Where to write reports [default: results/<comm>-<pid>-<UTC timestamp>/].
     #[arg(short, long)]
     pub output: Option<PathBuf>,
@@ -81,13 +97,19 @@ impl From<Unwind> for UnwindMode {
 
 impl AttachArgs {
     pub fn into_options(self, verbose: bool) -> AttachOptions {
+        // Naming no probe means cpu; naming any means exactly those.
+        let cpu = self.cpu || !(self.offcpu || self.futex);
         AttachOptions {
             pid: self.pid,
             duration: self.duration,
             output: self.output,
-            cpu: Some(cpu::Config {
+            cpu: cpu.then_some(cpu::Config {
                 frequency: self.frequency,
             }),
+            offcpu: self.offcpu.then_some(offcpu::Config {
+                min_block: self.min_block,
+            }),
+            futex: self.futex.then_some(futex::Config {}),
             unwind: self.unwind.into(),
             verbose,
             progress: !self.quiet,
@@ -133,6 +155,24 @@ mod tests {
         assert_eq!(opts.duration, Some(Duration::from_secs(90)));
         assert_eq!(opts.cpu.unwrap().frequency, 999);
         assert_eq!(opts.unwind, UnwindMode::FramePointer);
+    }
+
+    #[test]
+    fn probe_selection() {
+        let opts = |args: &[&str]| {
+            let mut argv = vec!["profiler", "attach", "-p", "1"];
+            argv.extend(args);
+            let Command::Attach(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("attach")
+            };
+            args.into_options(false)
+        };
+        let offcpu = opts(&["--offcpu", "--min-block", "50us"]);
+        assert!(offcpu.cpu.is_none() && offcpu.futex.is_none());
+        assert_eq!(offcpu.offcpu.unwrap().min_block, Duration::from_micros(50));
+        let both = opts(&["--futex", "--cpu"]);
+        assert!(both.cpu.is_some() && both.futex.is_some() && both.offcpu.is_none());
+        assert_eq!(opts(&[]).offcpu.map(|_| ()), None);
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! The eBPF object, built by `build.rs` and embedded here so one binary is all a user copies.
 
 use aya::{Ebpf, EbpfLoader};
-use profiler_common::{globals, unwind};
+use profiler_common::{
+    futex::{self, FutexConfig},
+    globals,
+    offcpu::{self, OffcpuConfig},
+    unwind,
+};
 
 /// The object file `profiler-ebpf` compiles to.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
@@ -21,6 +26,8 @@ pub struct LoadConfig {
     pub unwind_mode: u32,
     /// Entries of `UNWIND_ROWS`.
     pub unwind_rows: u32,
+    pub offcpu: OffcpuConfig,
+    pub futex: FutexConfig,
 }
 
 pub fn load(config: &LoadConfig) -> Result<Ebpf, aya::EbpfError> {
@@ -29,6 +36,8 @@ pub fn load(config: &LoadConfig) -> Result<Ebpf, aya::EbpfError> {
     EbpfLoader::new()
         .override_global(globals::TARGET_TGID, &config.target_tgid, true)
         .override_global(unwind::MODE_GLOBAL, &config.unwind_mode, true)
+        .override_global(offcpu::CONFIG_GLOBAL, &config.offcpu, true)
+        .override_global(futex::CONFIG_GLOBAL, &config.futex, true)
         .override_global(AYA_LOG_LEVEL, &level, false)
         .map_max_entries(unwind::ROWS_MAP, config.unwind_rows.max(1))
         .load(OBJECT)
@@ -51,7 +60,7 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use profiler_common::{cpu, stack, stats, unwind};
+    use profiler_common::{cpu, futex, offcpu, stack, stats, unwind};
 
     use super::*;
 
@@ -60,7 +69,15 @@ mod tests {
     #[test]
     fn object_has_every_named_program_and_map() {
         let object = aya_obj::Object::parse(OBJECT).expect("embedded object parses");
-        let programs = [cpu::PROGRAM];
+        let programs = [
+            cpu::PROGRAM,
+            offcpu::PROGRAM,
+            futex::ENTER_PROGRAM,
+            futex::WAIT_ENTER_PROGRAM,
+            futex::WAITV_ENTER_PROGRAM,
+            futex::WAKE_ENTER_PROGRAM,
+            futex::EXIT_PROGRAM,
+        ];
         for program in programs {
             assert!(
                 object.programs.contains_key(program),
@@ -76,6 +93,13 @@ mod tests {
             cpu::COUNTS_MAP,
             unwind::ROWS_MAP,
             unwind::MAPPINGS_MAP,
+            offcpu::TIMES_MAP,
+            offcpu::START_MAP,
+            futex::WAITS_MAP,
+            futex::WAKES_MAP,
+            futex::WAITERS_MAP,
+            futex::START_MAP,
+            futex::ZERO_MAP,
         ] {
             assert!(
                 object.maps.contains_key(map),

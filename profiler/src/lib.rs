@@ -3,8 +3,10 @@
 
 pub mod cli;
 pub mod ebpf;
+pub mod elf;
 pub mod framepointers;
 pub mod load;
+pub mod locks;
 pub mod preflight;
 pub mod probes;
 pub mod procmaps;
@@ -12,4 +14,5 @@ pub mod report;
 pub mod session;
 pub mod stacks;
 pub mod symbolize;
+pub mod tracefs;
 pub mod unwind;

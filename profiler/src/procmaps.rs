@@ -112,6 +112,8 @@ pub struct ProcessMaps {
     retired: Vec<Mapping>,
     /// By (device, inode): one open file per distinct binary.
     files: HashMap<(u64, u64), Arc<MappedFile>>,
+    /// Every mapping, executable or not, as of the last refresh (to place data addresses).
+    all: Vec<MapsLine>,
 }
 
 impl ProcessMaps {
@@ -122,6 +124,7 @@ impl ProcessMaps {
             mappings: Vec::new(),
             retired: Vec::new(),
             files: HashMap::new(),
+            all: Vec::new(),
         };
         maps.refresh()?;
         Ok(maps)
@@ -135,7 +138,8 @@ impl ProcessMaps {
     pub fn refresh(&mut self) -> io::Result<bool> {
         let text = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))?;
         let mut mappings = Vec::new();
-        for line in parse_maps(&text) {
+        self.all = parse_maps(&text);
+        for line in self.all.clone() {
             if !line.perms.contains('x') {
                 continue;
             }
@@ -225,6 +229,16 @@ impl ProcessMaps {
         &self.mappings
     }
 
+    /// Every mapping as of the last refresh.
+    pub fn all_lines(&self) -> &[MapsLine] {
+        &self.all
+    }
+
+    /// The open file with this (device, inode), if the target maps it executable.
+    pub fn file(&self, id: (u64, u64)) -> Option<&Arc<MappedFile>> {
+        self.files.get(&id)
+    }
+
     /// The target's main executable, if it is mapped.
     pub fn main_binary(&self) -> Option<Arc<MappedFile>> {
         let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid)).ok()?;
@@ -233,7 +247,7 @@ impl ProcessMaps {
 }
 
 /// "fd:01" → the kernel's dev_t encoding, good enough as a map key.
-fn dev_number(dev: &str) -> u64 {
+pub fn dev_number(dev: &str) -> u64 {
     let (major, minor) = dev.split_once(':').unwrap_or((dev, "0"));
     let major = u64::from_str_radix(major, 16).unwrap_or(0);
     let minor = u64::from_str_radix(minor, 16).unwrap_or(0);

@@ -19,19 +19,25 @@ use profiler_common::stats;
 use crate::{
     ebpf,
     framepointers::{self, FramePointerCheck},
+    locks::LockNamer,
     preflight::{self, PreflightError, Target},
-    probes::{self, ProbeError, cpu},
+    probes::{self, ProbeError, cpu, futex, offcpu},
     procmaps::ProcessMaps,
     report::{
+        self,
         flamegraph::{self, Labels},
         folded,
+        locks::LockReport,
         profile::{WeightedStack, function_totals},
-        summary::{CpuSummary, SCHEMA_VERSION, Summary, TargetSummary, ThreadWeight},
+        summary::{
+            CpuSummary, FutexSummary, OffcpuSummary, SCHEMA_VERSION, StackWeight, Summary,
+            TargetSummary, ThreadWeight,
+        },
         table,
     },
-    stacks,
+    stacks::{self, StackTable},
     symbolize::Symbolizer,
-    unwind::{UnwindError, UnwindMode, Unwinder},
+    unwind::{UnwindError, UnwindMode, UnwindStats, Unwinder},
 };
 
 /// How many functions the summary and the terminal list.
@@ -53,6 +59,8 @@ pub struct AttachOptions {
     /// None: `results/<comm>-<pid>-<UTC timestamp>/`.
     pub output: Option<PathBuf>,
     pub cpu: Option<cpu::Config>,
+    pub offcpu: Option<offcpu::Config>,
+    pub futex: Option<futex::Config>,
     pub unwind: UnwindMode,
     /// Kernel-side diagnostics (aya-log) on.
     pub verbose: bool,
@@ -129,6 +137,59 @@ pub struct Outcome {
     pub terminal: String,
     /// The cpu samples as named stacks, when `cpu` ran.
     pub cpu_stacks: Option<Vec<WeightedStack>>,
+    /// Off-CPU time (µs) as named stacks, when `offcpu` ran.
+    pub offcpu_stacks: Option<Vec<WeightedStack>>,
+    /// Every contended lock, most total wait first, when `futex` ran.
+    pub locks: Option<Vec<LockReport>>,
+}
+
+/// Output files and terminal text as a capture's reports are written.
+struct Writer {
+    dir: PathBuf,
+    outputs: Vec<String>,
+    terminal: String,
+}
+
+impl Writer {
+    fn write(
+        &mut self,
+        name: &str,
+        body: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+    ) -> Result<(), AttachError> {
+        let path = self.dir.join(name);
+        let fail = |source| AttachError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut out = BufWriter::new(File::create(&path).map_err(fail)?);
+        body(&mut out).map_err(fail)?;
+        out.flush().map_err(fail)?;
+        self.outputs.push(name.to_string());
+        Ok(())
+    }
+
+    /// `<name>.folded` and `<name>.svg` of `stacks`.
+    fn flamegraph(
+        &mut self,
+        name: &str,
+        stacks: &[WeightedStack],
+        labels: &Labels<'_>,
+    ) -> Result<(), AttachError> {
+        let lines = folded::fold(stacks);
+        self.write(&format!("{name}.folded"), |out| {
+            lines.iter().try_for_each(|line| writeln!(out, "{line}"))
+        })?;
+        self.write(&format!("{name}.svg"), |out| {
+            flamegraph::write(&lines, labels, out)
+        })
+    }
+
+    fn say(&mut self, text: &str) {
+        if !self.terminal.is_empty() {
+            self.terminal.push('\n');
+        }
+        self.terminal.push_str(text);
+    }
 }
 
 impl Session {
@@ -144,6 +205,19 @@ impl Session {
         preflight::prepare_output(&out_dir)?;
         let pidfd =
             pidfd_open(opts.pid).map_err(|_| PreflightError::PidNotFound { pid: opts.pid })?;
+        // Tracepoint layouts first: a kernel without them fails here, before anything loads.
+        let offcpu_config = opts
+            .offcpu
+            .as_ref()
+            .map(offcpu::kernel_config)
+            .transpose()?
+            .unwrap_or_default();
+        let futex_config = opts
+            .futex
+            .as_ref()
+            .map(futex::kernel_config)
+            .transpose()?
+            .unwrap_or_default();
 
         let maps = ProcessMaps::snapshot(opts.pid).map_err(|source| AttachError::Maps {
             pid: opts.pid,
@@ -157,6 +231,8 @@ impl Session {
             verbose: opts.verbose,
             unwind_mode: opts.unwind.kernel_mode(),
             unwind_rows: unwinder.rows_capacity(),
+            offcpu: offcpu_config,
+            futex: futex_config,
         })
         .map_err(|source| AttachError::Load {
             source: Box::new(source),
@@ -171,6 +247,12 @@ impl Session {
         };
         if let Some(config) = &opts.cpu {
             cpu::attach(&mut ebpf, config)?;
+        }
+        if let Some(config) = &opts.offcpu {
+            offcpu::attach(&mut ebpf, config)?;
+        }
+        if let Some(config) = &opts.futex {
+            futex::attach(&mut ebpf, config)?;
         }
         Ok(Self {
             opts,
@@ -204,6 +286,7 @@ impl Session {
         loop {
             let elapsed = self.started.elapsed();
             if stop.load(Ordering::Relaxed) {
+                progress.clear();
                 return EndReason::Interrupted;
             }
             if self.opts.duration.is_some_and(|d| elapsed >= d) {
@@ -232,17 +315,26 @@ impl Session {
             }
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
-                progress.draw(self.started.elapsed(), self.opts.duration, self.samples());
+                progress.draw(self.started.elapsed(), self.opts.duration, &self.events());
             }
         }
     }
 
-    /// Target samples so far, summed over CPUs.
-    pub fn samples(&self) -> u64 {
-        read_stats(&self.ebpf)
-            .get(stats::NAMES[stats::CPU_SAMPLES as usize])
-            .copied()
-            .unwrap_or(0)
+    /// Events so far ("412 samples, 90 switches"), for the progress line.
+    fn events(&self) -> String {
+        let stats = read_stats(&self.ebpf);
+        let get = |i: u32| stats.get(stats::NAMES[i as usize]).copied().unwrap_or(0);
+        let mut parts = Vec::new();
+        if self.opts.cpu.is_some() {
+            parts.push(format!("{} samples", get(stats::CPU_SAMPLES)));
+        }
+        if self.opts.offcpu.is_some() {
+            parts.push(format!("{} switches", get(stats::OFFCPU_SWITCHES)));
+        }
+        if self.opts.futex.is_some() {
+            parts.push(format!("{} futex waits", get(stats::FUTEX_WAITS)));
+        }
+        parts.join(", ")
     }
 
     /// Detaches, reads the maps and writes every output.
@@ -255,7 +347,7 @@ impl Session {
         if end != EndReason::TargetExited {
             let _ = self.maps.refresh();
         }
-        let dropped = read_stats(&self.ebpf);
+        let counters = read_stats(&self.ebpf);
         let symbolizer = Symbolizer::new();
         let mut notes = std::mem::take(&mut self.notes);
         if end == EndReason::TargetExited {
@@ -265,85 +357,66 @@ impl Session {
                 duration.as_secs_f64()
             ));
         }
-        let mut outputs = Vec::new();
-        let mut terminal = String::new();
-
-        let mut cpu_stacks = None;
-        let cpu = match &self.opts.cpu {
-            Some(config) => {
-                let counts = cpu::read(&self.ebpf)?;
-                let resolved = stacks::resolve(&self.ebpf, &counts, &self.maps, &symbolizer)?;
-                let lines = folded::fold(&resolved.stacks);
-                self.write("cpu.folded", &mut outputs, |out| {
-                    lines.iter().try_for_each(|line| writeln!(out, "{line}"))
-                })?;
-                let title = format!(
-                    "cpu: {} (pid {}), {:.1}s",
-                    self.target.comm,
-                    self.target.pid,
-                    duration.as_secs_f64()
-                );
-                let subtitle = format!("{} Hz on-CPU samples", config.frequency);
-                let labels = Labels {
-                    title: &title,
-                    subtitle: Some(&subtitle),
-                    count_name: "samples",
-                };
-                self.write("cpu.svg", &mut outputs, |out| {
-                    flamegraph::write(&lines, &labels, out)
-                })?;
-                let totals = function_totals(&resolved.stacks, TOP_FUNCTIONS);
-                let samples = dropped
-                    .get(stats::NAMES[stats::CPU_SAMPLES as usize])
-                    .copied()
-                    .unwrap_or(0);
-                terminal.push_str(&format!(
-                    "cpu: {samples} samples at {} Hz over {:.1}s\n\n",
-                    config.frequency,
-                    duration.as_secs_f64()
-                ));
-                terminal.push_str(&table::top_functions(
-                    "Top functions by self time",
-                    "samples",
-                    &totals.top_self,
-                ));
-                terminal.push('\n');
-                terminal.push_str(&table::top_functions(
-                    "Top functions by total time",
-                    "samples",
-                    &totals.top_total,
-                ));
-                let summary = CpuSummary {
-                    frequency_hz: config.frequency,
-                    samples,
-                    stacks: counts.len() as u64,
-                    threads: crate::report::profile::thread_totals(&resolved.stacks)
-                        .into_iter()
-                        .map(|(name, weight)| ThreadWeight { name, weight })
-                        .collect(),
-                    top_self: totals.top_self,
-                    top_total: totals.top_total,
-                    unwinders: resolved.unwinders,
-                    unwind_stops: resolved.stops,
-                };
-                cpu_stacks = Some(resolved.stacks);
-                Some(summary)
-            }
-            None => None,
+        let mut writer = Writer {
+            dir: self.out_dir.clone(),
+            outputs: Vec::new(),
+            terminal: String::new(),
         };
+        let mut outcome = Outcome {
+            dir: self.out_dir.clone(),
+            summary: self.summary(duration, end),
+            terminal: String::new(),
+            cpu_stacks: None,
+            offcpu_stacks: None,
+            locks: None,
+        };
+        if let Some(config) = self.opts.cpu.clone() {
+            let (summary, stacks) =
+                self.finish_cpu(&config, duration, &counters, &symbolizer, &mut writer)?;
+            outcome.summary.cpu = Some(summary);
+            outcome.cpu_stacks = Some(stacks);
+        }
+        if let Some(config) = self.opts.offcpu.clone() {
+            let (summary, stacks) =
+                self.finish_offcpu(&config, duration, &counters, &symbolizer, &mut writer)?;
+            outcome.summary.offcpu = Some(summary);
+            outcome.offcpu_stacks = Some(stacks);
+        }
+        if self.opts.futex.is_some() {
+            let (summary, locks) =
+                self.finish_futex(duration, &counters, &symbolizer, &mut writer)?;
+            outcome.summary.futex = Some(summary);
+            outcome.locks = Some(locks);
+        }
 
-        let losses: Vec<String> = dropped
+        let losses: Vec<String> = counters
             .iter()
-            .filter(|(name, count)| {
-                **count > 0 && *name != stats::NAMES[stats::CPU_SAMPLES as usize]
-            })
+            .filter(|(name, count)| **count > 0 && !is_event_counter(name))
             .map(|(name, count)| format!("{name}={count}"))
             .collect();
         if !losses.is_empty() {
             notes.push(format!("kernel-side drops: {}", losses.join(", ")));
         }
-        outputs.push("summary.json".to_string());
-        let summary = Summary {
+        outcome.summary.notes = notes.clone();
+        outcome.summary.unwind = self.unwinder.stats().clone();
+        outcome.summary.dropped = counters
+            .into_iter()
+            .filter(|(name, _)| !is_event_counter(name))
+            .collect();
+        writer.outputs.push("summary.json".to_string());
+        outcome.summary.outputs = writer.outputs.clone();
+        let json = serde_json::to_vec_pretty(&outcome.summary).map_err(io::Error::other);
+        writer.write("summary.json", |out| out.write_all(&json?))?;
+        for note in &notes {
+            writer.say(&format!("note: {note}"));
+        }
+        outcome.terminal = writer.terminal;
+        Ok(outcome)
+    }
+
+    /// The summary's fixed parts; each family fills in its own section.
+    fn summary(&self, duration: Duration, end: EndReason) -> Summary {
+        Summary {
             schema_version: SCHEMA_VERSION,
             profiler_version: env!("CARGO_PKG_VERSION").to_string(),
             target: TargetSummary {
@@ -357,51 +430,212 @@ impl Session {
             started_at: self.started_at.to_string(),
             duration_secs: duration.as_secs_f64(),
             end_reason: end.as_str().to_string(),
-            notes: notes.clone(),
-            cpu,
-            unwind: self.unwinder.stats().clone(),
-            dropped: dropped
-                .into_iter()
-                .filter(|(name, _)| name != stats::NAMES[stats::CPU_SAMPLES as usize])
-                .collect(),
-            outputs: outputs.clone(),
-        };
-        let json = serde_json::to_string_pretty(&summary).map_err(io::Error::other);
-        self.write("summary.json", &mut Vec::new(), |out| {
-            out.write_all(
-                json.as_ref()
-                    .map_err(|e| io::Error::other(e.to_string()))?
-                    .as_bytes(),
-            )
-        })?;
-        for note in &notes {
-            terminal.push_str(&format!("\nnote: {note}"));
+            notes: Vec::new(),
+            cpu: None,
+            offcpu: None,
+            futex: None,
+            unwind: UnwindStats::default(),
+            dropped: BTreeMap::new(),
+            outputs: Vec::new(),
         }
-        Ok(Outcome {
-            dir: self.out_dir.clone(),
-            summary,
-            terminal,
-            cpu_stacks,
-        })
     }
 
-    fn write(
-        &self,
-        name: &str,
-        outputs: &mut Vec<String>,
-        body: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
-    ) -> Result<(), AttachError> {
-        let path = self.out_dir.join(name);
-        let fail = |source| AttachError::Write {
-            path: path.clone(),
-            source,
-        };
-        let mut out = BufWriter::new(File::create(&path).map_err(fail)?);
-        body(&mut out).map_err(fail)?;
-        out.flush().map_err(fail)?;
-        outputs.push(name.to_string());
-        Ok(())
+    fn title(&self, what: &str, duration: Duration) -> String {
+        format!(
+            "{what}: {} (pid {}), {:.1}s",
+            self.target.comm,
+            self.target.pid,
+            duration.as_secs_f64()
+        )
     }
+
+    fn finish_cpu(
+        &self,
+        config: &cpu::Config,
+        duration: Duration,
+        counters: &BTreeMap<String, u64>,
+        symbolizer: &Symbolizer,
+        writer: &mut Writer,
+    ) -> Result<(CpuSummary, Vec<WeightedStack>), AttachError> {
+        let counts = cpu::read(&self.ebpf)?;
+        let resolved = stacks::resolve(&self.ebpf, &counts, &self.maps, symbolizer)?;
+        let title = self.title("cpu", duration);
+        let subtitle = format!("{} Hz on-CPU samples", config.frequency);
+        writer.flamegraph(
+            "cpu",
+            &resolved.stacks,
+            &Labels {
+                title: &title,
+                subtitle: Some(&subtitle),
+                count_name: "samples",
+            },
+        )?;
+        let totals = function_totals(&resolved.stacks, TOP_FUNCTIONS);
+        let samples = counter(counters, stats::CPU_SAMPLES);
+        writer.say(&format!(
+            "cpu: {samples} samples at {} Hz over {:.1}s\n",
+            config.frequency,
+            duration.as_secs_f64()
+        ));
+        writer.say(&table::top_functions(
+            "Top functions by self time",
+            "samples",
+            &totals.top_self,
+        ));
+        writer.say(&table::top_functions(
+            "Top functions by total time",
+            "samples",
+            &totals.top_total,
+        ));
+        let summary = CpuSummary {
+            frequency_hz: config.frequency,
+            samples,
+            stacks: counts.len() as u64,
+            threads: thread_weights(&resolved.stacks),
+            top_self: totals.top_self,
+            top_total: totals.top_total,
+            unwinders: resolved.unwinders,
+            unwind_stops: resolved.stops,
+        };
+        Ok((summary, resolved.stacks))
+    }
+
+    fn finish_offcpu(
+        &self,
+        config: &offcpu::Config,
+        duration: Duration,
+        counters: &BTreeMap<String, u64>,
+        symbolizer: &Symbolizer,
+        writer: &mut Writer,
+    ) -> Result<(OffcpuSummary, Vec<WeightedStack>), AttachError> {
+        let times = offcpu::read(&self.ebpf)?;
+        let mut resolved = stacks::resolve(&self.ebpf, &times, &self.maps, symbolizer)?;
+        // Flamegraphs weigh by whole microseconds.
+        for stack in &mut resolved.stacks {
+            stack.weight /= 1000;
+        }
+        resolved.stacks.retain(|s| s.weight > 0);
+        let title = self.title("off-CPU time", duration);
+        let subtitle = format!(
+            "weighted by microseconds off-CPU; blocks under {} not counted",
+            humantime::format_duration(config.min_block)
+        );
+        writer.flamegraph(
+            "offcpu",
+            &resolved.stacks,
+            &Labels {
+                title: &title,
+                subtitle: Some(&subtitle),
+                count_name: "us",
+            },
+        )?;
+        let total_us: u64 = resolved.stacks.iter().map(|s| s.weight).sum();
+        let mut top = resolved.stacks.clone();
+        top.sort_by_key(|s| std::cmp::Reverse(s.weight));
+        top.truncate(TOP_FUNCTIONS);
+        let mut text = format!(
+            "off-CPU: {:.1} ms in {} switches over {:.1}s; top blocking stacks:\n",
+            total_us as f64 / 1000.0,
+            counter(counters, stats::OFFCPU_SWITCHES),
+            duration.as_secs_f64()
+        );
+        for stack in &top {
+            text.push_str(&format!(
+                "  {:>10.1} ms  {}: {}\n",
+                stack.weight as f64 / 1000.0,
+                stack.thread,
+                report::locks::leaf_frames(&stack.frames, 6)
+            ));
+        }
+        writer.say(&text);
+        let summary = OffcpuSummary {
+            min_block_us: config.min_block.as_secs_f64() * 1e6,
+            total_us,
+            switches: counter(counters, stats::OFFCPU_SWITCHES),
+            threads: thread_weights(&resolved.stacks),
+            top_stacks: top
+                .iter()
+                .map(|s| StackWeight {
+                    thread: s.thread.clone(),
+                    frames: s.frames.clone(),
+                    weight: s.weight,
+                })
+                .collect(),
+            unwinders: resolved.unwinders,
+            unwind_stops: resolved.stops,
+        };
+        Ok((summary, resolved.stacks))
+    }
+
+    fn finish_futex(
+        &self,
+        duration: Duration,
+        counters: &BTreeMap<String, u64>,
+        symbolizer: &Symbolizer,
+        writer: &mut Writer,
+    ) -> Result<(FutexSummary, Vec<LockReport>), AttachError> {
+        let data = futex::read(&self.ebpf)?;
+        let table = StackTable::load(
+            &self.ebpf,
+            data.waits
+                .iter()
+                .map(|(k, _)| k.user_stack)
+                .chain(data.wakes.iter().map(|(k, _)| k.user_stack)),
+            std::iter::empty(),
+            &self.maps,
+            symbolizer,
+        )?;
+        let mut namer = LockNamer::new(&self.maps);
+        let locks = report::locks::build(&data, &table, &mut namer);
+        let text = report::locks::render(&locks, LOCKS_LISTED);
+        writer.write("locks.txt", |out| out.write_all(text.as_bytes()))?;
+        let title = self.title("lock waits", duration);
+        writer.flamegraph(
+            "locks",
+            &report::locks::weighted_stacks(&data, &table, &locks),
+            &Labels {
+                title: &title,
+                subtitle: Some("futex waits by lock and waiter stack, weighted by microseconds"),
+                count_name: "us",
+            },
+        )?;
+        writer.say(&format!(
+            "locks: {} futex waits, {} wakes; top locks by total wait:\n{}",
+            counter(counters, stats::FUTEX_WAITS),
+            counter(counters, stats::FUTEX_WAKES),
+            report::locks::render(&locks, TERMINAL_LOCKS)
+        ));
+        let summary = FutexSummary {
+            waits: counter(counters, stats::FUTEX_WAITS),
+            wakes: counter(counters, stats::FUTEX_WAKES),
+            locks: locks.iter().take(LOCKS_LISTED).cloned().collect(),
+        };
+        Ok((summary, locks))
+    }
+}
+
+/// Locks in `locks.txt` and the summary; the terminal shows fewer.
+const LOCKS_LISTED: usize = 20;
+const TERMINAL_LOCKS: usize = 3;
+
+fn counter(counters: &BTreeMap<String, u64>, index: u32) -> u64 {
+    counters
+        .get(stats::NAMES[index as usize])
+        .copied()
+        .unwrap_or(0)
+}
+
+fn is_event_counter(name: &str) -> bool {
+    stats::EVENTS
+        .iter()
+        .any(|&i| stats::NAMES[i as usize] == name)
+}
+
+fn thread_weights(stacks: &[WeightedStack]) -> Vec<ThreadWeight> {
+    crate::report::profile::thread_totals(stacks)
+        .into_iter()
+        .map(|(name, weight)| ThreadWeight { name, weight })
+        .collect()
 }
 
 fn default_output_dir(target: &Target, at: jiff::Timestamp) -> PathBuf {
@@ -519,7 +753,7 @@ impl Progress {
         }
     }
 
-    fn draw(&mut self, elapsed: Duration, total: Option<Duration>, samples: u64) {
+    fn draw(&mut self, elapsed: Duration, total: Option<Duration>, events: &str) {
         if !self.enabled {
             return;
         }
@@ -528,7 +762,7 @@ impl Progress {
             None => "until Ctrl-C".to_string(),
         };
         let line = format!(
-            "capturing: {:.0}s elapsed, {left}, {samples} samples",
+            "capturing: {:.0}s elapsed, {left}, {events}",
             elapsed.as_secs_f64()
         );
         if self.tty {

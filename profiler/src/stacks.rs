@@ -60,73 +60,128 @@ fn lookup_addr(index: usize, addr: u64) -> u64 {
     }
 }
 
+/// User and kernel stacks fetched from the kernel maps and named.
+pub struct StackTable {
+    user: HashMap<u64, UserStack>,
+    kernel: HashMap<i32, Vec<u64>>,
+    user_names: HashMap<u64, Names>,
+    kernel_names: HashMap<u64, Names>,
+}
+
+impl StackTable {
+    /// Fetches the given user stacks (by hash) and kernel stacks (by id) and symbolizes every
+    /// distinct address once.
+    pub fn load(
+        ebpf: &Ebpf,
+        user_hashes: impl IntoIterator<Item = u64>,
+        kernel_ids: impl IntoIterator<Item = i32>,
+        maps: &ProcessMaps,
+        symbolizer: &Symbolizer,
+    ) -> Result<Self, ProbeError> {
+        let user_map: BpfHashMap<_, u64, UserStack> = map(ebpf, PROBE, stack::USER_STACKS_MAP)?;
+        let kernel_map: StackTraceMap<_> = map(ebpf, PROBE, stack::KERNEL_STACKS_MAP)?;
+        let mut user: HashMap<u64, UserStack> = HashMap::new();
+        for hash in user_hashes {
+            if hash != stack::NO_USER_STACK
+                && !user.contains_key(&hash)
+                && let Ok(frames) = user_map.get(&hash, 0)
+            {
+                user.insert(hash, frames);
+            }
+        }
+        let mut kernel: HashMap<i32, Vec<u64>> = HashMap::new();
+        for id in kernel_ids {
+            if id >= 0
+                && !kernel.contains_key(&id)
+                && let Ok(trace) = kernel_map.get(&(id as u32), 0)
+            {
+                kernel.insert(id, trace.frames().iter().map(|f| f.ip).collect());
+            }
+        }
+        let user_addrs: HashSet<u64> = user
+            .values()
+            .flat_map(|s| {
+                user_frames(s)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &a)| lookup_addr(i, a))
+            })
+            .collect();
+        let kernel_addrs: HashSet<u64> = kernel
+            .values()
+            .flat_map(|ips| ips.iter().enumerate().map(|(i, &a)| lookup_addr(i, a)))
+            .collect();
+        let user_names = symbolizer.user(maps, &user_addrs.into_iter().collect::<Vec<_>>());
+        let kernel_names = symbolizer.kernel(&kernel_addrs.into_iter().collect::<Vec<_>>());
+        Ok(Self {
+            user,
+            kernel,
+            user_names,
+            kernel_names,
+        })
+    }
+
+    /// The named frames of a user stack, root first; a lost stack says so, none is empty.
+    pub fn user_frames(&self, hash: u64) -> Vec<String> {
+        let mut frames = Vec::new();
+        match self.user.get(&hash) {
+            Some(s) => push_root_first(&mut frames, user_frames(s), &self.user_names),
+            None if hash != stack::NO_USER_STACK => frames.push("[user stack lost]".to_string()),
+            None => {}
+        }
+        frames
+    }
+
+    /// The named frames of a kernel stack, root first.
+    pub fn kernel_frames(&self, id: i32) -> Vec<String> {
+        let mut frames = Vec::new();
+        match self.kernel.get(&id) {
+            Some(ips) => push_root_first(&mut frames, ips, &self.kernel_names),
+            None if id >= 0 => frames.push("[kernel stack lost]".to_string()),
+            None => {}
+        }
+        frames
+    }
+
+    /// How a user stack was walked: (unwinder, why it stopped).
+    pub fn walk(&self, hash: u64) -> Option<(&'static str, Option<&'static str>)> {
+        let s = self.user.get(&hash)?;
+        let stop = (s.stop != stack::stop::NONE).then(|| stop_name(s.stop));
+        Some((unwinder_name(s.unwinder), stop))
+    }
+}
+
+fn user_frames(stack: &UserStack) -> &[u64] {
+    &stack.frames[..(stack.len as usize).min(stack::MAX_USER_FRAMES)]
+}
+
+/// Names the stacks of `counts`: thread, then user frames, then kernel frames.
 pub fn resolve(
     ebpf: &Ebpf,
     counts: &[(StackKey, u64)],
     maps: &ProcessMaps,
     symbolizer: &Symbolizer,
 ) -> Result<Resolved, ProbeError> {
-    let user_map: BpfHashMap<_, u64, UserStack> = map(ebpf, PROBE, stack::USER_STACKS_MAP)?;
-    let kernel_map: StackTraceMap<_> = map(ebpf, PROBE, stack::KERNEL_STACKS_MAP)?;
-
-    let mut user: HashMap<u64, UserStack> = HashMap::new();
-    let mut kernel: HashMap<i32, Vec<u64>> = HashMap::new();
-    for (key, _) in counts {
-        if key.user_stack != stack::NO_USER_STACK
-            && !user.contains_key(&key.user_stack)
-            && let Ok(frames) = user_map.get(&key.user_stack, 0)
-        {
-            user.insert(key.user_stack, frames);
-        }
-        if key.kernel_stack >= 0
-            && !kernel.contains_key(&key.kernel_stack)
-            && let Ok(trace) = kernel_map.get(&(key.kernel_stack as u32), 0)
-        {
-            let ips = trace.frames().iter().map(|f| f.ip).collect();
-            kernel.insert(key.kernel_stack, ips);
-        }
-    }
-
-    let user_addrs: HashSet<u64> = user
-        .values()
-        .flat_map(|s| {
-            s.frames[..(s.len as usize).min(stack::MAX_USER_FRAMES)]
-                .iter()
-                .enumerate()
-                .map(|(i, &a)| lookup_addr(i, a))
-        })
-        .collect();
-    let kernel_addrs: HashSet<u64> = kernel
-        .values()
-        .flat_map(|ips| ips.iter().enumerate().map(|(i, &a)| lookup_addr(i, a)))
-        .collect();
-    let user_names = symbolizer.user(maps, &user_addrs.into_iter().collect::<Vec<_>>());
-    let kernel_names = symbolizer.kernel(&kernel_addrs.into_iter().collect::<Vec<_>>());
-
+    let table = StackTable::load(
+        ebpf,
+        counts.iter().map(|(k, _)| k.user_stack),
+        counts.iter().map(|(k, _)| k.kernel_stack),
+        maps,
+        symbolizer,
+    )?;
     let mut stacks = Vec::with_capacity(counts.len());
     let mut unwinders: BTreeMap<String, u64> = BTreeMap::new();
     let mut stops: BTreeMap<String, u64> = BTreeMap::new();
     for (key, weight) in counts {
-        let mut frames = Vec::new();
-        let user_stack = user.get(&key.user_stack);
-        let unwinder = user_stack.map_or("none", |s| unwinder_name(s.unwinder));
-        *unwinders.entry(unwinder.to_string()).or_default() += weight;
-        if let Some(s) = user_stack
-            && s.stop != stack::stop::NONE
-        {
-            *stops.entry(stop_name(s.stop).to_string()).or_default() += weight;
+        let walk = table.walk(key.user_stack);
+        *unwinders
+            .entry(walk.map_or("none", |w| w.0).to_string())
+            .or_default() += weight;
+        if let Some((_, Some(stop))) = walk {
+            *stops.entry(stop.to_string()).or_default() += weight;
         }
-        if let Some(s) = user_stack {
-            let len = (s.len as usize).min(stack::MAX_USER_FRAMES);
-            push_root_first(&mut frames, &s.frames[..len], &user_names);
-        } else if key.user_stack != stack::NO_USER_STACK {
-            frames.push("[user stack lost]".to_string());
-        }
-        if let Some(ips) = kernel.get(&key.kernel_stack) {
-            push_root_first(&mut frames, ips, &kernel_names);
-        } else if key.kernel_stack >= 0 {
-            frames.push("[kernel stack lost]".to_string());
-        }
+        let mut frames = table.user_frames(key.user_stack);
+        frames.extend(table.kernel_frames(key.kernel_stack));
         if frames.is_empty() {
             frames.push("[no stack]".to_string());
         }

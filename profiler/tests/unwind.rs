@@ -282,3 +282,61 @@ fn library_loaded_after_attach_is_unwound_within_a_second() {
     );
     assert!(outcome.summary.unwind.mapping_updates >= 1);
 }
+
+/// Off-CPU stacks of the direct_caller fixture blocked in `mode`, and how many of them have
+/// direct_caller right under the first libc frame (`libc_frame` names it).
+fn offcpu_callers(
+    mode: UnwindMode,
+    fixture_mode: &str,
+    libc_frame: &str,
+    name: &str,
+) -> (u64, u64) {
+    let fixture = start_fixture(&DIRECT_CALLER, &[fixture_mode]);
+    let mut opts = options(fixture.pid(), Duration::from_secs(2), output_dir(name));
+    opts.cpu = None;
+    opts.unwind = mode;
+    opts.offcpu = Some(profiler::probes::offcpu::Config {
+        min_block: Duration::from_micros(1),
+    });
+    let (_, outcome) = capture(opts, || {});
+    let stacks = folded(&outcome, "offcpu.folded");
+    share(
+        &stacks,
+        |f| f.iter().any(|n| n.contains(libc_frame)) && f.iter().any(|n| n == "driver"),
+        |f| {
+            let first = f.iter().position(|n| n.contains(libc_frame)).unwrap();
+            first > 0 && f[first - 1] == "direct_caller"
+        },
+    )
+}
+
+#[test]
+fn offcpu_callers_of_nanosleep_and_mutex_lock_survive() {
+    require_root();
+    for (fixture_mode, libc_frame) in [("sleep", "nanosleep"), ("lock", "pthread_mutex_lock")] {
+        let (kept, total) = offcpu_callers(
+            UnwindMode::Auto,
+            fixture_mode,
+            libc_frame,
+            "unwind-offcpu-auto",
+        );
+        assert!(
+            total > 0,
+            "{fixture_mode}: no off-CPU time under {libc_frame}"
+        );
+        assert!(
+            kept * 10 >= total * 9,
+            "{fixture_mode}: direct_caller under {libc_frame} for {kept} of {total} us"
+        );
+        let (kept, total) = offcpu_callers(
+            UnwindMode::FramePointer,
+            fixture_mode,
+            libc_frame,
+            "unwind-offcpu-fp",
+        );
+        assert!(
+            kept * 10 < total.max(1),
+            "{fixture_mode}: frame pointers kept direct_caller for {kept} of {total} us"
+        );
+    }
+}

@@ -2,6 +2,8 @@
 //! `attach(&mut Ebpf, &Config)`, and `read(&Ebpf)` returning what its maps aggregated.
 
 pub mod cpu;
+pub mod futex;
+pub mod offcpu;
 
 use aya::{Ebpf, maps::MapError, programs::ProgramError};
 

@@ -3,6 +3,8 @@
 
 pub mod flamegraph;
 pub mod folded;
+pub mod hist;
+pub mod locks;
 pub mod profile;
 pub mod summary;
 pub mod table;

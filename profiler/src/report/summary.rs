@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::profile::FunctionShare;
+use super::{locks::LockReport, profile::FunctionShare};
 use crate::{framepointers::FramePointerCheck, unwind::UnwindStats};
 
 /// Bumped whenever a field changes meaning or is removed (adding fields does not bump it).
@@ -27,6 +27,10 @@ pub struct Summary {
     pub notes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cpu: Option<CpuSummary>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub offcpu: Option<OffcpuSummary>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub futex: Option<FutexSummary>,
     /// How user stacks were walked, and what the tables cost.
     pub unwind: UnwindStats,
     /// Every kernel-side counter of dropped or incomplete data, by name; all zero is a clean run.
@@ -65,4 +69,34 @@ pub struct CpuSummary {
 pub struct ThreadWeight {
     pub name: String,
     pub weight: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OffcpuSummary {
+    pub min_block_us: f64,
+    /// Off-CPU time counted, all threads.
+    pub total_us: u64,
+    /// Times a target thread left the CPU.
+    pub switches: u64,
+    pub threads: Vec<ThreadWeight>,
+    /// Heaviest blocking stacks, microseconds.
+    pub top_stacks: Vec<StackWeight>,
+    pub unwinders: BTreeMap<String, u64>,
+    pub unwind_stops: BTreeMap<String, u64>,
+}
+
+/// A stack (root first) and its weight.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackWeight {
+    pub thread: String,
+    pub frames: Vec<String>,
+    pub weight: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FutexSummary {
+    pub waits: u64,
+    pub wakes: u64,
+    /// Contended locks, most total wait first.
+    pub locks: Vec<LockReport>,
 }

@@ -19,13 +19,16 @@ use std::{
 };
 
 use aya::{Ebpf, maps::HashMap as BpfHashMap};
-use object::{Object, ObjectSegment};
+use object::Object;
 use profiler_common::unwind::{
     self as common, MAX_MAPPINGS, MappingEntry, ProcessMappings, UnwindRow,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::procmaps::{Backing, MappedFile, ProcessMaps, parse_maps};
+use crate::{
+    elf::{Segment, segments, text_bias},
+    procmaps::{Backing, MappedFile, ProcessMaps, parse_maps},
+};
 use table::Table;
 
 /// How user stacks are walked.
@@ -94,14 +97,6 @@ pub struct UnwindStats {
     pub mapping_updates: u64,
     /// Executable mappings beyond what the kernel side holds.
     pub mappings_dropped: u64,
-}
-
-/// How a table's ELF addresses relate to file offsets: the file's PT_LOAD segments.
-#[derive(Debug, Clone, Copy)]
-struct Segment {
-    offset: u64,
-    vaddr: u64,
-    filesz: u64,
 }
 
 /// A compiled table and where it went in `UNWIND_ROWS`.
@@ -274,18 +269,7 @@ impl Unwinder {
             }
         };
         let segments = object::File::parse(image)
-            .map(|elf| {
-                elf.segments()
-                    .map(|s| {
-                        let (offset, filesz) = s.file_range();
-                        Segment {
-                            offset,
-                            vaddr: s.address(),
-                            filesz,
-                        }
-                    })
-                    .collect()
-            })
+            .map(|elf| segments(&elf))
             .unwrap_or_default();
         self.stats.binaries += 1;
         self.stats.unsupported_rows += table.unsupported as u64;
@@ -353,7 +337,7 @@ impl Unwinder {
             if let Some(placed) = placed
                 && let (Some(start), Some(bias)) = (
                     placed.start,
-                    load_bias(&placed.segments, mapping.start, mapping.offset),
+                    text_bias(&placed.segments, mapping.start, mapping.end, mapping.offset),
                 )
             {
                 entry.bias = bias;
@@ -417,21 +401,6 @@ pub fn inspect(path: &std::path::Path) -> std::io::Result<TableReport> {
     })
 }
 
-/// Runtime address minus ELF address for a mapping that starts at file offset `offset`.
-fn load_bias(segments: &[Segment], start: u64, offset: u64) -> Option<u64> {
-    const PAGE: u64 = 4096;
-    let segment = segments.iter().find(|s| {
-        s.filesz > 0 && s.offset & !(PAGE - 1) <= offset && offset < s.offset + s.filesz
-    })?;
-    // start maps file offset `offset`, whose ELF address is vaddr + (offset - s.offset).
-    Some(
-        start
-            .wrapping_sub(segment.vaddr)
-            .wrapping_sub(offset)
-            .wrapping_add(segment.offset),
-    )
-}
-
 /// The vdso image, read from our own process: every process of one kernel maps the same one.
 fn own_vdso() -> Option<Vec<u8>> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
@@ -445,45 +414,6 @@ fn own_vdso() -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn load_bias_of_pie_and_fixed_binaries() {
-        // A PIE's text segment: file offset 0x1000 at ELF address 0x1000, mapped at 0x5555_0000_1000.
-        let pie = [
-            Segment {
-                offset: 0,
-                vaddr: 0,
-                filesz: 0x600,
-            },
-            Segment {
-                offset: 0x1000,
-                vaddr: 0x1000,
-                filesz: 0x2345,
-            },
-        ];
-        assert_eq!(
-            load_bias(&pie, 0x5555_0000_1000, 0x1000),
-            Some(0x5555_0000_0000)
-        );
-        // A fixed-address executable is not relocated.
-        let fixed = [Segment {
-            offset: 0x1000,
-            vaddr: 0x401000,
-            filesz: 0x5000,
-        }];
-        assert_eq!(load_bias(&fixed, 0x401000, 0x1000), Some(0));
-        // Segment offsets need not be page aligned.
-        let odd = [Segment {
-            offset: 0x1e40,
-            vaddr: 0x2e40,
-            filesz: 0x1000,
-        }];
-        assert_eq!(
-            load_bias(&odd, 0x7f00_0000_1000, 0x1000),
-            Some(0x7f00_0000_1000 - 0x2000)
-        );
-        assert_eq!(load_bias(&pie, 0x1000, 0x9000), None);
-    }
 
     #[test]
     fn compiles_own_binaries_once_per_build_id() {

@@ -47,6 +47,8 @@ pub fn options(pid: u32, duration: Duration, output: PathBuf) -> AttachOptions {
         duration: Some(duration),
         output: Some(output),
         cpu: Some(profiler::probes::cpu::Config { frequency: 99 }),
+        offcpu: None,
+        futex: None,
         unwind: profiler::unwind::UnwindMode::Auto,
         verbose: false,
         progress: false,
@@ -66,7 +68,15 @@ pub fn capture(opts: AttachOptions, during: impl FnOnce()) -> (EndReason, Outcom
 }
 
 /// Names of our programs as the kernel lists them (truncated to 15 characters).
-const OUR_PROGRAMS: &[&str] = &[profiler_common::cpu::PROGRAM];
+const OUR_PROGRAMS: &[&str] = &[
+    profiler_common::cpu::PROGRAM,
+    profiler_common::offcpu::PROGRAM,
+    profiler_common::futex::ENTER_PROGRAM,
+    profiler_common::futex::WAIT_ENTER_PROGRAM,
+    profiler_common::futex::WAITV_ENTER_PROGRAM,
+    profiler_common::futex::WAKE_ENTER_PROGRAM,
+    profiler_common::futex::EXIT_PROGRAM,
+];
 
 pub fn assert_no_programs_loaded() {
     let ours: HashSet<String> = OUR_PROGRAMS

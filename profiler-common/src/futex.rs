@@ -1,0 +1,123 @@
+//! `futex`: lock contention from the futex syscalls. Waits are timed per (lock address, waiter
+//! stack); wakes are counted per (lock address, waker stack), so a report shows who waits on a
+//! lock and who releases it.
+
+use crate::{hist::Hist, impl_pod};
+
+/// `sys_enter_futex`: classic futex(2), waits and wakes told apart by the op.
+pub const ENTER_PROGRAM: &str = "futex_enter";
+/// `sys_enter_futex_wait` (6.7+): always a wait.
+pub const WAIT_ENTER_PROGRAM: &str = "futex_wait_enter";
+/// `sys_enter_futex_waitv` (5.16+): waits on several; the first names the lock.
+pub const WAITV_ENTER_PROGRAM: &str = "futex_waitv_enter";
+/// `sys_enter_futex_wake` (6.7+): always a wake.
+pub const WAKE_ENTER_PROGRAM: &str = "futex_wake_enter";
+/// `sys_exit_futex*` of the waiting syscalls.
+pub const EXIT_PROGRAM: &str = "futex_exit";
+
+/// `FUTEX_WAITS`: [`FutexKey`] (waiter stack) → [`FutexWait`].
+pub const WAITS_MAP: &str = "FUTEX_WAITS";
+/// `FUTEX_WAKES`: [`FutexKey`] (waker stack) → `u64` wakes.
+pub const WAKES_MAP: &str = "FUTEX_WAKES";
+/// `FUTEX_WAITERS`: [`FutexWaiter`] → `u64` waits, to count distinct waiting threads.
+pub const WAITERS_MAP: &str = "FUTEX_WAITERS";
+/// `FUTEX_START`: tid → [`FutexStart`] of a wait in progress.
+pub const START_MAP: &str = "FUTEX_START";
+/// A zeroed [`FutexWait`] that new entries are copied from (too big for the BPF stack).
+pub const ZERO_MAP: &str = "FUTEX_ZERO";
+/// [`FutexConfig`] global.
+pub const CONFIG_GLOBAL: &str = "FUTEX_CONFIG";
+
+/// futex(2) operations (`op & FUTEX_CMD_MASK`).
+pub mod op {
+    pub const CMD_MASK: u32 = !(128 | 256);
+    pub const WAIT: u32 = 0;
+    pub const WAKE: u32 = 1;
+    pub const REQUEUE: u32 = 3;
+    pub const CMP_REQUEUE: u32 = 4;
+    pub const WAKE_OP: u32 = 5;
+    pub const LOCK_PI: u32 = 6;
+    pub const UNLOCK_PI: u32 = 7;
+    pub const WAIT_BITSET: u32 = 9;
+    pub const WAKE_BITSET: u32 = 10;
+    pub const WAIT_REQUEUE_PI: u32 = 11;
+    pub const CMP_REQUEUE_PI: u32 = 12;
+    pub const LOCK_PI2: u32 = 13;
+
+    /// Operations that put the caller to sleep on the futex.
+    #[inline(always)]
+    pub const fn is_wait(cmd: u32) -> bool {
+        matches!(
+            cmd,
+            WAIT | WAIT_BITSET | LOCK_PI | LOCK_PI2 | WAIT_REQUEUE_PI
+        )
+    }
+
+    /// Operations that wake (or hand over to) waiters.
+    #[inline(always)]
+    pub const fn is_wake(cmd: u32) -> bool {
+        matches!(
+            cmd,
+            WAKE | WAKE_BITSET | WAKE_OP | UNLOCK_PI | REQUEUE | CMP_REQUEUE | CMP_REQUEUE_PI
+        )
+    }
+}
+
+/// Fixed at load: where the syscall records keep the futex address and op.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FutexConfig {
+    /// sys_enter_futex: `uaddr` and `op`.
+    pub futex_uaddr_offset: u32,
+    pub futex_op_offset: u32,
+    /// sys_enter_futex_wait / sys_enter_futex_wake: `uaddr`.
+    pub wait_uaddr_offset: u32,
+    pub wake_uaddr_offset: u32,
+    /// sys_enter_futex_waitv: `waiters` (user pointer to `struct futex_waitv[]`).
+    pub waitv_waiters_offset: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FutexConfig>() == 24);
+
+/// A lock and a stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FutexKey {
+    pub uaddr: u64,
+    pub user_stack: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FutexKey>() == 24);
+
+/// Waits on one lock from one stack.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FutexWait {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub _pad: u64,
+    pub hist: Hist,
+}
+
+/// A thread that waited on a lock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FutexWaiter {
+    pub uaddr: u64,
+    pub tid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FutexWaiter>() == 16);
+
+/// A wait in progress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FutexStart {
+    pub ts: u64,
+    pub uaddr: u64,
+    pub user_stack: u64,
+}
+
+impl_pod!(FutexConfig, FutexKey, FutexWait, FutexWaiter, FutexStart);

@@ -1,0 +1,194 @@
+//! `futex`: who waits on which lock, for how long, from where; and who wakes them.
+
+use aya_ebpf::{
+    Global,
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::bpf_probe_read_user,
+    macros::{map, tracepoint},
+    maps::{HashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+use profiler_common::{
+    futex::{FutexConfig, FutexKey, FutexStart, FutexWait, FutexWaiter, op},
+    hist::{SLOTS, slot_of},
+    stats,
+};
+
+use crate::shared::{add_to, atomic_add, count, now_ns, target_thread, user_stack};
+
+#[unsafe(no_mangle)]
+static FUTEX_CONFIG: Global<FutexConfig> = Global::new(FutexConfig {
+    futex_uaddr_offset: 0,
+    futex_op_offset: 0,
+    wait_uaddr_offset: 0,
+    wake_uaddr_offset: 0,
+    waitv_waiters_offset: 0,
+    _pad: 0,
+});
+
+/// 16 KiB values, so allocated as used rather than preallocated for every slot.
+#[map]
+static FUTEX_WAITS: HashMap<FutexKey, FutexWait> =
+    HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+#[map]
+static FUTEX_WAKES: HashMap<FutexKey, u64> = HashMap::with_max_entries(8192, 0);
+
+#[map]
+static FUTEX_WAITERS: HashMap<FutexWaiter, u64> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+static FUTEX_START: HashMap<u32, FutexStart> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+static FUTEX_ZERO: PerCpuArray<FutexWait> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn begin_wait(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64) {
+    let start = FutexStart {
+        ts: now_ns(),
+        uaddr,
+        user_stack: user_stack(ctx, tgid, false),
+    };
+    if FUTEX_START.insert(tid, start, BPF_ANY as u64).is_err() {
+        count(stats::FUTEX_MAPS_FULL);
+    }
+}
+
+#[inline(always)]
+fn wake(ctx: &TracePointContext, tgid: u32, uaddr: u64) {
+    count(stats::FUTEX_WAKES);
+    let key = FutexKey {
+        uaddr,
+        user_stack: user_stack(ctx, tgid, false),
+        tgid,
+        _pad: 0,
+    };
+    add_to(&FUTEX_WAKES, &key, 1, stats::FUTEX_MAPS_FULL);
+}
+
+#[tracepoint]
+pub fn futex_enter(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = target_thread() else {
+        return 0;
+    };
+    let config = FUTEX_CONFIG.load();
+    // SAFETY: offsets come from this kernel's sys_enter_futex format.
+    let (Ok(uaddr), Ok(op)) = (unsafe {
+        (
+            ctx.read_at::<u64>(config.futex_uaddr_offset as usize),
+            ctx.read_at::<u64>(config.futex_op_offset as usize),
+        )
+    }) else {
+        return 0;
+    };
+    let cmd = op as u32 & op::CMD_MASK;
+    if op::is_wait(cmd) {
+        begin_wait(&ctx, tgid, tid, uaddr);
+    } else if op::is_wake(cmd) {
+        wake(&ctx, tgid, uaddr);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn futex_wait_enter(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = target_thread() else {
+        return 0;
+    };
+    let offset = FUTEX_CONFIG.load().wait_uaddr_offset as usize;
+    // SAFETY: the offset comes from this kernel's sys_enter_futex_wait format.
+    if let Ok(uaddr) = unsafe { ctx.read_at::<u64>(offset) } {
+        begin_wait(&ctx, tgid, tid, uaddr);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn futex_waitv_enter(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = target_thread() else {
+        return 0;
+    };
+    let offset = FUTEX_CONFIG.load().waitv_waiters_offset as usize;
+    // SAFETY: the offset comes from this kernel's sys_enter_futex_waitv format.
+    let Ok(waiters) = (unsafe { ctx.read_at::<u64>(offset) }) else {
+        return 0;
+    };
+    // struct futex_waitv { u64 val; u64 uaddr; u32 flags; u32 reserved; }: the first entry's
+    // uaddr names the wait.
+    // SAFETY: a read of user memory that may fault; the helper reports it.
+    if let Ok(uaddr) = unsafe { bpf_probe_read_user((waiters + 8) as *const u64) } {
+        begin_wait(&ctx, tgid, tid, uaddr);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn futex_wake_enter(ctx: TracePointContext) -> u32 {
+    let Some((tgid, _)) = target_thread() else {
+        return 0;
+    };
+    let offset = FUTEX_CONFIG.load().wake_uaddr_offset as usize;
+    // SAFETY: the offset comes from this kernel's sys_enter_futex_wake format.
+    if let Ok(uaddr) = unsafe { ctx.read_at::<u64>(offset) } {
+        wake(&ctx, tgid, uaddr);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn futex_exit(_ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = target_thread() else {
+        return 0;
+    };
+    // SAFETY: copied out before the entry is removed.
+    let Some(start) = (unsafe { FUTEX_START.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = FUTEX_START.remove(tid);
+    let waited = now_ns().saturating_sub(start.ts);
+    count(stats::FUTEX_WAITS);
+    let key = FutexKey {
+        uaddr: start.uaddr,
+        user_stack: start.user_stack,
+        tgid,
+        _pad: 0,
+    };
+    let Some(entry) = wait_entry(&key) else {
+        count(stats::FUTEX_MAPS_FULL);
+        return 0;
+    };
+    // SAFETY: a live map value; fields are updated atomically or (max) benignly racy.
+    unsafe {
+        atomic_add(&raw mut (*entry).count, 1);
+        atomic_add(&raw mut (*entry).total_ns, waited);
+        if waited > (*entry).max_ns {
+            (*entry).max_ns = waited;
+        }
+        let slot = slot_of(waited) & (SLOTS - 1);
+        atomic_add(&raw mut (*entry).hist.slots[slot], 1);
+    }
+    let waiter = FutexWaiter {
+        uaddr: start.uaddr,
+        tid,
+        _pad: 0,
+    };
+    add_to(&FUTEX_WAITERS, &waiter, 1, stats::FUTEX_MAPS_FULL);
+    0
+}
+
+/// The entry for `key`, created from the zero template if new.
+#[inline(always)]
+fn wait_entry(key: &FutexKey) -> Option<*mut FutexWait> {
+    if let Some(entry) = FUTEX_WAITS.get_ptr_mut(key) {
+        return Some(entry);
+    }
+    let zero = FUTEX_ZERO.get_ptr(0)?;
+    // SAFETY: the template is a live map value of the right type; the kernel copies it.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value would copy 16 KiB onto the 512-byte BPF stack"
+    )]
+    let _ = FUTEX_WAITS.insert(key, unsafe { &*zero }, BPF_NOEXIST as u64);
+    FUTEX_WAITS.get_ptr_mut(key)
+}

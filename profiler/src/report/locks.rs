@@ -1,0 +1,267 @@
+//! Lock contention reports from the futex maps: each lock with its name, who waits on it and
+//! for how long, and who wakes its waiters.
+
+use std::{collections::HashMap, fmt::Write as _};
+
+use serde::{Deserialize, Serialize};
+
+use super::{hist::Merged, profile::WeightedStack};
+use crate::{locks::LockNamer, probes::futex::FutexData, stacks::StackTable};
+
+/// Stacks listed per lock, waiters and wakers each.
+const STACKS_PER_LOCK: usize = 5;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockStack {
+    /// Root first.
+    pub frames: Vec<String>,
+    /// Waits (waiter stacks) or wakes (waker stacks).
+    pub count: u64,
+    /// Time waited from this stack; 0 for wakers.
+    pub wait_us: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockReport {
+    pub address: String,
+    pub name: String,
+    /// "symbol", "heap", "stack", "file", "unknown".
+    pub kind: String,
+    /// Distinct threads that waited.
+    pub waiters: u64,
+    pub waits: u64,
+    pub total_wait_us: f64,
+    pub mean_wait_us: f64,
+    pub max_wait_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub top_waiters: Vec<LockStack>,
+    pub top_wakers: Vec<LockStack>,
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// Every lock that was waited on, most total wait first.
+pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -> Vec<LockReport> {
+    struct Acc {
+        waits: u64,
+        total: u64,
+        max: u64,
+        hist: Merged,
+        waiter_stacks: Vec<(u64, u64, u64)>,
+    }
+    let mut by_lock: HashMap<u64, Acc> = HashMap::new();
+    for (key, wait) in &data.waits {
+        let acc = by_lock.entry(key.uaddr).or_insert_with(|| Acc {
+            waits: 0,
+            total: 0,
+            max: 0,
+            hist: Merged::default(),
+            waiter_stacks: Vec::new(),
+        });
+        acc.waits += wait.count;
+        acc.total += wait.total_ns;
+        acc.max = acc.max.max(wait.max_ns);
+        acc.hist.add(&wait.hist);
+        acc.waiter_stacks
+            .push((key.user_stack, wait.count, wait.total_ns));
+    }
+    let mut waiters: HashMap<u64, u64> = HashMap::new();
+    for (waiter, _) in &data.waiters {
+        *waiters.entry(waiter.uaddr).or_default() += 1;
+    }
+    let mut wakers: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    for (key, count) in &data.wakes {
+        wakers
+            .entry(key.uaddr)
+            .or_default()
+            .push((key.user_stack, *count));
+    }
+    let mut reports: Vec<LockReport> = by_lock
+        .into_iter()
+        .map(|(uaddr, mut acc)| {
+            let lock = namer.name(uaddr);
+            acc.waiter_stacks.sort_by_key(|s| std::cmp::Reverse(s.2));
+            let mut lock_wakers = wakers.remove(&uaddr).unwrap_or_default();
+            lock_wakers.sort_by_key(|w| std::cmp::Reverse(w.1));
+            LockReport {
+                address: format!("{uaddr:#x}"),
+                name: lock.name,
+                kind: lock.kind,
+                waiters: waiters.get(&uaddr).copied().unwrap_or(0),
+                waits: acc.waits,
+                total_wait_us: us(acc.total),
+                mean_wait_us: if acc.waits == 0 {
+                    0.0
+                } else {
+                    us(acc.total) / acc.waits as f64
+                },
+                max_wait_us: us(acc.max),
+                p50_us: us(acc.hist.quantile(0.50)),
+                p90_us: us(acc.hist.quantile(0.90)),
+                p99_us: us(acc.hist.quantile(0.99)),
+                top_waiters: acc
+                    .waiter_stacks
+                    .iter()
+                    .take(STACKS_PER_LOCK)
+                    .map(|&(stack, count, total)| LockStack {
+                        frames: stacks.user_frames(stack),
+                        count,
+                        wait_us: us(total),
+                    })
+                    .collect(),
+                top_wakers: lock_wakers
+                    .iter()
+                    .take(STACKS_PER_LOCK)
+                    .map(|&(stack, count)| LockStack {
+                        frames: stacks.user_frames(stack),
+                        count,
+                        wait_us: 0.0,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    reports.sort_by(|a, b| b.total_wait_us.total_cmp(&a.total_wait_us));
+    reports
+}
+
+/// Every (lock, waiter stack) as a stack rooted at the lock, weighted by microseconds waited.
+pub fn weighted_stacks(
+    data: &FutexData,
+    stacks: &StackTable,
+    reports: &[LockReport],
+) -> Vec<WeightedStack> {
+    let names: HashMap<&str, &str> = reports
+        .iter()
+        .map(|r| (r.address.as_str(), r.name.as_str()))
+        .collect();
+    data.waits
+        .iter()
+        .map(|(key, wait)| {
+            let address = format!("{:#x}", key.uaddr);
+            let name = names.get(address.as_str()).copied().unwrap_or(&address);
+            WeightedStack {
+                thread: format!("lock {name}"),
+                tid: 0,
+                frames: stacks.user_frames(key.user_stack),
+                weight: wait.total_ns / 1000,
+            }
+        })
+        .collect()
+}
+
+/// The lock table for the terminal and `locks.txt`: the first `n` locks with their stacks.
+pub fn render(reports: &[LockReport], n: usize) -> String {
+    let mut out = String::new();
+    if reports.is_empty() {
+        let _ = writeln!(out, "no futex waits recorded");
+        return out;
+    }
+    for (i, lock) in reports.iter().take(n).enumerate() {
+        let _ = writeln!(
+            out,
+            "#{} {} ({}, {})\n   {} waiters, {} waits, total {:.1} ms, mean {:.1} us, max {:.1} us\n   p50 {:.1} us  p90 {:.1} us  p99 {:.1} us",
+            i + 1,
+            lock.name,
+            lock.kind,
+            lock.address,
+            lock.waiters,
+            lock.waits,
+            lock.total_wait_us / 1000.0,
+            lock.mean_wait_us,
+            lock.max_wait_us,
+            lock.p50_us,
+            lock.p90_us,
+            lock.p99_us
+        );
+        let _ = writeln!(out, "   waiters (who waits):");
+        for stack in &lock.top_waiters {
+            let _ = writeln!(
+                out,
+                "     {:>10.1} ms {:>8} waits  {}",
+                stack.wait_us / 1000.0,
+                stack.count,
+                leaf_frames(&stack.frames, 6)
+            );
+        }
+        let _ = writeln!(out, "   wakers (who releases):");
+        if lock.top_wakers.is_empty() {
+            let _ = writeln!(out, "     (none seen)");
+        }
+        for stack in &lock.top_wakers {
+            let _ = writeln!(
+                out,
+                "     {:>8} wakes  {}",
+                stack.count,
+                leaf_frames(&stack.frames, 6)
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The last `n` frames, leaf last, for a one-line stack.
+pub fn leaf_frames(frames: &[String], n: usize) -> String {
+    let start = frames.len().saturating_sub(n);
+    let mut line = if start > 0 {
+        "…;".to_string()
+    } else {
+        String::new()
+    };
+    line.push_str(&frames[start..].join(";"));
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(name: &str, total_us: f64) -> LockReport {
+        LockReport {
+            address: "0x10".into(),
+            name: name.into(),
+            kind: "symbol".into(),
+            waiters: 4,
+            waits: 100,
+            total_wait_us: total_us,
+            mean_wait_us: total_us / 100.0,
+            max_wait_us: 1500.0,
+            p50_us: 900.0,
+            p90_us: 1100.0,
+            p99_us: 1400.0,
+            top_waiters: vec![LockStack {
+                frames: vec![
+                    "main".into(),
+                    "worker_loop".into(),
+                    "pthread_mutex_lock".into(),
+                ],
+                count: 100,
+                wait_us: total_us,
+            }],
+            top_wakers: vec![],
+        }
+    }
+
+    #[test]
+    fn renders_locks_with_stacks() {
+        let text = render(&[report("g_hot_lock", 95_000.0), report("other", 10.0)], 1);
+        assert!(text.starts_with("#1 g_hot_lock (symbol, 0x10)"), "{text}");
+        assert!(text.contains("4 waiters, 100 waits, total 95.0 ms"));
+        assert!(text.contains("main;worker_loop;pthread_mutex_lock"));
+        assert!(text.contains("(none seen)"));
+        assert!(!text.contains("other"), "only the first lock: {text}");
+        assert_eq!(render(&[], 5), "no futex waits recorded\n");
+    }
+
+    #[test]
+    fn leaf_frames_elide_the_root() {
+        let frames: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(leaf_frames(&frames, 2), "…;b;c");
+        assert_eq!(leaf_frames(&frames, 5), "a;b;c");
+    }
+}
