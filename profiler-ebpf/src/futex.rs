@@ -37,8 +37,9 @@ static FUTEX_WAKES: HashMap<FutexKey, u64> = HashMap::with_max_entries(8192, 0);
 #[map]
 static FUTEX_WAITERS: HashMap<FutexWaiter, u64> = HashMap::with_max_entries(16384, 0);
 
+/// Waits in progress; `offcpu` reads it too, to reuse the stack of a thread blocked in one.
 #[map]
-static FUTEX_START: HashMap<u32, FutexStart> = HashMap::with_max_entries(16384, 0);
+pub static FUTEX_START: HashMap<u32, FutexStart> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 static FUTEX_ZERO: PerCpuArray<FutexWait> = PerCpuArray::with_max_entries(1, 0);

@@ -15,7 +15,10 @@ use profiler_common::{
     stats,
 };
 
-use crate::shared::{add_to, count, kernel_stack, now_ns, target_thread, user_stack};
+use crate::{
+    futex::FUTEX_START,
+    shared::{add_to, count, kernel_stack, now_ns, target_thread, user_stack},
+};
 
 #[unsafe(no_mangle)]
 static OFFCPU_CONFIG: Global<OffcpuConfig> = Global::new(OffcpuConfig {
@@ -37,12 +40,19 @@ pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
     // The tracepoint runs as the task leaving the CPU.
     if let Some((tgid, tid)) = target_thread() {
         count(stats::OFFCPU_SWITCHES);
+        // A thread blocking inside a futex wait has the user stack the futex probe walked at
+        // the start of that same syscall: reuse it rather than walk it again.
+        // SAFETY: read once; the entry may go, the copy stays valid.
+        let user = match unsafe { FUTEX_START.get(tid) } {
+            Some(wait) => wait.user_stack,
+            None => user_stack(&ctx, tgid, false),
+        };
         let start = OffcpuStart {
             ts: now,
             key: StackKey {
                 tgid,
                 tid,
-                user_stack: user_stack(&ctx, tgid, false),
+                user_stack: user,
                 kernel_stack: kernel_stack(&ctx, false),
                 _pad: 0,
                 comm: bpf_get_current_comm().unwrap_or_default(),

@@ -4,22 +4,20 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::Serialize;
 use testbed::{
     fixture::{CBuild, FRAME_POINTERS, NO_FRAME_POINTERS, build_c},
     process::ChildGuard,
 };
 
-use super::{BenchArgs, Unwind, median, write_result};
+use super::{Attached, BenchArgs, Unwind, cpu_time, median, write_result};
 use crate::util;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -287,102 +285,4 @@ fn measure(
     }
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(Run { elapsed_ns, cost })
-}
-
-/// A measuring tool we started; stopped with SIGINT and reaped with its resource usage.
-struct Attached {
-    child: Child,
-    reaped: bool,
-}
-
-impl Attached {
-    /// Spawns, and when `ready` is given waits for a stderr line containing it.
-    fn spawn(mut cmd: Command, ready: Option<&str>) -> anyhow::Result<Self> {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawning {cmd:?}"))?;
-        let stderr = child.stderr.take().context("stderr piped")?;
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr)
-                .lines()
-                .map_while(std::result::Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut tool = Self {
-            child,
-            reaped: false,
-        };
-        if let Some(needle) = ready {
-            loop {
-                match rx.recv_timeout(Duration::from_secs(30)) {
-                    Ok(line) if line.contains(needle) => break,
-                    Ok(_) => {}
-                    Err(_) => {
-                        tool.kill();
-                        bail!("{cmd:?} did not attach");
-                    }
-                }
-            }
-        }
-        Ok(tool)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGINT, wait, and return the peak RSS in MB.
-    fn stop(mut self) -> anyhow::Result<f64> {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: signalling and reaping our own unreaped child by pid.
-        unsafe { libc::kill(pid, libc::SIGINT) };
-        let mut status = 0;
-        // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: as above; wait4 fills status and usage.
-        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        self.reaped = true;
-        // perf re-raises SIGINT after writing its data, so dying of it is a clean stop too.
-        let clean = (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
-            || (libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGINT);
-        if reaped != pid || !clean {
-            bail!("tool pid {pid} ended badly (status {status:#x})");
-        }
-        Ok(usage.ru_maxrss as f64 / 1024.0)
-    }
-
-    fn kill(&mut self) {
-        if !self.reaped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            self.reaped = true;
-        }
-    }
-}
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// CPU time of every thread of a live process, from schedstat (nanoseconds, unlike the
-/// clock-tick granularity of /proc/PID/stat).
-fn cpu_time(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    let ns: u64 = tasks
-        .filter_map(std::result::Result::ok)
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(ns)
 }

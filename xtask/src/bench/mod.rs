@@ -2,10 +2,18 @@
 //! (interleaved with the bare baseline), the median over several rounds.
 
 mod cpu;
+mod futex;
 
-use std::path::PathBuf;
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
@@ -47,11 +55,13 @@ impl Unwind {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Which {
     Cpu,
+    Futex,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.which {
         Which::Cpu => cpu::run(&args),
+        Which::Futex => futex::run(&args),
     }
 }
 
@@ -77,6 +87,128 @@ pub fn write_result(name: &str, value: &impl Serialize) -> anyhow::Result<PathBu
     std::fs::write(&path, serde_json::to_vec_pretty(value)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// A measuring tool we started; stopped with SIGINT and reaped with its resource usage.
+pub struct Attached {
+    child: Child,
+    reaped: bool,
+}
+
+impl Attached {
+    /// Spawns, and when `ready` is given waits for a stderr line containing it.
+    pub fn spawn(mut cmd: Command, ready: Option<&str>) -> anyhow::Result<Self> {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {cmd:?}"))?;
+        let stderr = child.stderr.take().context("stderr piped")?;
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tool = Self {
+            child,
+            reaped: false,
+        };
+        if let Some(needle) = ready {
+            loop {
+                match rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(line) if line.contains(needle) => break,
+                    Ok(_) => {}
+                    Err(_) => {
+                        tool.kill();
+                        bail!("{cmd:?} did not attach");
+                    }
+                }
+            }
+        }
+        Ok(tool)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGINT, wait, and return the peak RSS in MB.
+    pub fn stop(mut self) -> anyhow::Result<f64> {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling and reaping our own unreaped child by pid.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; wait4 fills status and usage.
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        self.reaped = true;
+        // perf re-raises SIGINT after writing its data, so dying of it is a clean stop too.
+        let clean = (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
+            || (libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGINT);
+        if reaped != pid || !clean {
+            bail!("tool pid {pid} ended badly (status {status:#x})");
+        }
+        Ok(usage.ru_maxrss as f64 / 1024.0)
+    }
+
+    /// Waits for the tool to exit by itself (its target ended); returns its peak RSS in MB.
+    pub fn wait_exit(mut self, timeout: Duration) -> anyhow::Result<f64> {
+        let pid = self.child.id() as libc::pid_t;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let mut status = 0;
+            // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: polls our own child by pid.
+            let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+            if reaped == pid {
+                self.reaped = true;
+                if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                    bail!("tool pid {pid} ended badly (status {status:#x})");
+                }
+                return Ok(usage.ru_maxrss as f64 / 1024.0);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("tool pid {pid} did not exit within {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// CPU time of every thread of a live process, from schedstat (nanoseconds, unlike the
+/// clock-tick granularity of /proc/PID/stat).
+pub fn cpu_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .filter_map(std::result::Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 #[cfg(test)]
