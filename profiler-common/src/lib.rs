@@ -5,6 +5,7 @@
 //! `pub const`s so both sides (and a test) agree on them.
 #![no_std]
 
+pub mod alloc;
 pub mod cpu;
 pub mod futex;
 pub mod hist;

@@ -14,6 +14,9 @@ pub const KERNEL_STACKS_MAP: &str = "KERNEL_STACKS";
 /// `SCRATCH_STACK`: one [`UserStack`] per CPU to build a stack in (too big for the BPF stack).
 pub const SCRATCH_STACK_MAP: &str = "SCRATCH_STACK";
 
+/// `STACK_CACHE`: tid → [`WalkCache`], the thread's last table walk.
+pub const STACK_CACHE_MAP: &str = "STACK_CACHE";
+
 /// Kernel stack id meaning "no kernel stack" (the sample was taken in user mode).
 pub const NO_KERNEL_STACK: i32 = -1;
 /// User stack hash meaning "no user stack" (a kernel thread, or the walk failed).
@@ -81,6 +84,24 @@ pub struct UserStack {
 }
 const _: () = assert!(core::mem::size_of::<UserStack>() == 8 + 8 * MAX_USER_FRAMES);
 
+/// A thread's last table walk: where it started, what it found, and where each return address
+/// was read. If the thread is at the same registers and every one of those stack slots still
+/// holds the same return address, a new walk would find the same stack.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WalkCache {
+    pub pc: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The stack's hash in `USER_STACKS`.
+    pub hash: u64,
+    /// Frames walked; `slots[i]` is where frame `i + 1`'s return address was read.
+    pub len: u32,
+    pub _pad: u32,
+    pub slots: [u64; MAX_USER_FRAMES],
+}
+const _: () = assert!(core::mem::size_of::<WalkCache>() == 40 + 8 * MAX_USER_FRAMES);
+
 /// Who was running and where: the key every stack-aggregating map uses.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,4 +118,4 @@ pub struct StackKey {
 }
 const _: () = assert!(core::mem::size_of::<StackKey>() == 40);
 
-impl_pod!(UserStack, StackKey);
+impl_pod!(UserStack, StackKey, WalkCache);

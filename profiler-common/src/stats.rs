@@ -32,7 +32,22 @@ pub const FUTEX_MAPS_FULL: u32 = 11;
 /// futex: wakes counted.
 pub const FUTEX_WAKES: u32 = 12;
 
-pub const COUNT: u32 = 13;
+/// alloc: allocator calls of the target seen (sampled or not).
+pub const ALLOC_CALLS: u32 = 13;
+/// alloc: allocations tracked (sampled in).
+pub const ALLOC_TRACKED: u32 = 14;
+/// alloc: frees of tracked allocations.
+pub const ALLOC_FREES: u32 = 15;
+/// alloc: frees of addresses never seen allocated (before attach, or not sampled in).
+pub const ALLOC_UNKNOWN_FREES: u32 = 16;
+/// alloc: entries whose return never came (or an allocator that calls itself).
+pub const ALLOC_MISSED_RETURNS: u32 = 17;
+/// alloc: allocations not tracked because `ALLOC_LIVE` was full.
+pub const ALLOC_LIVE_FULL: u32 = 18;
+/// alloc: allocations not counted by stack because `ALLOC_STACKS` was full.
+pub const ALLOC_STACKS_FULL: u32 = 19;
+
+pub const COUNT: u32 = 20;
 
 /// Names used in reports and `summary.json`, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -49,7 +64,22 @@ pub const NAMES: [&str; COUNT as usize] = [
     "futex_waits",
     "futex_maps_full",
     "futex_wakes",
+    "alloc_calls",
+    "alloc_tracked",
+    "alloc_frees",
+    "alloc_unknown_frees",
+    "alloc_missed_returns",
+    "alloc_live_full",
+    "alloc_stacks_full",
 ];
 
 /// Counters that count events rather than losses; summaries keep them apart from drops.
-pub const EVENTS: [u32; 4] = [CPU_SAMPLES, OFFCPU_SWITCHES, FUTEX_WAITS, FUTEX_WAKES];
+pub const EVENTS: [u32; 7] = [
+    CPU_SAMPLES,
+    OFFCPU_SWITCHES,
+    FUTEX_WAITS,
+    FUTEX_WAKES,
+    ALLOC_CALLS,
+    ALLOC_TRACKED,
+    ALLOC_FREES,
+];

@@ -10,8 +10,11 @@ use crate::impl_pod;
 /// `UNWIND_ROWS`: `BPF_MAP_TYPE_ARRAY` of [`UnwindRow`], mmapable so userspace fills it with
 /// plain stores.
 pub const ROWS_MAP: &str = "UNWIND_ROWS";
-/// `UNWIND_MAPPINGS`: tgid → [`ProcessMappings`].
+/// `UNWIND_MAPPINGS`: two [`ProcessMappings`] slots of the target: one in use, one being
+/// rewritten (an array element rewritten in place could be read half-written).
 pub const MAPPINGS_MAP: &str = "UNWIND_MAPPINGS";
+/// `UNWIND_ACTIVE`: one `u32`, the slot of `UNWIND_MAPPINGS` in use.
+pub const ACTIVE_MAP: &str = "UNWIND_ACTIVE";
 /// `u32` global: one of [`mode`].
 pub const MODE_GLOBAL: &str = "UNWIND_MODE";
 

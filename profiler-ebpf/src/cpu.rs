@@ -25,7 +25,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     let key = StackKey {
         tgid,
         tid,
-        user_stack: user_stack(&ctx, tgid, false),
+        user_stack: user_stack(&ctx, tid, false),
         kernel_stack: kernel_stack(&ctx, cs & 3 == 3),
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or_default(),

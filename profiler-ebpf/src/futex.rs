@@ -45,11 +45,11 @@ pub static FUTEX_START: HashMap<u32, FutexStart> = HashMap::with_max_entries(163
 static FUTEX_ZERO: PerCpuArray<FutexWait> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn begin_wait(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64) {
+fn begin_wait(ctx: &TracePointContext, tid: u32, uaddr: u64) {
     let start = FutexStart {
         ts: now_ns(),
         uaddr,
-        user_stack: user_stack(ctx, tgid, false),
+        user_stack: user_stack(ctx, tid, false),
     };
     if FUTEX_START.insert(tid, start, BPF_ANY as u64).is_err() {
         count(stats::FUTEX_MAPS_FULL);
@@ -57,11 +57,11 @@ fn begin_wait(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64) {
 }
 
 #[inline(always)]
-fn wake(ctx: &TracePointContext, tgid: u32, uaddr: u64) {
+fn wake(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64) {
     count(stats::FUTEX_WAKES);
     let key = FutexKey {
         uaddr,
-        user_stack: user_stack(ctx, tgid, false),
+        user_stack: user_stack(ctx, tid, false),
         tgid,
         _pad: 0,
     };
@@ -85,29 +85,29 @@ pub fn futex_enter(ctx: TracePointContext) -> u32 {
     };
     let cmd = op as u32 & op::CMD_MASK;
     if op::is_wait(cmd) {
-        begin_wait(&ctx, tgid, tid, uaddr);
+        begin_wait(&ctx, tid, uaddr);
     } else if op::is_wake(cmd) {
-        wake(&ctx, tgid, uaddr);
+        wake(&ctx, tgid, tid, uaddr);
     }
     0
 }
 
 #[tracepoint]
 pub fn futex_wait_enter(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = target_thread() else {
+    let Some((_, tid)) = target_thread() else {
         return 0;
     };
     let offset = FUTEX_CONFIG.load().wait_uaddr_offset as usize;
     // SAFETY: the offset comes from this kernel's sys_enter_futex_wait format.
     if let Ok(uaddr) = unsafe { ctx.read_at::<u64>(offset) } {
-        begin_wait(&ctx, tgid, tid, uaddr);
+        begin_wait(&ctx, tid, uaddr);
     }
     0
 }
 
 #[tracepoint]
 pub fn futex_waitv_enter(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = target_thread() else {
+    let Some((_, tid)) = target_thread() else {
         return 0;
     };
     let offset = FUTEX_CONFIG.load().waitv_waiters_offset as usize;
@@ -119,20 +119,20 @@ pub fn futex_waitv_enter(ctx: TracePointContext) -> u32 {
     // uaddr names the wait.
     // SAFETY: a read of user memory that may fault; the helper reports it.
     if let Ok(uaddr) = unsafe { bpf_probe_read_user((waiters + 8) as *const u64) } {
-        begin_wait(&ctx, tgid, tid, uaddr);
+        begin_wait(&ctx, tid, uaddr);
     }
     0
 }
 
 #[tracepoint]
 pub fn futex_wake_enter(ctx: TracePointContext) -> u32 {
-    let Some((tgid, _)) = target_thread() else {
+    let Some((tgid, tid)) = target_thread() else {
         return 0;
     };
     let offset = FUTEX_CONFIG.load().wake_uaddr_offset as usize;
     // SAFETY: the offset comes from this kernel's sys_enter_futex_wake format.
     if let Ok(uaddr) = unsafe { ctx.read_at::<u64>(offset) } {
-        wake(&ctx, tgid, uaddr);
+        wake(&ctx, tgid, tid, uaddr);
     }
     0
 }

@@ -6,6 +6,7 @@
 #![expect(internal_features, reason = "atomic_xadd is unstable")]
 #![feature(core_intrinsics)]
 
+mod alloc;
 mod cpu;
 mod futex;
 mod offcpu;

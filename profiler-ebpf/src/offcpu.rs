@@ -45,7 +45,7 @@ pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
         // SAFETY: read once; the entry may go, the copy stays valid.
         let user = match unsafe { FUTEX_START.get(tid) } {
             Some(wait) => wait.user_stack,
-            None => user_stack(&ctx, tgid, false),
+            None => user_stack(&ctx, tid, false),
         };
         let start = OffcpuStart {
             ts: now,

@@ -3,13 +3,15 @@
 use aya_ebpf::{
     EbpfContext, Global,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_stack},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_probe_read_user},
     macros::map,
-    maps::{HashMap, PerCpuArray, StackTrace},
+    maps::{HashMap, LruHashMap, PerCpuArray, StackTrace},
     programs::tracing::StackIdContext,
 };
 use profiler_common::{
-    stack::{MAX_USER_FRAMES, NO_KERNEL_STACK, NO_USER_STACK, UserStack, stop, unwinder},
+    stack::{
+        MAX_USER_FRAMES, NO_KERNEL_STACK, NO_USER_STACK, UserStack, WalkCache, stop, unwinder,
+    },
     stats,
     unwind::mode,
 };
@@ -122,19 +124,30 @@ pub fn scratch_stack() -> Option<&'static mut UserStack> {
 /// tables, per the unwind mode. `at_entry`: the thread sits at a function's first instruction
 /// (uprobes), where the return address is still on top of the stack.
 #[inline(always)]
-pub fn user_stack<C: EbpfContext>(ctx: &C, tgid: u32, at_entry: bool) -> u64 {
+pub fn user_stack<C: EbpfContext>(ctx: &C, tid: u32, at_entry: bool) -> u64 {
     let Some(stack) = scratch_stack() else {
         return NO_USER_STACK;
     };
     if unwind::mode() != mode::FRAME_POINTER {
-        if !unwind::walk(stack, tgid, at_entry) {
+        let Some(regs) = unwind::user_regs() else {
+            count(stats::USER_STACK_MISSING);
+            return NO_USER_STACK;
+        };
+        if let Some(hash) = cached_walk(tid, regs) {
+            return hash;
+        }
+        if !unwind::walk(stack, regs, at_entry) {
             count(stats::USER_STACK_MISSING);
             return NO_USER_STACK;
         }
         if stack.stop == stop::TRUNCATED {
             count(stats::USER_STACK_TRUNCATED);
         }
-        return store_user_stack(stack);
+        let hash = store_user_stack(stack);
+        if hash != NO_USER_STACK {
+            remember_walk(tid, regs, hash, stack.len);
+        }
+        return hash;
     }
     let size = core::mem::size_of_val(&stack.frames) as u32;
     // SAFETY: the buffer is `size` bytes of map memory.
@@ -158,6 +171,56 @@ pub fn user_stack<C: EbpfContext>(ctx: &C, tgid: u32, at_entry: bool) -> u64 {
     stack.unwinder = unwinder::FRAME_POINTER;
     stack.stop = stop::NONE;
     store_user_stack(stack)
+}
+
+/// A thread's last table walk, by tid. LRU: threads come and go.
+#[map]
+static STACK_CACHE: LruHashMap<u32, WalkCache> = LruHashMap::with_max_entries(8192, 0);
+
+/// The stack of this thread's last walk, if it would come out the same: same registers, and
+/// every return address still in the slot it was read from. Checking costs one read per frame;
+/// walking costs two table searches and up to two reads per frame. Threads that block, lock or
+/// allocate from the same place over and over hit it.
+#[inline(always)]
+fn cached_walk(tid: u32, (pc, sp, bp): (u64, u64, u64)) -> Option<u64> {
+    // SAFETY: read only; a concurrent replacement can only make the check fail.
+    let cache = unsafe { &*STACK_CACHE.get_ptr(tid)? };
+    if cache.pc != pc || cache.sp != sp || cache.bp != bp {
+        return None;
+    }
+    // SAFETY: as above.
+    let stack = unsafe { &*USER_STACKS.get_ptr(cache.hash)? };
+    let len = cache.len as usize;
+    for i in 0..MAX_USER_FRAMES - 1 {
+        if i + 1 >= len {
+            break;
+        }
+        // SAFETY: a read of user memory that may fault; a fault means a miss.
+        let ra = unsafe { bpf_probe_read_user(cache.slots[i] as *const u64) }.ok()?;
+        if ra != stack.frames[i + 1] {
+            return None;
+        }
+    }
+    Some(cache.hash)
+}
+
+/// Keeps this CPU's walk record as the thread's cache entry.
+#[inline(always)]
+fn remember_walk(tid: u32, (pc, sp, bp): (u64, u64, u64), hash: u64, len: u32) {
+    let Some(walk) = unwind::scratch_walk() else {
+        return;
+    };
+    walk.pc = pc;
+    walk.sp = sp;
+    walk.bp = bp;
+    walk.hash = hash;
+    walk.len = len;
+    // By reference: the record is 1 KiB, far more than the BPF stack holds.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value would copy 1 KiB onto the 512-byte BPF stack"
+    )]
+    let _ = STACK_CACHE.insert(tid, &*walk, 0);
 }
 
 /// Hashes `stack` and inserts it into `USER_STACKS` unless it is there already.

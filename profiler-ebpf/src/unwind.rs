@@ -16,10 +16,10 @@ use aya_ebpf::{
         bpf_task_pt_regs,
     },
     macros::map,
-    maps::{Array, HashMap},
+    maps::Array,
 };
 use profiler_common::{
-    stack::{MAX_USER_FRAMES, UserStack, stop, unwinder},
+    stack::{MAX_USER_FRAMES, UserStack, WalkCache, stop, unwinder},
     unwind::{
         DEFAULT_ROWS, MAPPING_SEARCH_STEPS, MAX_MAPPINGS, MappingEntry, ProcessMappings,
         ROW_SEARCH_STEPS, UnwindRow, cfa, mode, rbp,
@@ -27,6 +27,28 @@ use profiler_common::{
 };
 
 use crate::shared::scratch_stack;
+
+/// Where this CPU's walk records the stack slots it read return addresses from.
+#[map]
+static SCRATCH_WALK: aya_ebpf::maps::PerCpuArray<WalkCache> =
+    aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's walk record.
+#[inline(always)]
+pub fn scratch_walk() -> Option<&'static mut WalkCache> {
+    // SAFETY: this CPU's slot; programs do not migrate or nest on one CPU.
+    SCRATCH_WALK.get_ptr_mut(0).map(|w| unsafe { &mut *w })
+}
+
+/// Notes that frame `n + 1`'s return address came from `slot`.
+#[inline(always)]
+fn record_slot(n: usize, slot: u64) {
+    if let Some(walk) = scratch_walk()
+        && n < MAX_USER_FRAMES
+    {
+        walk.slots[n] = slot;
+    }
+}
 
 /// One of `profiler_common::unwind::mode`, set by the loader.
 #[unsafe(no_mangle)]
@@ -36,7 +58,10 @@ static UNWIND_MODE: Global<u32> = Global::new(mode::FRAME_POINTER);
 static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_ROWS, BPF_F_MMAPABLE);
 
 #[map]
-static UNWIND_MAPPINGS: HashMap<u32, ProcessMappings> = HashMap::with_max_entries(64, 0);
+static UNWIND_MAPPINGS: Array<ProcessMappings> = Array::with_max_entries(2, 0);
+
+#[map]
+static UNWIND_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// All ones, in writable global data: the verifier cannot know a value loaded from it.
 #[unsafe(no_mangle)]
@@ -62,7 +87,6 @@ struct Walk {
     pc: u64,
     sp: u64,
     bp: u64,
-    tgid: u32,
     /// Frames written so far.
     n: u32,
     mode: u32,
@@ -72,7 +96,7 @@ struct Walk {
     stop: u8,
     /// The pc is a function's first instruction (a uprobe): its return address is at [sp].
     at_entry: u8,
-    _pad: [u8; 7],
+    _pad: [u8; 3],
 }
 
 enum Next {
@@ -80,9 +104,9 @@ enum Next {
     Stop(u8),
 }
 
-/// The current task's user registers, as saved when it entered the kernel.
+/// The current task's user registers (pc, sp, bp), as saved when it entered the kernel.
 #[inline(always)]
-fn user_regs() -> Option<(u64, u64, u64)> {
+pub fn user_regs() -> Option<(u64, u64, u64)> {
     // SAFETY: both helpers take the current task; the returned pointer is only read through
     // bpf_probe_read_kernel, which tolerates any address.
     unsafe {
@@ -98,18 +122,16 @@ fn user_regs() -> Option<(u64, u64, u64)> {
     }
 }
 
-/// Walks the current thread's user stack into `stack`. `at_entry`: the thread stopped at a
-/// function's first instruction (uprobes).
+/// Walks the user stack from `regs` (pc, sp, bp) into `stack`, recording in the scratch walk
+/// where each return address was read. `at_entry`: the thread stopped at a function's first
+/// instruction (uprobes).
 #[inline(always)]
-pub fn walk(stack: &mut UserStack, tgid: u32, at_entry: bool) -> bool {
-    let Some((pc, sp, bp)) = user_regs() else {
-        return false;
-    };
+pub fn walk(stack: &mut UserStack, regs: (u64, u64, u64), at_entry: bool) -> bool {
+    let (pc, sp, bp) = regs;
     let mut walk = Walk {
         pc,
         sp,
         bp,
-        tgid,
         n: 0,
         mode: mode(),
         bp_known: 1,
@@ -117,7 +139,7 @@ pub fn walk(stack: &mut UserStack, tgid: u32, at_entry: bool) -> bool {
         used_fp: 0,
         stop: stop::NONE,
         at_entry: at_entry as u8,
-        _pad: [0; 7],
+        _pad: [0; 3],
     };
     // SAFETY: `step` is a BPF subprogram with bpf_loop's callback signature; the context is
     // our stack frame, alive for the whole call.
@@ -174,9 +196,9 @@ fn next(walk: &mut Walk, index: u64) -> Next {
     walk.n = index as u32 + 1;
     // A return address points after the call, possibly past the caller's last row.
     let lookup = if n == 0 { walk.pc } else { walk.pc - 1 };
-    let entry = match UNWIND_MAPPINGS.get_ptr(walk.tgid) {
-        // SAFETY: a live map value.
-        Some(mappings) => find_mapping(unsafe { &*mappings }, lookup),
+    let slot = UNWIND_ACTIVE.get(0).copied().unwrap_or(0);
+    let entry = match UNWIND_MAPPINGS.get(slot) {
+        Some(mappings) => find_mapping(mappings, lookup),
         None => None,
     };
     let Some(entry) = entry else {
@@ -215,6 +237,7 @@ fn next(walk: &mut Walk, index: u64) -> Next {
     let Ok(ra) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
         return Next::Stop(stop::READ_FAULT);
     };
+    record_slot(n, cfa - 8);
     if row.cfa_type != cfa::PLT {
         match row.rbp_type {
             rbp::OFFSET => {
@@ -251,6 +274,7 @@ fn fallback(walk: &mut Walk, n: usize, reason: u8) -> Next {
         let Ok(ra) = (unsafe { bpf_probe_read_user(walk.sp as *const u64) }) else {
             return Next::Stop(stop::READ_FAULT);
         };
+        record_slot(n, walk.sp);
         walk.sp += 8;
         walk.pc = ra;
         return Next::Continue;

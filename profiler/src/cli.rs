@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    probes::{cpu, futex, offcpu},
+    probes::{alloc, cpu, futex, offcpu},
     session::AttachOptions,
     unwind::UnwindMode,
 };
@@ -59,6 +59,22 @@ pub struct AttachArgs {
     /// Lock contention: futex waits by lock and stack, and who wakes the waiters.
     #[arg(long)]
     pub futex: bool,
+    /// Allocation tracking and leak suspects (uprobes on the target's allocator).
+    #[arg(long)]
+    pub alloc: bool,
+    /// alloc: track one allocation in N (chosen by address, so frees still match); figures
+    /// are then estimates.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub alloc_sample: u32,
+    /// alloc: the allocator's file (as the target sees it) instead of finding it.
+    #[arg(long)]
+    pub allocator: Option<PathBuf>,
+    /// alloc: a growing stack is a leak suspect once its oldest live allocation is this old.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub min_age: Duration,
+    /// How often to snapshot allocation live bytes and the target's memory [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
     /// CPU samples per second.
     #[arg(short = 'F', long, default_value_t = 99,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -98,7 +114,7 @@ impl From<Unwind> for UnwindMode {
 impl AttachArgs {
     pub fn into_options(self, verbose: bool) -> AttachOptions {
         // Naming no probe means cpu; naming any means exactly those.
-        let cpu = self.cpu || !(self.offcpu || self.futex);
+        let cpu = self.cpu || !(self.offcpu || self.futex || self.alloc);
         AttachOptions {
             pid: self.pid,
             duration: self.duration,
@@ -110,6 +126,12 @@ impl AttachArgs {
                 min_block: self.min_block,
             }),
             futex: self.futex.then_some(futex::Config {}),
+            alloc: self.alloc.then(|| alloc::Config {
+                sample_every: self.alloc_sample,
+                allocator: self.allocator.clone(),
+                min_age: self.min_age,
+            }),
+            interval: self.interval,
             unwind: self.unwind.into(),
             verbose,
             progress: !self.quiet,

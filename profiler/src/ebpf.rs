@@ -2,6 +2,7 @@
 
 use aya::{Ebpf, EbpfLoader};
 use profiler_common::{
+    alloc::{self, AllocConfig},
     futex::{self, FutexConfig},
     globals,
     offcpu::{self, OffcpuConfig},
@@ -28,6 +29,9 @@ pub struct LoadConfig {
     pub unwind_rows: u32,
     pub offcpu: OffcpuConfig,
     pub futex: FutexConfig,
+    pub alloc: AllocConfig,
+    /// Entries of `ALLOC_LIVE`: the most live allocations tracked (1 when `alloc` is off).
+    pub alloc_live: u32,
 }
 
 pub fn load(config: &LoadConfig) -> Result<Ebpf, aya::EbpfError> {
@@ -38,8 +42,10 @@ pub fn load(config: &LoadConfig) -> Result<Ebpf, aya::EbpfError> {
         .override_global(unwind::MODE_GLOBAL, &config.unwind_mode, true)
         .override_global(offcpu::CONFIG_GLOBAL, &config.offcpu, true)
         .override_global(futex::CONFIG_GLOBAL, &config.futex, true)
+        .override_global(alloc::CONFIG_GLOBAL, &config.alloc, true)
         .override_global(AYA_LOG_LEVEL, &level, false)
         .map_max_entries(unwind::ROWS_MAP, config.unwind_rows.max(1))
+        .map_max_entries(alloc::LIVE_MAP, config.alloc_live.max(1))
         .load(OBJECT)
 }
 
@@ -60,7 +66,7 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use profiler_common::{cpu, futex, offcpu, stack, stats, unwind};
+    use profiler_common::{alloc, cpu, futex, offcpu, stack, stats, unwind};
 
     use super::*;
 
@@ -77,6 +83,16 @@ mod tests {
             futex::WAITV_ENTER_PROGRAM,
             futex::WAKE_ENTER_PROGRAM,
             futex::EXIT_PROGRAM,
+            alloc::ENTER_SIZE_PROGRAM,
+            alloc::ENTER_CALLOC_PROGRAM,
+            alloc::ENTER_ALIGNED_PROGRAM,
+            alloc::ENTER_REALLOC_PROGRAM,
+            alloc::ENTER_POSIX_MEMALIGN_PROGRAM,
+            alloc::RETURN_PROGRAM,
+            alloc::FREE_PROGRAM,
+            alloc::MMAP_ENTER_PROGRAM,
+            alloc::MMAP_EXIT_PROGRAM,
+            alloc::MUNMAP_PROGRAM,
         ];
         for program in programs {
             assert!(
@@ -93,6 +109,8 @@ mod tests {
             cpu::COUNTS_MAP,
             unwind::ROWS_MAP,
             unwind::MAPPINGS_MAP,
+            unwind::ACTIVE_MAP,
+            stack::STACK_CACHE_MAP,
             offcpu::TIMES_MAP,
             offcpu::START_MAP,
             futex::WAITS_MAP,
@@ -100,6 +118,9 @@ mod tests {
             futex::WAITERS_MAP,
             futex::START_MAP,
             futex::ZERO_MAP,
+            alloc::LIVE_MAP,
+            alloc::STACKS_MAP,
+            alloc::INFLIGHT_MAP,
         ] {
             assert!(
                 object.maps.contains_key(map),

@@ -21,17 +21,18 @@ use crate::{
     framepointers::{self, FramePointerCheck},
     locks::LockNamer,
     preflight::{self, PreflightError, Target},
-    probes::{self, ProbeError, cpu, futex, offcpu},
+    probes::{self, ProbeError, alloc, cpu, futex, offcpu},
     procmaps::ProcessMaps,
     report::{
         self,
         flamegraph::{self, Labels},
         folded,
+        leaks::{self, MemorySample, Snapshots},
         locks::LockReport,
         profile::{WeightedStack, function_totals},
         summary::{
-            CpuSummary, FutexSummary, OffcpuSummary, SCHEMA_VERSION, StackWeight, Summary,
-            TargetSummary, ThreadWeight,
+            AllocSummary, CpuSummary, FutexSummary, OffcpuSummary, SCHEMA_VERSION, StackWeight,
+            Summary, TargetSummary, ThreadWeight,
         },
         table,
     },
@@ -49,6 +50,8 @@ const TICK: Duration = Duration::from_millis(100);
 const MAPS_REFRESH: Duration = Duration::from_millis(250);
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Snapshot period when `--interval` is not given.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Everything `profiler attach` can be asked to do, independent of how it was asked.
 #[derive(Debug, Clone)]
@@ -61,6 +64,9 @@ pub struct AttachOptions {
     pub cpu: Option<cpu::Config>,
     pub offcpu: Option<offcpu::Config>,
     pub futex: Option<futex::Config>,
+    pub alloc: Option<alloc::Config>,
+    /// How often periodic snapshots are taken (allocation live bytes, memory); None: default.
+    pub interval: Option<Duration>,
     pub unwind: UnwindMode,
     /// Kernel-side diagnostics (aya-log) on.
     pub verbose: bool,
@@ -127,6 +133,11 @@ pub struct Session {
     started_at: jiff::Timestamp,
     frame_pointers: Option<FramePointerCheck>,
     notes: Vec<String>,
+    allocator: Option<alloc::Allocator>,
+    /// Per-stack live bytes over time (`alloc`).
+    snapshots: Snapshots,
+    /// The target's memory over time (`alloc`).
+    memory: Vec<MemorySample>,
 }
 
 /// What a finished capture produced.
@@ -141,6 +152,8 @@ pub struct Outcome {
     pub offcpu_stacks: Option<Vec<WeightedStack>>,
     /// Every contended lock, most total wait first, when `futex` ran.
     pub locks: Option<Vec<LockReport>>,
+    /// Leak suspects and live allocations, when `alloc` ran.
+    pub leaks: Option<leaks::LeakReport>,
 }
 
 /// Output files and terminal text as a capture's reports are written.
@@ -218,11 +231,22 @@ impl Session {
             .map(futex::kernel_config)
             .transpose()?
             .unwrap_or_default();
+        let alloc_config = opts
+            .alloc
+            .as_ref()
+            .map(alloc::kernel_config)
+            .transpose()?
+            .unwrap_or_default();
 
         let maps = ProcessMaps::snapshot(opts.pid).map_err(|source| AttachError::Maps {
             pid: opts.pid,
             source,
         })?;
+        let allocator = opts
+            .alloc
+            .as_ref()
+            .map(|config| alloc::discover(opts.pid, &maps, config))
+            .transpose()?;
         let mut notes = Vec::new();
         let mut unwinder = Unwinder::prepare(opts.unwind, &maps);
         let frame_pointers = check_main_binary(&maps, &unwinder, &mut notes);
@@ -233,6 +257,11 @@ impl Session {
             unwind_rows: unwinder.rows_capacity(),
             offcpu: offcpu_config,
             futex: futex_config,
+            alloc: alloc_config,
+            alloc_live: opts
+                .alloc
+                .as_ref()
+                .map_or(1, |_| profiler_common::alloc::DEFAULT_MAX_LIVE),
         })
         .map_err(|source| AttachError::Load {
             source: Box::new(source),
@@ -254,6 +283,9 @@ impl Session {
         if let Some(config) = &opts.futex {
             futex::attach(&mut ebpf, config)?;
         }
+        if let Some(allocator) = &allocator {
+            alloc::attach(&mut ebpf, opts.pid, allocator)?;
+        }
         Ok(Self {
             opts,
             target,
@@ -267,7 +299,31 @@ impl Session {
             started_at,
             frame_pointers,
             notes,
+            allocator,
+            snapshots: Snapshots::default(),
+            memory: Vec::new(),
         })
+    }
+
+    fn interval(&self) -> Duration {
+        self.opts.interval.unwrap_or(DEFAULT_INTERVAL)
+    }
+
+    /// A snapshot of per-stack live bytes and of the target's memory.
+    fn snapshot(&mut self) {
+        let at = self.started.elapsed().as_secs_f64();
+        match alloc::read(&self.ebpf) {
+            Ok(stacks) => self.snapshots.record(at, &stacks),
+            Err(err) => log::warn!("alloc snapshot: {err}"),
+        }
+        if let Some(sample) = leaks::sample_memory(self.opts.pid, at) {
+            self.memory.push(sample);
+        }
+    }
+
+    /// The allocator probed, when `alloc` runs.
+    pub fn allocator(&self) -> Option<&alloc::Allocator> {
+        self.allocator.as_ref()
     }
 
     pub fn out_dir(&self) -> &Path {
@@ -282,7 +338,11 @@ impl Session {
     pub fn run(&mut self, stop: &AtomicBool) -> EndReason {
         let mut last_refresh = Instant::now();
         let mut last_progress = Instant::now();
+        let mut last_snapshot = Instant::now();
         let mut progress = Progress::new(self.opts.progress);
+        if self.opts.alloc.is_some() {
+            self.snapshot();
+        }
         loop {
             let elapsed = self.started.elapsed();
             if stop.load(Ordering::Relaxed) {
@@ -313,6 +373,10 @@ impl Session {
                     Err(err) => log::debug!("refreshing maps of pid {}: {err}", self.opts.pid),
                 }
             }
+            if self.opts.alloc.is_some() && last_snapshot.elapsed() >= self.interval() {
+                last_snapshot = Instant::now();
+                self.snapshot();
+            }
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
                 progress.draw(self.started.elapsed(), self.opts.duration, &self.events());
@@ -334,18 +398,26 @@ impl Session {
         if self.opts.futex.is_some() {
             parts.push(format!("{} futex waits", get(stats::FUTEX_WAITS)));
         }
+        if self.opts.alloc.is_some() {
+            parts.push(format!("{} allocations", get(stats::ALLOC_TRACKED)));
+        }
         parts.join(", ")
     }
 
     /// Detaches, reads the maps and writes every output.
     pub fn finish(mut self, end: EndReason) -> Result<Outcome, AttachError> {
         let duration = self.started.elapsed();
+        // Ages are as of the end of the capture, not of the (slower) report writing.
+        let ended_ns = monotonic_ns();
         probes::unload_all(&mut self.ebpf);
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
         if end != EndReason::TargetExited {
             let _ = self.maps.refresh();
+            if self.opts.alloc.is_some() {
+                self.snapshot();
+            }
         }
         let counters = read_stats(&self.ebpf);
         let symbolizer = Symbolizer::new();
@@ -369,6 +441,7 @@ impl Session {
             cpu_stacks: None,
             offcpu_stacks: None,
             locks: None,
+            leaks: None,
         };
         if let Some(config) = self.opts.cpu.clone() {
             let (summary, stacks) =
@@ -387,6 +460,19 @@ impl Session {
                 self.finish_futex(duration, &counters, &symbolizer, &mut writer)?;
             outcome.summary.futex = Some(summary);
             outcome.locks = Some(locks);
+        }
+        if let (Some(config), Some(allocator)) = (self.opts.alloc.clone(), self.allocator.clone()) {
+            let summary = self.finish_alloc(
+                &config,
+                allocator,
+                duration,
+                ended_ns,
+                &counters,
+                &symbolizer,
+                &mut writer,
+            )?;
+            outcome.leaks = Some(summary.leaks.clone());
+            outcome.summary.alloc = Some(summary);
         }
 
         let losses: Vec<String> = counters
@@ -434,6 +520,7 @@ impl Session {
             cpu: None,
             offcpu: None,
             futex: None,
+            alloc: None,
             unwind: UnwindStats::default(),
             dropped: BTreeMap::new(),
             outputs: Vec::new(),
@@ -612,6 +699,91 @@ impl Session {
         };
         Ok((summary, locks))
     }
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    fn finish_alloc(
+        &self,
+        config: &alloc::Config,
+        allocator: alloc::Allocator,
+        duration: Duration,
+        ended_ns: u64,
+        counters: &BTreeMap<String, u64>,
+        symbolizer: &Symbolizer,
+        writer: &mut Writer,
+    ) -> Result<AllocSummary, AttachError> {
+        let stacks = alloc::read(&self.ebpf)?;
+        let table = StackTable::load(
+            &self.ebpf,
+            stacks.iter().map(|(k, _)| k.user_stack),
+            std::iter::empty(),
+            &self.maps,
+            symbolizer,
+        )?;
+        let analysis = leaks::Analysis {
+            snapshots: &self.snapshots,
+            stacks: &stacks,
+            table: &table,
+            now_ns: ended_ns,
+            min_age_secs: config.min_age.as_secs_f64(),
+            interval_secs: self.interval().as_secs_f64(),
+            sample_every: config.sample_every,
+            memory: &self.memory,
+        };
+        let report = analysis.report();
+        let text = leaks::render(&report, LEAKS_LISTED);
+        writer.write("leaks.txt", |out| out.write_all(text.as_bytes()))?;
+        let json = serde_json::to_vec_pretty(&report).map_err(io::Error::other);
+        writer.write("leaks.json", |out| out.write_all(&json?))?;
+        let csv = leaks::memory_csv(&self.memory);
+        writer.write("memory_samples.csv", |out| out.write_all(csv.as_bytes()))?;
+        let title = self.title("live allocations", duration);
+        writer.flamegraph(
+            "alloc",
+            &analysis.weighted_stacks(&self.target.comm),
+            &Labels {
+                title: &title,
+                subtitle: Some(if report.estimate {
+                    "live bytes by allocating stack (estimated from a sample)"
+                } else {
+                    "live bytes by allocating stack"
+                }),
+                count_name: "bytes",
+            },
+        )?;
+        writer.say(&format!(
+            "alloc: {} calls to {} ({}), {} tracked, {} freed\n{}",
+            counter(counters, stats::ALLOC_CALLS),
+            allocator.name,
+            allocator.path.display(),
+            counter(counters, stats::ALLOC_TRACKED),
+            counter(counters, stats::ALLOC_FREES),
+            leaks::render(&report, TERMINAL_LEAKS)
+        ));
+        Ok(AllocSummary {
+            allocator,
+            calls: counter(counters, stats::ALLOC_CALLS),
+            tracked: counter(counters, stats::ALLOC_TRACKED),
+            frees: counter(counters, stats::ALLOC_FREES),
+            leaks: report,
+        })
+    }
+}
+
+/// Suspects in `leaks.txt`; the terminal shows fewer.
+const LEAKS_LISTED: usize = 20;
+const TERMINAL_LEAKS: usize = 5;
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of the kernel's `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Locks in `locks.txt` and the summary; the terminal shows fewer.

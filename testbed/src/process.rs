@@ -59,6 +59,29 @@ impl ChildGuard {
         }
     }
 
+    /// Every line up to and including the first that contains `needle`.
+    pub fn lines_until(&mut self, needle: &str, timeout: Duration) -> Result<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        let lines = self.lines.as_ref().context("stdout is not captured")?;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains(needle);
+                    seen.push(line);
+                    if done {
+                        return Ok(seen);
+                    }
+                }
+                Err(_) => bail!(
+                    "pid {} printed no line with {needle:?} within {timeout:?}; got {seen:?}",
+                    self.pid()
+                ),
+            }
+        }
+    }
+
     /// Every line printed so far that has not been consumed by `wait_for_line`.
     pub fn drain_lines(&mut self) -> Vec<String> {
         self.lines

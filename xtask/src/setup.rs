@@ -11,8 +11,18 @@ use anyhow::{Context, bail};
 
 use crate::util;
 
-/// Debian packages the tests and benchmarks use.
-const APT_PACKAGES: &[&str] = &["gcc", "libc6-dev", "bpftool", "bpftrace", "linux-perf"];
+/// Debian packages the tests and benchmarks use: gcc for the fixtures, bpftool, bpftrace and
+/// perf to compare with, glibc's own symbols (libc.so.6 ships only .dynsym, so without them
+/// frames read `libc.so.6+0x…`), and jemalloc for the allocation tests.
+const APT_PACKAGES: &[&str] = &[
+    "gcc",
+    "libc6-dev",
+    "libc6-dbg",
+    "libjemalloc-dev",
+    "bpftool",
+    "bpftrace",
+    "linux-perf",
+];
 
 /// The bpf-linker release known to build against the machine's nightly LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";

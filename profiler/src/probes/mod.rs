@@ -1,9 +1,11 @@
 //! The probe families. Each module has the same shape: a `Config` built from options,
 //! `attach(&mut Ebpf, &Config)`, and `read(&Ebpf)` returning what its maps aggregated.
 
+pub mod alloc;
 pub mod cpu;
 pub mod futex;
 pub mod offcpu;
+pub mod probe_point;
 
 use aya::{Ebpf, maps::MapError, programs::ProgramError};
 

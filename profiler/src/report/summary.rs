@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{locks::LockReport, profile::FunctionShare};
-use crate::{framepointers::FramePointerCheck, unwind::UnwindStats};
+use super::{leaks::LeakReport, locks::LockReport, profile::FunctionShare};
+use crate::{framepointers::FramePointerCheck, probes::alloc::Allocator, unwind::UnwindStats};
 
 /// Bumped whenever a field changes meaning or is removed (adding fields does not bump it).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -31,6 +31,8 @@ pub struct Summary {
     pub offcpu: Option<OffcpuSummary>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub futex: Option<FutexSummary>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub alloc: Option<AllocSummary>,
     /// How user stacks were walked, and what the tables cost.
     pub unwind: UnwindStats,
     /// Every kernel-side counter of dropped or incomplete data, by name; all zero is a clean run.
@@ -99,4 +101,14 @@ pub struct FutexSummary {
     pub wakes: u64,
     /// Contended locks, most total wait first.
     pub locks: Vec<LockReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AllocSummary {
+    pub allocator: Allocator,
+    /// Allocator calls seen, tracked (sampled in) and freed.
+    pub calls: u64,
+    pub tracked: u64,
+    pub frees: u64,
+    pub leaks: LeakReport,
 }

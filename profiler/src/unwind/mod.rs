@@ -18,7 +18,7 @@ use std::{
     time::Instant,
 };
 
-use aya::{Ebpf, maps::HashMap as BpfHashMap};
+use aya::{Ebpf, maps::Array};
 use object::Object;
 use profiler_common::unwind::{
     self as common, MAX_MAPPINGS, MappingEntry, ProcessMappings, UnwindRow,
@@ -117,7 +117,6 @@ enum TableKey {
 
 pub struct Unwinder {
     mode: UnwindMode,
-    pid: u32,
     tables: HashMap<TableKey, Placed>,
     /// File identity → table key; None: the file has no CFI (or cannot be read).
     files: HashMap<(u64, u64), Option<TableKey>>,
@@ -126,6 +125,8 @@ pub struct Unwinder {
     used: u32,
     stats: UnwindStats,
     warned_full: HashSet<TableKey>,
+    /// The `UNWIND_MAPPINGS` slot the kernel reads.
+    active_slot: u32,
 }
 
 /// Room for libraries loaded after attach.
@@ -137,7 +138,6 @@ impl Unwinder {
     pub fn prepare(mode: UnwindMode, maps: &ProcessMaps) -> Self {
         let mut unwinder = Self {
             mode,
-            pid: maps.pid(),
             tables: HashMap::new(),
             files: HashMap::new(),
             rows: None,
@@ -148,6 +148,7 @@ impl Unwinder {
                 ..UnwindStats::default()
             },
             warned_full: HashSet::new(),
+            active_slot: 0,
         };
         if mode.uses_tables() {
             unwinder.compile_new(maps);
@@ -352,23 +353,34 @@ impl Unwinder {
             }
         }
         self.stats.mappings_dropped = dropped;
-        let map = ebpf.map_mut(common::MAPPINGS_MAP).ok_or(UnwindError::Map {
-            map: common::MAPPINGS_MAP,
-            source: Box::new(aya::maps::MapError::InvalidName {
-                name: common::MAPPINGS_MAP.into(),
-            }),
-        })?;
-        let mut map: BpfHashMap<_, u32, ProcessMappings> =
-            BpfHashMap::try_from(map).map_err(|source| UnwindError::Map {
-                map: common::MAPPINGS_MAP,
-                source: Box::new(source),
-            })?;
-        map.insert(self.pid, value, 0)
-            .map_err(|source| UnwindError::Map {
-                map: common::MAPPINGS_MAP,
-                source: Box::new(source),
-            })
+        // Fill the slot not in use, then switch to it: walks in flight keep reading the old one.
+        let next = 1 - self.active_slot;
+        array::<ProcessMappings>(ebpf, common::MAPPINGS_MAP)?
+            .set(next, value, 0)
+            .map_err(|source| map_error(common::MAPPINGS_MAP, source))?;
+        array::<u32>(ebpf, common::ACTIVE_MAP)?
+            .set(0, next, 0)
+            .map_err(|source| map_error(common::ACTIVE_MAP, source))?;
+        self.active_slot = next;
+        Ok(())
     }
+}
+
+fn map_error(map: &'static str, source: aya::maps::MapError) -> UnwindError {
+    UnwindError::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
+fn array<'a, T: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<Array<&'a mut aya::maps::MapData, T>, UnwindError> {
+    let map = ebpf
+        .map_mut(name)
+        .ok_or_else(|| map_error(name, aya::maps::MapError::InvalidName { name: name.into() }))?;
+    Array::try_from(map).map_err(|source| map_error(name, source))
 }
 
 /// What compiling one file's table took and gave, for `profiler unwind-tables`.

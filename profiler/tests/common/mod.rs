@@ -49,6 +49,8 @@ pub fn options(pid: u32, duration: Duration, output: PathBuf) -> AttachOptions {
         cpu: Some(profiler::probes::cpu::Config { frequency: 99 }),
         offcpu: None,
         futex: None,
+        alloc: None,
+        interval: None,
         unwind: profiler::unwind::UnwindMode::Auto,
         verbose: false,
         progress: false,
@@ -76,6 +78,10 @@ const OUR_PROGRAMS: &[&str] = &[
     profiler_common::futex::WAITV_ENTER_PROGRAM,
     profiler_common::futex::WAKE_ENTER_PROGRAM,
     profiler_common::futex::EXIT_PROGRAM,
+    profiler_common::alloc::ENTER_SIZE_PROGRAM,
+    profiler_common::alloc::RETURN_PROGRAM,
+    profiler_common::alloc::FREE_PROGRAM,
+    profiler_common::alloc::MMAP_ENTER_PROGRAM,
 ];
 
 pub fn assert_no_programs_loaded() {

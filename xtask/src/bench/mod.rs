@@ -1,6 +1,7 @@
 //! Overhead and speed measurements. Every figure is a ratio measured side by side in one run
 //! (interleaved with the bare baseline), the median over several rounds.
 
+mod alloc;
 mod cpu;
 mod futex;
 
@@ -56,12 +57,14 @@ impl Unwind {
 pub enum Which {
     Cpu,
     Futex,
+    Alloc,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.which {
         Which::Cpu => cpu::run(&args),
         Which::Futex => futex::run(&args),
+        Which::Alloc => alloc::run(&args),
     }
 }
 

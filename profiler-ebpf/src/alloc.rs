@@ -1,0 +1,344 @@
+//! `alloc`: allocations that stay live, by the stack that made them.
+//!
+//! Entry probes only note the request in `ALLOC_INFLIGHT` (cheap: no stack walk). The return
+//! probe decides by a hash of the returned address whether to track it; only then does it walk
+//! the stack, from the caller's context, so the function that called the allocator is the
+//! leaf. `free` retires tracked addresses and is a hash check for the rest.
+
+use aya_ebpf::{
+    EbpfContext as _, Global,
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_get_attach_cookie, bpf_probe_read_user},
+    macros::{map, tracepoint, uprobe, uretprobe},
+    maps::HashMap,
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+use profiler_common::{
+    alloc::{
+        AllocConfig, AllocKey, DEFAULT_MAX_LIVE, InFlight, LiveAlloc, StackAllocs, kind, sampled,
+    },
+    stats,
+};
+
+use crate::shared::{atomic_add, count, now_ns, target_thread, user_stack};
+
+#[unsafe(no_mangle)]
+static ALLOC_CONFIG: Global<AllocConfig> = Global::new(AllocConfig {
+    sample_every: 1,
+    mmap_len_offset: 0,
+    mmap_fd_offset: 0,
+    mmap_ret_offset: 0,
+    munmap_addr_offset: 0,
+    _pad: 0,
+});
+
+/// Preallocated (inserting into a map that allocates per element costs ~0.6 µs more per
+/// malloc); userspace sizes it at load, to nothing when `alloc` is off.
+#[map]
+static ALLOC_LIVE: HashMap<u64, LiveAlloc> = HashMap::with_max_entries(DEFAULT_MAX_LIVE, 0);
+
+#[map]
+static ALLOC_STACKS: HashMap<AllocKey, StackAllocs> = HashMap::with_max_entries(65536, 0);
+
+#[map]
+static ALLOC_INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn enter(tid: u32, size: u64, ptr: u64, kind: u8) {
+    count(stats::ALLOC_CALLS);
+    if let Some(call) = ALLOC_INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: this thread's own entry; only this thread writes it.
+        let call = unsafe { &mut *call };
+        if call.open != 0 {
+            // The previous call's return never came (or the allocator called itself).
+            count(stats::ALLOC_MISSED_RETURNS);
+        }
+        call.size = size;
+        call.ptr = ptr;
+        call.kind = kind;
+        call.open = 1;
+        return;
+    }
+    let call = InFlight {
+        size,
+        ptr,
+        kind,
+        open: 1,
+        _pad: [0; 6],
+    };
+    let _ = ALLOC_INFLIGHT.insert(tid, call, BPF_ANY as u64);
+}
+
+/// Closes this thread's open call and returns it.
+#[inline(always)]
+fn close(tid: u32) -> Option<InFlight> {
+    let call = ALLOC_INFLIGHT.get_ptr_mut(tid)?;
+    // SAFETY: this thread's own entry.
+    let call = unsafe { &mut *call };
+    if call.open == 0 {
+        return None;
+    }
+    call.open = 0;
+    Some(*call)
+}
+
+/// Whether this thread is inside an allocator call.
+#[inline(always)]
+fn inside_allocator(tid: u32) -> bool {
+    // SAFETY: a read of this thread's own entry.
+    unsafe { ALLOC_INFLIGHT.get(tid) }.is_some_and(|call| call.open != 0)
+}
+
+/// The call's kind, from the cookie it was attached with (several functions share a program).
+#[inline(always)]
+fn cookie_kind(ctx: &ProbeContext) -> u8 {
+    // SAFETY: the helper reads the cookie of the running attachment.
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) as u8 }
+}
+
+/// `malloc(size)`, `valloc(size)`.
+#[uprobe]
+pub fn alloc_enter_size(ctx: ProbeContext) -> u32 {
+    if let Some((_, tid)) = target_thread() {
+        let size: u64 = ctx.arg(0).unwrap_or(0);
+        enter(tid, size, 0, cookie_kind(&ctx));
+    }
+    0
+}
+
+#[uprobe]
+pub fn alloc_enter_calloc(ctx: ProbeContext) -> u32 {
+    if let Some((_, tid)) = target_thread() {
+        let n: u64 = ctx.arg(0).unwrap_or(0);
+        let size: u64 = ctx.arg(1).unwrap_or(0);
+        // An overflowing request fails (NULL), so the wrapped product is never tracked.
+        enter(tid, n.wrapping_mul(size), 0, kind::CALLOC);
+    }
+    0
+}
+
+/// `aligned_alloc(alignment, size)`, `memalign(alignment, size)`.
+#[uprobe]
+pub fn alloc_enter_aligned(ctx: ProbeContext) -> u32 {
+    if let Some((_, tid)) = target_thread() {
+        let size: u64 = ctx.arg(1).unwrap_or(0);
+        enter(tid, size, 0, cookie_kind(&ctx));
+    }
+    0
+}
+
+#[uprobe]
+pub fn alloc_enter_realloc(ctx: ProbeContext) -> u32 {
+    if let Some((_, tid)) = target_thread() {
+        let old: u64 = ctx.arg(0).unwrap_or(0);
+        let size: u64 = ctx.arg(1).unwrap_or(0);
+        enter(tid, size, old, kind::REALLOC);
+    }
+    0
+}
+
+#[uprobe]
+pub fn alloc_enter_posix_memalign(ctx: ProbeContext) -> u32 {
+    if let Some((_, tid)) = target_thread() {
+        let memptr: u64 = ctx.arg(0).unwrap_or(0);
+        let size: u64 = ctx.arg(2).unwrap_or(0);
+        enter(tid, size, memptr, kind::POSIX_MEMALIGN);
+    }
+    0
+}
+
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let Some((tgid, tid)) = target_thread() else {
+        return 0;
+    };
+    let Some(call) = close(tid) else {
+        return 0;
+    };
+    let ret: u64 = ctx.ret();
+    let every = ALLOC_CONFIG.load().sample_every;
+    let addr = match call.kind {
+        kind::POSIX_MEMALIGN => {
+            if ret != 0 {
+                return 0;
+            }
+            // SAFETY: reads the result the call just stored; a fault means no allocation.
+            match unsafe { bpf_probe_read_user(call.ptr as *const u64) } {
+                Ok(addr) => addr,
+                Err(_) => return 0,
+            }
+        }
+        kind::REALLOC => {
+            // realloc hands the old block over: it is freed when a new one comes back, or
+            // when the size was 0.
+            if call.ptr != 0 && (ret != 0 || call.size == 0) {
+                retire(call.ptr, every);
+            }
+            ret
+        }
+        _ => ret,
+    };
+    if addr != 0 && sampled(addr, every) {
+        track(&ctx, (tgid, tid), addr, call.size, call.kind);
+    }
+    0
+}
+
+/// Records a new tracked allocation and bumps its stack's totals.
+#[inline(always)]
+fn track<C: aya_ebpf::EbpfContext>(
+    ctx: &C,
+    (tgid, tid): (u32, u32),
+    addr: u64,
+    size: u64,
+    kind: u8,
+) {
+    count(stats::ALLOC_TRACKED);
+    let key = AllocKey {
+        user_stack: user_stack(ctx, tid, false),
+        tgid,
+        kind,
+        _pad: [0; 3],
+    };
+    let now = now_ns();
+    let live = LiveAlloc { size, ts: now, key };
+    if ALLOC_LIVE.insert(addr, live, BPF_ANY as u64).is_err() {
+        count(stats::ALLOC_LIVE_FULL);
+        return;
+    }
+    let Some(entry) = stack_entry(&key) else {
+        count(stats::ALLOC_STACKS_FULL);
+        return;
+    };
+    // SAFETY: a live map value; counters move by atomic adds, the timestamp benignly races.
+    unsafe {
+        atomic_add((&raw mut (*entry).live_bytes).cast(), size);
+        atomic_add((&raw mut (*entry).live_count).cast(), 1);
+        atomic_add(&raw mut (*entry).total_allocs, 1);
+        atomic_add(&raw mut (*entry).total_bytes, size);
+        if (*entry).live_since_ns == 0 {
+            (*entry).live_since_ns = now;
+        }
+    }
+}
+
+#[inline(always)]
+fn stack_entry(key: &AllocKey) -> Option<*mut StackAllocs> {
+    if let Some(entry) = ALLOC_STACKS.get_ptr_mut(key) {
+        return Some(entry);
+    }
+    let _ = ALLOC_STACKS.insert(key, StackAllocs::default(), BPF_NOEXIST as u64);
+    ALLOC_STACKS.get_ptr_mut(key)
+}
+
+/// Forgets a tracked address; counts a free of an address that should have been tracked but
+/// was not seen (allocated before attach).
+#[inline(always)]
+fn retire(addr: u64, every: u32) {
+    if !sampled(addr, every) {
+        return;
+    }
+    // SAFETY: copied out before the entry is removed.
+    let Some(live) = (unsafe { ALLOC_LIVE.get(addr) }).copied() else {
+        count(stats::ALLOC_UNKNOWN_FREES);
+        return;
+    };
+    let _ = ALLOC_LIVE.remove(addr);
+    count(stats::ALLOC_FREES);
+    if let Some(entry) = ALLOC_STACKS.get_ptr_mut(live.key) {
+        // SAFETY: a live map value; two's complement adds subtract.
+        unsafe {
+            atomic_add(
+                (&raw mut (*entry).live_bytes).cast(),
+                live.size.wrapping_neg(),
+            );
+            atomic_add((&raw mut (*entry).live_count).cast(), u64::MAX);
+            if (*entry).live_count == 0 {
+                (*entry).live_since_ns = 0;
+            }
+        }
+    }
+}
+
+#[uprobe]
+pub fn alloc_free(ctx: ProbeContext) -> u32 {
+    if target_thread().is_none() {
+        return 0;
+    }
+    let addr: u64 = ctx.arg(0).unwrap_or(0);
+    if addr != 0 {
+        retire(addr, ALLOC_CONFIG.load().sample_every);
+    }
+    0
+}
+
+/// mmap calls made by the allocator itself (inside a tracked call) are its business: the
+/// allocation it returns is what counts.
+#[tracepoint]
+pub fn alloc_mmap_enter(ctx: TracePointContext) -> u32 {
+    let Some((_, tid)) = target_thread() else {
+        return 0;
+    };
+    if inside_allocator(tid) {
+        return 0;
+    }
+    let config = ALLOC_CONFIG.load();
+    // SAFETY: offsets from this kernel's sys_enter_mmap format.
+    let (Ok(len), Ok(fd)) = (unsafe {
+        (
+            ctx.read_at::<u64>(config.mmap_len_offset as usize),
+            ctx.read_at::<u64>(config.mmap_fd_offset as usize),
+        )
+    }) else {
+        return 0;
+    };
+    // Anonymous memory only: a mapped file is not an allocation.
+    if fd as i64 != -1 {
+        return 0;
+    }
+    enter(tid, len, 0, kind::MMAP);
+    0
+}
+
+#[tracepoint]
+pub fn alloc_mmap_exit(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = target_thread() else {
+        return 0;
+    };
+    // SAFETY: a read of this thread's own entry.
+    if !unsafe { ALLOC_INFLIGHT.get(tid) }.is_some_and(|c| c.open != 0 && c.kind == kind::MMAP) {
+        return 0;
+    }
+    let Some(call) = close(tid) else {
+        return 0;
+    };
+    let offset = ALLOC_CONFIG.load().mmap_ret_offset as usize;
+    // SAFETY: the offset comes from this kernel's sys_exit_mmap format.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(offset) }) else {
+        return 0;
+    };
+    // Errors come back as small negative numbers.
+    if ret > 0 && sampled(ret as u64, ALLOC_CONFIG.load().sample_every) {
+        track(&ctx, (tgid, tid), ret as u64, call.size, kind::MMAP);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn alloc_munmap(ctx: TracePointContext) -> u32 {
+    let Some((_, tid)) = target_thread() else {
+        return 0;
+    };
+    if inside_allocator(tid) {
+        return 0;
+    }
+    let config = ALLOC_CONFIG.load();
+    // SAFETY: the offset comes from this kernel's sys_enter_munmap format.
+    if let Ok(addr) = unsafe { ctx.read_at::<u64>(config.munmap_addr_offset as usize) } {
+        // Only whole mappings we saw made are retired; partial unmaps keep their record.
+        if ALLOC_LIVE.get_ptr(addr).is_some() {
+            retire(addr, config.sample_every);
+        }
+    }
+    0
+}

@@ -1,0 +1,444 @@
+//! `alloc`: allocation tracking on the allocator the target really uses.
+//!
+//! The allocator is found from the target's mappings and symbols: a jemalloc, tcmalloc or
+//! mimalloc library if one is mapped, else an allocator linked into the main binary (plain or
+//! prefixed symbols such as `je_malloc`), else libc; `--allocator PATH` overrides. Uprobes are
+//! attached through `/proc/PID/root/...`, so a target in another mount namespace works.
+
+use std::{
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    maps::HashMap,
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use object::{Object, ObjectSection, ObjectSymbol};
+use profiler_common::alloc::{self, AllocConfig, AllocKey, StackAllocs, kind};
+use serde::{Deserialize, Serialize};
+
+use super::{ProbeError, map, program_mut};
+use crate::{
+    procmaps::{Backing, ProcessMaps},
+    tracefs::Format,
+};
+
+const PROBE: &str = "alloc";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Track one allocation in this many (1: all).
+    pub sample_every: u32,
+    /// The allocator's file as the target sees it, instead of looking for one.
+    pub allocator: Option<PathBuf>,
+    /// A growing stack is a leak suspect once its oldest live allocation is this old.
+    pub min_age: std::time::Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            sample_every: 1,
+            allocator: None,
+            min_age: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// The allocator functions we probe: the program for each, the kind it records (passed as the
+/// attach cookie where programs are shared), and whether it is required.
+const FUNCTIONS: &[(&str, &str, u8, bool)] = &[
+    ("malloc", alloc::ENTER_SIZE_PROGRAM, kind::MALLOC, true),
+    ("calloc", alloc::ENTER_CALLOC_PROGRAM, kind::CALLOC, false),
+    (
+        "realloc",
+        alloc::ENTER_REALLOC_PROGRAM,
+        kind::REALLOC,
+        false,
+    ),
+    (
+        "posix_memalign",
+        alloc::ENTER_POSIX_MEMALIGN_PROGRAM,
+        kind::POSIX_MEMALIGN,
+        false,
+    ),
+    (
+        "aligned_alloc",
+        alloc::ENTER_ALIGNED_PROGRAM,
+        kind::ALIGNED_ALLOC,
+        false,
+    ),
+    (
+        "memalign",
+        alloc::ENTER_ALIGNED_PROGRAM,
+        kind::MEMALIGN,
+        false,
+    ),
+    ("valloc", alloc::ENTER_SIZE_PROGRAM, kind::VALLOC, false),
+    ("free", alloc::FREE_PROGRAM, 0, true),
+];
+
+/// Registers the probe point must leave untouched: the arguments the programs read, and for
+/// the allocating functions `rsp`, since their return probe shares the point and takes the
+/// return address from the top of the stack.
+fn preserved(function: &str) -> &'static [u8] {
+    use super::probe_point::reg::*;
+    match function {
+        "free" => &[RDI],
+        _ => &[RDI, RSI, RDX, RCX, RSP],
+    }
+}
+
+/// Each function's probe offset from its symbol, where the kernel can emulate the instruction.
+fn probe_offsets(data: &[u8], symbols: &[(String, String)]) -> Vec<(String, u64)> {
+    let Ok(file) = object::File::parse(data) else {
+        return Vec::new();
+    };
+    let code_of = |symbol: &str| -> Option<Vec<u8>> {
+        let sym = file
+            .dynamic_symbols()
+            .chain(file.symbols())
+            .find(|s| s.is_definition() && s.name() == Ok(symbol))?;
+        let section = file.section_by_index(sym.section_index()?).ok()?;
+        section
+            .data_range(sym.address(), 32)
+            .ok()
+            .flatten()
+            .map(<[u8]>::to_vec)
+    };
+    symbols
+        .iter()
+        .map(|(function, symbol)| {
+            let offset = code_of(symbol).map_or(0, |code| {
+                super::probe_point::fast_offset(&code, preserved(function))
+            });
+            (function.clone(), offset)
+        })
+        .collect()
+}
+
+/// Symbol prefixes allocators export their API under (jemalloc `je_`, tikv-jemallocator
+/// `_rjem_`, tcmalloc `tc_`, mimalloc `mi_`); the plain name wins where both exist.
+const PREFIXES: &[&str] = &["", "je_", "_rjem_", "tc_", "mi_"];
+
+/// Library names of the allocators we recognise.
+const LIBRARIES: &[(&str, &str)] = &[
+    ("libjemalloc", "jemalloc"),
+    ("libtcmalloc", "tcmalloc"),
+    ("libmimalloc", "mimalloc"),
+];
+
+/// The allocator found, and the symbol probed for each function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocator {
+    /// "glibc", "jemalloc", "tcmalloc", "mimalloc", "static" (linked into the main binary),
+    /// or "custom" (--allocator).
+    pub name: String,
+    /// Its file as the target sees it.
+    pub path: PathBuf,
+    /// (function, symbol) pairs probed.
+    pub symbols: Vec<(String, String)>,
+    /// (function, bytes past the symbol) where each probe sits (see `probe_point`).
+    #[serde(default)]
+    pub offsets: Vec<(String, u64)>,
+}
+
+impl Allocator {
+    fn new(name: &str, path: PathBuf, data: &[u8], symbols: Vec<(String, String)>) -> Self {
+        let offsets = probe_offsets(data, &symbols);
+        Self {
+            name: name.into(),
+            path,
+            symbols,
+            offsets,
+        }
+    }
+
+    fn symbol(&self, function: &str) -> Option<&str> {
+        self.symbols
+            .iter()
+            .find(|(f, _)| f == function)
+            .map(|(_, s)| s.as_str())
+    }
+
+    fn offset(&self, function: &str) -> u64 {
+        self.offsets
+            .iter()
+            .find(|(f, _)| f == function)
+            .map_or(0, |(_, o)| *o)
+    }
+}
+
+/// Defined function symbols of an ELF file.
+fn defined_functions(data: &[u8]) -> Vec<String> {
+    let Ok(file) = object::File::parse(data) else {
+        return Vec::new();
+    };
+    file.dynamic_symbols()
+        .chain(file.symbols())
+        .filter(|s| s.is_definition() && s.kind() == object::SymbolKind::Text)
+        .filter_map(|s| s.name().ok().map(str::to_string))
+        .collect()
+}
+
+/// For each allocator function, the first name under which `names` defines it.
+fn resolve(names: &[String]) -> Vec<(String, String)> {
+    FUNCTIONS
+        .iter()
+        .filter_map(|(function, _, _, _)| {
+            PREFIXES.iter().find_map(|prefix| {
+                let symbol = format!("{prefix}{function}");
+                names
+                    .contains(&symbol)
+                    .then(|| (function.to_string(), symbol))
+            })
+        })
+        .fold(Vec::new(), |mut acc, pair| {
+            if !acc.iter().any(|(f, _)| *f == pair.0) {
+                acc.push(pair);
+            }
+            acc
+        })
+}
+
+fn complete(symbols: &[(String, String)]) -> bool {
+    FUNCTIONS
+        .iter()
+        .filter(|(_, _, _, required)| *required)
+        .all(|(f, _, _, _)| symbols.iter().any(|(have, _)| have == f))
+}
+
+fn read_target_file(pid: u32, path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(target_path(pid, path)).ok()
+}
+
+/// A path in the target's mount namespace, reachable from ours.
+pub fn target_path(pid: u32, path: &Path) -> PathBuf {
+    Path::new("/proc")
+        .join(pid.to_string())
+        .join("root")
+        .join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// Finds the allocator `pid` uses.
+pub fn discover(pid: u32, maps: &ProcessMaps, config: &Config) -> Result<Allocator, ProbeError> {
+    let not_found = |what: String| ProbeError::Other {
+        probe: PROBE,
+        what,
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    };
+    if let Some(path) = &config.allocator {
+        let data = read_target_file(pid, path)
+            .ok_or_else(|| not_found(format!("cannot read --allocator {}", path.display())))?;
+        let symbols = resolve(&defined_functions(&data));
+        if !complete(&symbols) {
+            return Err(not_found(format!(
+                "{} defines no malloc/free (plain or je_/tc_/mi_ prefixed)",
+                path.display()
+            )));
+        }
+        return Ok(Allocator::new("custom", path.clone(), &data, symbols));
+    }
+    let files: Vec<PathBuf> = maps
+        .mappings()
+        .iter()
+        .filter_map(|m| match &m.backing {
+            Backing::File(f) => Some(f.path.clone()),
+            _ => None,
+        })
+        .fold(Vec::new(), |mut acc, p| {
+            if !acc.contains(&p) {
+                acc.push(p);
+            }
+            acc
+        });
+    let file_name = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    // A dedicated allocator library wins: it interposes on libc's.
+    for (prefix, name) in LIBRARIES {
+        if let Some(path) = files.iter().find(|p| file_name(p).starts_with(prefix))
+            && let Some(data) = read_target_file(pid, path)
+        {
+            let symbols = resolve(&defined_functions(&data));
+            if complete(&symbols) {
+                return Ok(Allocator::new(name, path.clone(), &data, symbols));
+            }
+        }
+    }
+    // An allocator linked into the executable.
+    if let Some(exe) = maps.main_binary()
+        && let Some(data) = read_target_file(pid, &exe.path)
+    {
+        let symbols = resolve(&defined_functions(&data));
+        if complete(&symbols) {
+            return Ok(Allocator::new("static", exe.path.clone(), &data, symbols));
+        }
+    }
+    let libc = files
+        .iter()
+        .find(|p| file_name(p).starts_with("libc.so"))
+        .ok_or_else(|| {
+            not_found(format!(
+                "pid {pid} maps no libc and no known allocator: name one with --allocator"
+            ))
+        })?;
+    let data = read_target_file(pid, libc)
+        .ok_or_else(|| not_found(format!("cannot read {}", libc.display())))?;
+    let symbols = resolve(&defined_functions(&data));
+    Ok(Allocator::new("glibc", libc.clone(), &data, symbols))
+}
+
+pub fn kernel_config(config: &Config) -> Result<AllocConfig, ProbeError> {
+    let err = |e: crate::tracefs::FormatError| super::offcpu::tracefs_error(&e);
+    let enter = Format::load("syscalls", "sys_enter_mmap").map_err(err)?;
+    let exit = Format::load("syscalls", "sys_exit_mmap").map_err(err)?;
+    let munmap = Format::load("syscalls", "sys_enter_munmap").map_err(err)?;
+    Ok(AllocConfig {
+        sample_every: config.sample_every.max(1),
+        mmap_len_offset: enter
+            .offset("syscalls", "sys_enter_mmap", "len", 8)
+            .map_err(err)?,
+        mmap_fd_offset: enter
+            .offset("syscalls", "sys_enter_mmap", "fd", 8)
+            .map_err(err)?,
+        mmap_ret_offset: exit
+            .offset("syscalls", "sys_exit_mmap", "ret", 8)
+            .map_err(err)?,
+        munmap_addr_offset: munmap
+            .offset("syscalls", "sys_enter_munmap", "addr", 8)
+            .map_err(err)?,
+        _pad: 0,
+    })
+}
+
+fn load_program<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+) -> Result<&'a mut UProbe, ProbeError> {
+    let prog: &mut UProbe = program_mut(ebpf, PROBE, program)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(|source| ProbeError::Load {
+            probe: PROBE,
+            program,
+            source: Box::new(source),
+        })?;
+    }
+    Ok(prog)
+}
+
+pub fn attach(ebpf: &mut Ebpf, pid: u32, allocator: &Allocator) -> Result<(), ProbeError> {
+    let path = target_path(pid, &allocator.path);
+    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Other {
+        probe: PROBE,
+        what: "pid 0".into(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })?);
+    let attach_err = |program: &'static str, symbol: &str| {
+        let target = format!("{symbol} in {}", path.display());
+        move |source| ProbeError::Attach {
+            probe: PROBE,
+            program,
+            target,
+            source: Box::new(source),
+        }
+    };
+    for (function, program, kind, _) in FUNCTIONS {
+        let Some(symbol) = allocator.symbol(function) else {
+            continue;
+        };
+        let offset = allocator.offset(function);
+        let prog = load_program(ebpf, program)?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::SymbolOffset(symbol, offset),
+            cookie: Some(u64::from(*kind)),
+        };
+        prog.attach(point, &path, scope)
+            .map_err(attach_err(program, symbol))?;
+        if *function != "free" {
+            // At the same point, so both share one breakpoint.
+            let ret = load_program(ebpf, alloc::RETURN_PROGRAM)?;
+            ret.attach(
+                UProbeAttachLocation::SymbolOffset(symbol, offset),
+                &path,
+                scope,
+            )
+            .map_err(attach_err(alloc::RETURN_PROGRAM, symbol))?;
+        }
+    }
+    for (program, event) in [
+        (alloc::MMAP_ENTER_PROGRAM, "sys_enter_mmap"),
+        (alloc::MMAP_EXIT_PROGRAM, "sys_exit_mmap"),
+        (alloc::MUNMAP_PROGRAM, "sys_enter_munmap"),
+    ] {
+        let prog: &mut TracePoint = program_mut(ebpf, PROBE, program)?;
+        prog.load().map_err(|source| ProbeError::Load {
+            probe: PROBE,
+            program,
+            source: Box::new(source),
+        })?;
+        prog.attach("syscalls", event)
+            .map_err(|source| ProbeError::Attach {
+                probe: PROBE,
+                program,
+                target: format!("syscalls:{event}"),
+                source: Box::new(source),
+            })?;
+    }
+    Ok(())
+}
+
+/// Per-stack allocation totals as they stand now.
+pub fn read(ebpf: &Ebpf) -> Result<Vec<(AllocKey, StackAllocs)>, ProbeError> {
+    let stacks: HashMap<_, AllocKey, StackAllocs> = map(ebpf, PROBE, alloc::STACKS_MAP)?;
+    stacks
+        .iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ProbeError::Map {
+            probe: PROBE,
+            map: alloc::STACKS_MAP,
+            source: Box::new(source),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn resolves_plain_and_prefixed_symbols() {
+        let glibc = resolve(&names(&["malloc", "free", "calloc", "realloc", "valloc"]));
+        assert!(complete(&glibc));
+        assert!(glibc.contains(&("malloc".into(), "malloc".into())));
+        let prefixed = resolve(&names(&["je_malloc", "je_free", "je_calloc", "strlen"]));
+        assert!(complete(&prefixed));
+        assert!(prefixed.contains(&("free".into(), "je_free".into())));
+        // Plain names win over prefixed ones.
+        let both = resolve(&names(&["malloc", "je_malloc", "free"]));
+        assert!(both.contains(&("malloc".into(), "malloc".into())));
+        assert!(!complete(&resolve(&names(&["malloc"]))));
+    }
+
+    #[test]
+    fn finds_glibc_for_a_plain_process() {
+        let maps = ProcessMaps::snapshot(std::process::id()).unwrap();
+        let found = discover(std::process::id(), &maps, &Config::default()).unwrap();
+        assert_eq!(found.name, "glibc");
+        assert!(found.path.to_string_lossy().contains("libc.so"));
+        assert!(found.symbol("posix_memalign").is_some());
+        // glibc's free opens with `test %rdi,%rdi`, which would be single-stepped.
+        assert!(found.offset("free") > 0, "{:?}", found.offsets);
+    }
+}

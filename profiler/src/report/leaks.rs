@@ -1,0 +1,429 @@
+//! Leak suspects from periodic snapshots of per-stack live bytes, and the target's memory
+//! (RSS, PSS) over the same time.
+//!
+//! A stack is a suspect when its live bytes keep growing across snapshots (three in four steps
+//! up or level, at least three of them up, and more at the end than at the start; a one-off
+//! step up is not growth) and its oldest live allocation is older than the minimum age.
+//! Suspects are ranked by growth rate.
+
+use std::{collections::HashMap, fmt::Write as _};
+
+use profiler_common::alloc::{AllocKey, StackAllocs, kind};
+use serde::{Deserialize, Serialize};
+
+use super::profile::WeightedStack;
+use crate::stacks::StackTable;
+
+/// Stacks listed among the largest that are not growing.
+const LARGEST_LISTED: usize = 10;
+
+/// Per-stack live bytes over time.
+#[derive(Debug, Default)]
+pub struct Snapshots {
+    /// (seconds since the capture started, live bytes per stack).
+    taken: Vec<(f64, HashMap<AllocKey, i64>)>,
+}
+
+impl Snapshots {
+    pub fn record(&mut self, at_secs: f64, stacks: &[(AllocKey, StackAllocs)]) {
+        self.taken.push((
+            at_secs,
+            stacks.iter().map(|(k, s)| (*k, s.live_bytes)).collect(),
+        ));
+    }
+
+    pub fn len(&self) -> usize {
+        self.taken.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.taken.is_empty()
+    }
+
+    /// (time, live bytes) of one stack, 0 where it had none yet.
+    fn series(&self, key: &AllocKey) -> Vec<(f64, f64)> {
+        self.taken
+            .iter()
+            .map(|(t, stacks)| (*t, stacks.get(key).copied().unwrap_or(0) as f64))
+            .collect()
+    }
+}
+
+/// How a series grows: least-squares slope (per second) and whether it "keeps growing".
+pub fn growth(series: &[(f64, f64)]) -> (f64, bool) {
+    if series.len() < 2 {
+        return (0.0, false);
+    }
+    let n = series.len() as f64;
+    let mean_t = series.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_v = series.iter().map(|p| p.1).sum::<f64>() / n;
+    let var: f64 = series.iter().map(|p| (p.0 - mean_t).powi(2)).sum();
+    let slope = if var == 0.0 {
+        0.0
+    } else {
+        series
+            .iter()
+            .map(|p| (p.0 - mean_t) * (p.1 - mean_v))
+            .sum::<f64>()
+            / var
+    };
+    let steps = series.len() - 1;
+    let level_or_up = series.windows(2).filter(|w| w[1].1 >= w[0].1).count();
+    let up = series.windows(2).filter(|w| w[1].1 > w[0].1).count();
+    let first = series[0].1;
+    let last = series[steps].1;
+    let keeps_growing = up >= 3 && slope > 0.0 && last > first && level_or_up * 4 >= steps * 3;
+    (slope, keeps_growing)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AllocStack {
+    /// Root first; the allocating call (`malloc`, `mmap`, …) is the last frame.
+    pub frames: Vec<String>,
+    pub kind: String,
+    /// Scaled by the sampling rate when sampling (then `estimate`).
+    pub live_bytes: i64,
+    pub live_count: i64,
+    pub total_allocs: u64,
+    pub total_bytes: u64,
+    /// Age of the oldest live allocation (at least: since the stack last had none live).
+    pub oldest_age_secs: f64,
+    pub growth_bytes_per_min: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemorySample {
+    pub elapsed_secs: f64,
+    pub rss_kb: u64,
+    pub pss_kb: u64,
+    pub anon_kb: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemoryGrowth {
+    /// RSS at one minute into the capture (or the first sample of a shorter one).
+    pub rss_baseline_kb: u64,
+    pub rss_end_kb: u64,
+    pub rss_growth_percent: f64,
+    /// The pool's release rule: more than 10% RSS growth is a leak.
+    pub over_10_percent: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeakReport {
+    /// One allocation in this many was tracked; above 1, byte and count figures are estimates.
+    pub sample_every: u32,
+    pub estimate: bool,
+    pub snapshots: usize,
+    pub interval_secs: f64,
+    pub min_age_secs: f64,
+    pub live_bytes: i64,
+    pub live_count: i64,
+    pub suspects: Vec<AllocStack>,
+    pub largest_not_growing: Vec<AllocStack>,
+    pub memory: MemoryGrowth,
+}
+
+pub struct Analysis<'a> {
+    pub snapshots: &'a Snapshots,
+    pub stacks: &'a [(AllocKey, StackAllocs)],
+    pub table: &'a StackTable,
+    /// Monotonic now, ns (what the kernel's timestamps count from).
+    pub now_ns: u64,
+    pub min_age_secs: f64,
+    pub interval_secs: f64,
+    pub sample_every: u32,
+    pub memory: &'a [MemorySample],
+}
+
+pub fn kind_name(code: u8) -> &'static str {
+    kind::NAMES
+        .get(usize::from(code))
+        .copied()
+        .unwrap_or("unknown")
+}
+
+impl Analysis<'_> {
+    fn frames(&self, key: &AllocKey) -> Vec<String> {
+        let mut frames = self.table.user_frames(key.user_stack);
+        frames.push(kind_name(key.kind).to_string());
+        frames
+    }
+
+    pub fn report(&self) -> LeakReport {
+        let scale = i64::from(self.sample_every.max(1));
+        let mut suspects = Vec::new();
+        let mut stable = Vec::new();
+        for (key, s) in self.stacks {
+            if s.live_bytes <= 0 {
+                continue;
+            }
+            let (slope, keeps_growing) = growth(&self.snapshots.series(key));
+            let age = if s.live_since_ns == 0 {
+                0.0
+            } else {
+                self.now_ns.saturating_sub(s.live_since_ns) as f64 / 1e9
+            };
+            let stack = AllocStack {
+                frames: self.frames(key),
+                kind: kind_name(key.kind).to_string(),
+                live_bytes: s.live_bytes * scale,
+                live_count: s.live_count * scale,
+                total_allocs: s.total_allocs * scale as u64,
+                total_bytes: s.total_bytes * scale as u64,
+                oldest_age_secs: age,
+                growth_bytes_per_min: slope * 60.0 * scale as f64,
+            };
+            if keeps_growing && age >= self.min_age_secs {
+                suspects.push(stack);
+            } else {
+                stable.push(stack);
+            }
+        }
+        suspects.sort_by(|a, b| b.growth_bytes_per_min.total_cmp(&a.growth_bytes_per_min));
+        stable.sort_by_key(|s| std::cmp::Reverse(s.live_bytes));
+        stable.truncate(LARGEST_LISTED);
+        LeakReport {
+            sample_every: self.sample_every.max(1),
+            estimate: self.sample_every > 1,
+            snapshots: self.snapshots.len(),
+            interval_secs: self.interval_secs,
+            min_age_secs: self.min_age_secs,
+            live_bytes: self
+                .stacks
+                .iter()
+                .map(|(_, s)| s.live_bytes.max(0))
+                .sum::<i64>()
+                * scale,
+            live_count: self
+                .stacks
+                .iter()
+                .map(|(_, s)| s.live_count.max(0))
+                .sum::<i64>()
+                * scale,
+            suspects,
+            largest_not_growing: stable,
+            memory: memory_growth(self.memory),
+        }
+    }
+
+    /// Live bytes by stack, for `alloc.folded`/`alloc.svg`, rooted at `root`.
+    pub fn weighted_stacks(&self, root: &str) -> Vec<WeightedStack> {
+        let scale = i64::from(self.sample_every.max(1));
+        self.stacks
+            .iter()
+            .filter(|(_, s)| s.live_bytes > 0)
+            .map(|(key, s)| WeightedStack {
+                thread: root.to_string(),
+                tid: 0,
+                frames: self.frames(key),
+                weight: (s.live_bytes * scale) as u64,
+            })
+            .collect()
+    }
+}
+
+pub fn memory_growth(samples: &[MemorySample]) -> MemoryGrowth {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return MemoryGrowth::default();
+    };
+    let baseline = samples
+        .iter()
+        .find(|s| s.elapsed_secs >= 60.0)
+        .filter(|s| s.elapsed_secs < last.elapsed_secs)
+        .unwrap_or(first);
+    let growth = if baseline.rss_kb == 0 {
+        0.0
+    } else {
+        (last.rss_kb as f64 - baseline.rss_kb as f64) / baseline.rss_kb as f64 * 100.0
+    };
+    MemoryGrowth {
+        rss_baseline_kb: baseline.rss_kb,
+        rss_end_kb: last.rss_kb,
+        rss_growth_percent: growth,
+        over_10_percent: growth > 10.0,
+    }
+}
+
+/// Reads the target's `smaps_rollup`.
+pub fn sample_memory(pid: u32, elapsed_secs: f64) -> Option<MemorySample> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse().ok())
+            .unwrap_or(0)
+    };
+    Some(MemorySample {
+        elapsed_secs,
+        rss_kb: field("Rss:"),
+        pss_kb: field("Pss:"),
+        anon_kb: field("Anonymous:"),
+    })
+}
+
+pub fn memory_csv(samples: &[MemorySample]) -> String {
+    let mut out = String::from("elapsed_s,rss_kb,pss_kb,anon_kb\n");
+    for s in samples {
+        let _ = writeln!(
+            out,
+            "{:.1},{},{},{}",
+            s.elapsed_secs, s.rss_kb, s.pss_kb, s.anon_kb
+        );
+    }
+    out
+}
+
+fn bytes(n: i64) -> String {
+    let n = n as f64;
+    if n.abs() >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", n / 1024.0 / 1024.0)
+    } else if n.abs() >= 1024.0 {
+        format!("{:.1} KiB", n / 1024.0)
+    } else {
+        format!("{n:.0} B")
+    }
+}
+
+/// `leaks.txt` and the terminal's leak section.
+pub fn render(report: &LeakReport, suspects: usize) -> String {
+    let mut out = String::new();
+    let est = if report.estimate {
+        format!(
+            " (estimates: one allocation in {} tracked)",
+            report.sample_every
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "live: {} in {} allocations{est}; {} snapshots every {:.0}s",
+        bytes(report.live_bytes),
+        report.live_count,
+        report.snapshots,
+        report.interval_secs
+    );
+    let m = &report.memory;
+    let _ = writeln!(
+        out,
+        "RSS: {} KiB -> {} KiB ({:+.1}%){}",
+        m.rss_baseline_kb,
+        m.rss_end_kb,
+        m.rss_growth_percent,
+        if m.over_10_percent {
+            "  LEAK by the 10% rule"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "\nleak suspects (growing, oldest live older than {:.0}s):",
+        report.min_age_secs
+    );
+    if report.suspects.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for s in report.suspects.iter().take(suspects) {
+        let _ = writeln!(
+            out,
+            "  {:>10}/min  live {} in {}  oldest {:.0}s  {}",
+            bytes(s.growth_bytes_per_min as i64),
+            bytes(s.live_bytes),
+            s.live_count,
+            s.oldest_age_secs,
+            super::locks::leaf_frames(&s.frames, 6)
+        );
+    }
+    let _ = writeln!(out, "\nlargest live stacks not growing:");
+    if report.largest_not_growing.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for s in report.largest_not_growing.iter().take(suspects) {
+        let _ = writeln!(
+            out,
+            "  live {:>10} in {:>6}  {}",
+            bytes(s.live_bytes),
+            s.live_count,
+            super::locks::leaf_frames(&s.frames, 6)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_tells_leaks_from_churn() {
+        let leak: Vec<(f64, f64)> = (0..6)
+            .map(|i| (i as f64, 64.0 * 1000.0 * i as f64))
+            .collect();
+        let (slope, growing) = growth(&leak);
+        assert!(growing);
+        assert!((slope - 64_000.0).abs() < 1e-6);
+        let churn = [
+            (0.0, 500.0),
+            (1.0, 800.0),
+            (2.0, 300.0),
+            (3.0, 700.0),
+            (4.0, 400.0),
+        ];
+        assert!(!growth(&churn).1);
+        // A leak with one dip is still a leak.
+        let dip = [
+            (0.0, 0.0),
+            (1.0, 10.0),
+            (2.0, 9.0),
+            (3.0, 20.0),
+            (4.0, 30.0),
+            (5.0, 40.0),
+        ];
+        assert!(growth(&dip).1);
+        // A slow leak: up every few snapshots, level in between.
+        let slow: Vec<(f64, f64)> = (0..12).map(|i| (i as f64, (i / 3) as f64 * 64.0)).collect();
+        assert!(growth(&slow).1);
+        // One allocation made once and kept is not growth.
+        let once = [
+            (0.0, 0.0),
+            (1.0, 0.0),
+            (2.0, 304.0),
+            (3.0, 304.0),
+            (4.0, 304.0),
+        ];
+        assert!(!growth(&once).1);
+        assert!(
+            !growth(&[(0.0, 1.0), (1.0, 2.0)]).1,
+            "two snapshots are too few"
+        );
+    }
+
+    #[test]
+    fn rss_growth_from_the_first_minute() {
+        let samples: Vec<MemorySample> =
+            [(0.0, 1000), (30.0, 5000), (60.0, 10_000), (120.0, 12_000)]
+                .iter()
+                .map(|&(t, rss)| MemorySample {
+                    elapsed_secs: t,
+                    rss_kb: rss,
+                    ..MemorySample::default()
+                })
+                .collect();
+        let g = memory_growth(&samples);
+        assert_eq!(g.rss_baseline_kb, 10_000);
+        assert!((g.rss_growth_percent - 20.0).abs() < 1e-9);
+        assert!(g.over_10_percent);
+        // Shorter than a minute: from the first sample.
+        assert_eq!(memory_growth(&samples[..2]).rss_baseline_kb, 1000);
+        assert!(memory_csv(&samples).starts_with("elapsed_s,rss_kb,pss_kb,anon_kb\n0.0,1000,"));
+    }
+
+    #[test]
+    fn reads_own_smaps_rollup() {
+        let s = sample_memory(std::process::id(), 1.0).unwrap();
+        assert!(s.rss_kb > 0 && s.pss_kb > 0);
+    }
+}

@@ -1,0 +1,133 @@
+//! `alloc` against the real kernel, as root: a fixture allocates in known patterns, and the
+//! leak report must find the leak, byte for byte, and nothing else.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use profiler::report::leaks::{AllocStack, LeakReport};
+
+const ALLOC_FLAGS: &[&str] = &[
+    "-O2",
+    "-g",
+    "-fno-omit-frame-pointer",
+    "-mno-omit-leaf-frame-pointer",
+    "-fno-inline",
+    "-fno-builtin-malloc",
+    "-fno-builtin-free",
+    "-fno-builtin-realloc",
+];
+
+const ITERATIONS: u64 = 20_000;
+
+/// Runs the fixture's patterns under `--alloc` until it exits; returns the report, the
+/// allocator name, and the fixture's final realloc chain size.
+fn run(output: &str, libs: &'static [&'static str], name: &str) -> (LeakReport, String, u64) {
+    let mut fixture = start_fixture(
+        &CBuild {
+            source: "alloc_patterns",
+            output,
+            cflags: ALLOC_FLAGS,
+            libs,
+        },
+        &[&ITERATIONS.to_string(), "6"],
+    );
+    let mut opts = options(fixture.pid(), Duration::from_secs(60), output_dir(name));
+    opts.cpu = None;
+    opts.alloc = Some(profiler::probes::alloc::Config {
+        min_age: Duration::from_secs(2),
+        ..Default::default()
+    });
+    opts.interval = Some(Duration::from_secs(1));
+    // The capture runs while the fixture works (snapshots need the capture loop), and ends
+    // when it exits.
+    let (end, outcome) = capture(opts, || fixture.signal(libc::SIGUSR1).unwrap());
+    assert_eq!(end, profiler::session::EndReason::TargetExited);
+    let done = fixture
+        .wait_for_line("done", Duration::from_secs(5))
+        .unwrap();
+    for file in [
+        "leaks.txt",
+        "leaks.json",
+        "alloc.folded",
+        "alloc.svg",
+        "memory_samples.csv",
+    ] {
+        assert!(outcome.dir.join(file).is_file(), "{file} missing");
+    }
+    let chain: u64 = done.split_whitespace().last().unwrap().parse().unwrap();
+    let summary = outcome.summary.alloc.unwrap();
+    assert!(
+        summary.leaks.snapshots >= 5,
+        "{} snapshots",
+        summary.leaks.snapshots
+    );
+    let csv = std::fs::read_to_string(outcome.dir.join("memory_samples.csv")).unwrap();
+    assert!(csv.lines().count() >= 6, "{csv}");
+    let dropped = &outcome.summary.dropped;
+    for counter in ["alloc_live_full", "alloc_stacks_full"] {
+        assert_eq!(dropped[counter], 0, "{counter}");
+    }
+    (outcome.leaks.unwrap(), summary.allocator.name, chain)
+}
+
+/// The frame right before the allocating call.
+fn caller(stack: &AllocStack) -> &str {
+    let n = stack.frames.len();
+    &stack.frames[n - 2]
+}
+
+fn check(report: &LeakReport, chain_size: u64) {
+    let top = &report.suspects[0];
+    assert_eq!(caller(top), "leaky_path", "{:#?}", report.suspects);
+    assert_eq!(top.kind, "malloc");
+    let expected = (ITERATIONS * 64) as f64;
+    assert!(
+        (top.live_bytes as f64 - expected).abs() <= expected * 0.05,
+        "leaky_path live {} vs {expected}",
+        top.live_bytes
+    );
+    assert!(top.growth_bytes_per_min > 0.0);
+    let all: Vec<&AllocStack> = report
+        .suspects
+        .iter()
+        .chain(&report.largest_not_growing)
+        .collect();
+    assert!(
+        !report
+            .suspects
+            .iter()
+            .any(|s| s.frames.iter().any(|f| f == "balanced_path")),
+        "balanced_path is no suspect"
+    );
+    // Blocks freed by another thread leave nothing live.
+    assert!(
+        !all.iter()
+            .any(|s| s.frames.iter().any(|f| f == "produce_block")),
+        "produce_block's blocks were all freed: {all:#?}"
+    );
+    let chain = all
+        .iter()
+        .find(|s| caller(s) == "realloc_chain")
+        .expect("the realloc chain is live");
+    assert_eq!(chain.live_count, 1, "{chain:#?}");
+    assert_eq!(chain.live_bytes as u64, chain_size);
+}
+
+#[test]
+fn finds_the_leak_in_glibc_malloc() {
+    require_root();
+    let (report, allocator, chain) = run("alloc_patterns-fp", &[], "alloc-glibc");
+    assert_eq!(allocator, "glibc");
+    check(&report, chain);
+}
+
+#[test]
+fn tracks_jemalloc_through_its_symbols() {
+    require_root();
+    let (report, allocator, chain) =
+        run("alloc_patterns-jemalloc", &["-ljemalloc"], "alloc-jemalloc");
+    assert_eq!(allocator, "jemalloc");
+    check(&report, chain);
+}
