@@ -30,6 +30,50 @@ pub enum Command {
     /// Compile the .eh_frame unwinding tables of ELF files and report their size and build
     /// time (what `attach` does for every binary the target maps).
     UnwindTables(UnwindTablesArgs),
+    /// Compare two output directories: a differential flamegraph, what moved, and regression
+    /// gates. Exits 2 on a regression.
+    Compare(CompareArgs),
+    /// Named baselines under results/baselines/: save a run, or check a run against one.
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The earlier run's output directory.
+    pub old: PathBuf,
+    /// The later run's output directory.
+    pub new: PathBuf,
+    /// Where diff.svg, compare.json and compare.txt go [default: NEW/compare].
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Gate thresholds (JSON, as `baseline save` writes them) [default: built-in gates].
+    #[arg(long)]
+    pub gates: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaselineCommand {
+    /// Keep DIR's reports as baseline NAME, with default gates in its gates.json.
+    Save {
+        name: String,
+        dir: PathBuf,
+        /// Replace an existing baseline of that name.
+        #[arg(long)]
+        force: bool,
+        /// The results directory holding baselines/.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Compare DIR with baseline NAME under its gates. Exits 2 on a regression.
+    Check {
+        name: String,
+        dir: PathBuf,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser as _;
 use profiler::{
-    cli::{AttachArgs, Cli, Command, UnwindTablesArgs},
+    cli::{AttachArgs, BaselineCommand, Cli, Command, CompareArgs, UnwindTablesArgs},
     session::{AttachError, Session},
     unwind,
 };
@@ -21,6 +21,8 @@ fn main() -> ExitCode {
         Command::Attach(args) => attach(args, cli.verbose),
         Command::Load(args) => profiler::load::run(args),
         Command::UnwindTables(args) => unwind_tables(&args),
+        Command::Compare(args) => compare(args),
+        Command::Baseline(command) => baseline(command),
     };
     match result {
         Ok(code) => code,
@@ -92,4 +94,55 @@ fn unwind_tables(args: &UnwindTablesArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exit status of a comparison that found a regression (1 is any other failure).
+const REGRESSION: u8 = 2;
+
+fn verdict(comparison: &profiler::compare::Comparison, out: &std::path::Path) -> ExitCode {
+    print!("{}", profiler::compare::render(comparison));
+    println!("\nreports in {}", out.display());
+    if comparison.verdict == "pass" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(REGRESSION)
+    }
+}
+
+fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let gates = match &args.gates {
+        Some(path) => profiler::compare::read_gates(path)?,
+        None => profiler::compare::Gates::default(),
+    };
+    let out = args.output.unwrap_or_else(|| args.new.join("compare"));
+    let comparison = profiler::compare::compare(&args.old, &args.new, &out, &gates)?;
+    Ok(verdict(&comparison, &out))
+}
+
+fn baseline(command: BaselineCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BaselineCommand::Save {
+            name,
+            dir,
+            force,
+            results,
+        } => {
+            let saved = profiler::compare::save_baseline(&results, &name, &dir, force)?;
+            println!(
+                "baseline {name} saved in {}; edit its gates.json to change the thresholds",
+                saved.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BaselineCommand::Check {
+            name,
+            dir,
+            output,
+            results,
+        } => {
+            let out = output.unwrap_or_else(|| dir.join(format!("compare-{name}")));
+            let comparison = profiler::compare::check_baseline(&results, &name, &dir, &out)?;
+            Ok(verdict(&comparison, &out))
+        }
+    }
 }

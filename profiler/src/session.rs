@@ -32,7 +32,7 @@ use crate::{
         profile::{WeightedStack, function_totals},
         summary::{
             AllocSummary, CpuSummary, FutexSummary, OffcpuSummary, SCHEMA_VERSION, StackWeight,
-            Summary, TargetSummary, ThreadWeight,
+            Summary, TargetSummary, TargetUsage, ThreadWeight,
         },
         table,
     },
@@ -133,6 +133,8 @@ pub struct Session {
     started_at: jiff::Timestamp,
     frame_pointers: Option<FramePointerCheck>,
     notes: Vec<String>,
+    /// The target's CPU time when the capture started.
+    cpu_at_start: Option<f64>,
     allocator: Option<alloc::Allocator>,
     /// Per-stack live bytes over time (`alloc`).
     snapshots: Snapshots,
@@ -286,6 +288,7 @@ impl Session {
         if let Some(allocator) = &allocator {
             alloc::attach(&mut ebpf, opts.pid, allocator)?;
         }
+        let opts_pid = opts.pid;
         Ok(Self {
             opts,
             target,
@@ -299,6 +302,7 @@ impl Session {
             started_at,
             frame_pointers,
             notes,
+            cpu_at_start: preflight::cpu_seconds(opts_pid),
             allocator,
             snapshots: Snapshots::default(),
             memory: Vec::new(),
@@ -409,6 +413,16 @@ impl Session {
         let duration = self.started.elapsed();
         // Ages are as of the end of the capture, not of the (slower) report writing.
         let ended_ns = monotonic_ns();
+        let usage = match (self.cpu_at_start, preflight::cpu_seconds(self.opts.pid)) {
+            (Some(before), Some(after)) if end != EndReason::TargetExited => {
+                preflight::rss_kb(self.opts.pid).map(|rss_kb| TargetUsage {
+                    cpu_seconds: after - before,
+                    cpu_percent: (after - before) / duration.as_secs_f64().max(1e-9) * 100.0,
+                    rss_kb,
+                })
+            }
+            _ => None,
+        };
         probes::unload_all(&mut self.ebpf);
         if let Some(logger) = &mut self.logger {
             logger.flush();
@@ -436,7 +450,7 @@ impl Session {
         };
         let mut outcome = Outcome {
             dir: self.out_dir.clone(),
-            summary: self.summary(duration, end),
+            summary: self.summary(duration, end, usage),
             terminal: String::new(),
             cpu_stacks: None,
             offcpu_stacks: None,
@@ -501,7 +515,7 @@ impl Session {
     }
 
     /// The summary's fixed parts; each family fills in its own section.
-    fn summary(&self, duration: Duration, end: EndReason) -> Summary {
+    fn summary(&self, duration: Duration, end: EndReason, usage: Option<TargetUsage>) -> Summary {
         Summary {
             schema_version: SCHEMA_VERSION,
             profiler_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -511,6 +525,7 @@ impl Session {
                 exe: self.target.exe.as_ref().map(|p| p.display().to_string()),
                 cmdline: self.target.cmdline.clone(),
                 frame_pointers: self.frame_pointers.clone(),
+                usage,
             },
             kernel: kernel_release(),
             started_at: self.started_at.to_string(),
@@ -557,6 +572,13 @@ impl Session {
                 count_name: "samples",
             },
         )?;
+        let profile = report::pprof::cpu_profile(
+            &resolved.stacks,
+            config.frequency,
+            self.started_at.as_nanosecond() as i64,
+            duration.as_nanos() as i64,
+        );
+        writer.write("profile.pb.gz", |out| report::pprof::write(&profile, out))?;
         let totals = function_totals(&resolved.stacks, TOP_FUNCTIONS);
         let samples = counter(counters, stats::CPU_SAMPLES);
         writer.say(&format!(

@@ -6,6 +6,7 @@ pub mod folded;
 pub mod hist;
 pub mod leaks;
 pub mod locks;
+pub mod pprof;
 pub mod profile;
 pub mod summary;
 pub mod table;

@@ -49,6 +49,19 @@ pub struct TargetSummary {
     pub cmdline: String,
     /// Whether the main binary seems to have been built with frame pointers.
     pub frame_pointers: Option<FramePointerCheck>,
+    /// What the target used during the capture (None if it exited first).
+    #[serde(default)]
+    pub usage: Option<TargetUsage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetUsage {
+    /// CPU time of all the target's threads during the capture.
+    pub cpu_seconds: f64,
+    /// The same as a share of one core, in percent.
+    pub cpu_percent: f64,
+    /// Resident memory at the end.
+    pub rss_kb: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,0 +1,767 @@
+//! `profiler compare OLD NEW` and named baselines: what changed between two captures, a
+//! differential flamegraph, and regression gates with a verdict CI can act on.
+//!
+//! Each run is an output directory. Summaries are read as JSON values, not typed structs, so an
+//! archive written by an older release still compares: a figure one side lacks skips its gate
+//! (and says so) instead of failing the comparison.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    fs,
+    io::{self, BufReader},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::report::{
+    flamegraph::{self, Labels},
+    folded,
+};
+
+/// Thresholds a release must stay within; a baseline's `gates.json` overrides them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Gates {
+    /// p95 and p99 latency may rise at most this much, percent.
+    pub latency_up_percent: f64,
+    /// Throughput may fall at most this much, percent.
+    pub throughput_down_percent: f64,
+    /// The target's resident memory may rise at most this much, percent.
+    pub rss_up_percent: f64,
+    /// The target's CPU use may rise at most this much, percent.
+    pub cpu_up_percent: f64,
+    /// Fail on any leak suspect the old run did not have.
+    pub fail_on_new_leak_suspects: bool,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Self {
+            latency_up_percent: 10.0,
+            throughput_down_percent: 10.0,
+            rss_up_percent: 15.0,
+            cpu_up_percent: 15.0,
+            fail_on_new_leak_suspects: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("{} has no summary.json: not a profiler output directory", dir.display())]
+    NotARun {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no baseline named {name} under {}: save one with `profiler baseline save {name} DIR`", dir.display())]
+    NoBaseline { name: String, dir: PathBuf },
+    #[error("baseline {name} exists at {}: pass --force to replace it", dir.display())]
+    BaselineExists { name: String, dir: PathBuf },
+}
+
+/// One output directory's figures.
+struct Run {
+    dir: PathBuf,
+    summary: Value,
+    cpu: Option<Vec<(Vec<String>, u64)>>,
+    /// The load driver's JSON report, when the run directory holds one.
+    load: Option<Value>,
+}
+
+fn read_json(path: &Path) -> Result<Value, CompareError> {
+    let text = fs::read_to_string(path).map_err(|source| CompareError::Read {
+        path: path.into(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| CompareError::Read {
+        path: path.into(),
+        source: io::Error::other(e),
+    })
+}
+
+fn load_run(dir: &Path) -> Result<Run, CompareError> {
+    let summary_path = dir.join("summary.json");
+    if !summary_path.is_file() {
+        return Err(CompareError::NotARun {
+            dir: dir.into(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        });
+    }
+    let summary = read_json(&summary_path)?;
+    let cpu = match fs::File::open(dir.join("cpu.folded")) {
+        Ok(file) => {
+            Some(
+                folded::parse(BufReader::new(file)).map_err(|source| CompareError::Read {
+                    path: dir.join("cpu.folded"),
+                    source,
+                })?,
+            )
+        }
+        Err(_) => None,
+    };
+    let load = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("load") && n.ends_with(".json"))
+            })
+            .min()
+            .map(|p| read_json(&p))
+            .transpose()?,
+        Err(_) => None,
+    };
+    Ok(Run {
+        dir: dir.into(),
+        summary,
+        cpu,
+        load,
+    })
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GateResult {
+    pub name: String,
+    pub old: Option<f64>,
+    pub new: Option<f64>,
+    pub change_percent: Option<f64>,
+    pub limit: String,
+    /// "pass", "fail" or "skipped" (a side lacks the figure).
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FunctionMove {
+    pub function: String,
+    /// Share of on-CPU samples with the function as leaf, 0 to 1.
+    pub old_self_share: f64,
+    pub new_self_share: f64,
+    pub change: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Change {
+    pub name: String,
+    pub old: Option<f64>,
+    pub new: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    pub schema_version: u32,
+    pub old: String,
+    pub new: String,
+    /// "pass" or "regression".
+    pub verdict: String,
+    pub gates: Vec<GateResult>,
+    /// Functions whose share of CPU samples moved most.
+    pub cpu_functions: Vec<FunctionMove>,
+    /// Latency percentiles, microseconds.
+    pub latency: Vec<Change>,
+    /// Total wait per lock, microseconds.
+    pub locks: Vec<Change>,
+    /// Leak suspects (stacks) the new run has and the old did not.
+    pub new_leak_suspects: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+fn path<'a>(value: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().try_fold(value, |v, k| v.get(k))
+}
+
+fn number(value: &Value, keys: &[&str]) -> Option<f64> {
+    path(value, keys)?.as_f64()
+}
+
+impl Run {
+    fn rss_kb(&self) -> Option<f64> {
+        number(&self.summary, &["target", "usage", "rss_kb"])
+            .or_else(|| number(&self.summary, &["alloc", "leaks", "memory", "rss_end_kb"]))
+    }
+
+    fn cpu_percent(&self) -> Option<f64> {
+        number(&self.summary, &["target", "usage", "cpu_percent"])
+    }
+
+    /// Latency percentile (`p50`, `p95`, `p99`) in µs: the load driver's client-side view when
+    /// the run holds its report, else the kernel's socket-to-reply view.
+    fn latency_us(&self, percentile: &str) -> Option<f64> {
+        self.load
+            .as_ref()
+            .and_then(|l| number(l, &["latency_us", percentile]))
+            .or_else(|| {
+                number(
+                    &self.summary,
+                    &["sock", "total", "socket_to_reply_us", percentile],
+                )
+            })
+    }
+
+    /// Requests (or shares) answered per second.
+    fn throughput(&self) -> Option<f64> {
+        self.load
+            .as_ref()
+            .and_then(|l| number(l, &["throughput_per_sec"]))
+            .or_else(|| number(&self.summary, &["sock", "total", "rate_per_sec"]))
+    }
+
+    fn leak_suspects(&self) -> BTreeSet<String> {
+        path(&self.summary, &["alloc", "leaks", "suspects"])
+            .and_then(Value::as_array)
+            .map(|suspects| {
+                suspects
+                    .iter()
+                    .filter_map(|s| s.get("frames")?.as_array())
+                    .map(|frames| {
+                        frames
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(";")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn lock_waits(&self) -> BTreeMap<String, f64> {
+        path(&self.summary, &["futex", "locks"])
+            .and_then(Value::as_array)
+            .map(|locks| {
+                locks
+                    .iter()
+                    .filter_map(|l| {
+                        Some((
+                            l.get("name")?.as_str()?.to_string(),
+                            l.get("total_wait_us")?.as_f64()?,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn change_percent(old: f64, new: f64) -> Option<f64> {
+    (old != 0.0).then(|| (new - old) / old * 100.0)
+}
+
+/// A gate on a figure that must not rise (or, with `falling`, fall) more than `limit` percent.
+fn gate(name: &str, old: Option<f64>, new: Option<f64>, limit: f64, falling: bool) -> GateResult {
+    let change = old.zip(new).and_then(|(o, n)| change_percent(o, n));
+    let result = match change {
+        None => "skipped",
+        Some(c) if (falling && c < -limit) || (!falling && c > limit) => "fail",
+        Some(_) => "pass",
+    };
+    GateResult {
+        name: name.into(),
+        old,
+        new,
+        change_percent: change,
+        limit: format!("{}{limit}%", if falling { "-" } else { "+" }),
+        result: result.into(),
+    }
+}
+
+/// Self shares of the heaviest-moving functions between two folded profiles.
+fn function_moves(
+    old: &[(Vec<String>, u64)],
+    new: &[(Vec<String>, u64)],
+    n: usize,
+) -> Vec<FunctionMove> {
+    let shares = |stacks: &[(Vec<String>, u64)]| {
+        let total: u64 = stacks.iter().map(|s| s.1).sum();
+        let mut by: BTreeMap<String, f64> = BTreeMap::new();
+        for (frames, w) in stacks {
+            if let Some(leaf) = frames.last() {
+                *by.entry(leaf.clone()).or_default() += *w as f64 / total.max(1) as f64;
+            }
+        }
+        by
+    };
+    let (old, new) = (shares(old), shares(new));
+    let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let mut moves: Vec<FunctionMove> = names
+        .into_iter()
+        .map(|f| {
+            let o = old.get(f).copied().unwrap_or(0.0);
+            let n = new.get(f).copied().unwrap_or(0.0);
+            FunctionMove {
+                function: f.clone(),
+                old_self_share: o,
+                new_self_share: n,
+                change: n - o,
+            }
+        })
+        .collect();
+    moves.sort_by(|a, b| b.change.abs().total_cmp(&a.change.abs()));
+    moves.truncate(n);
+    moves
+}
+
+/// Compares two runs, writing `diff.svg`, `compare.json` and `compare.txt` into `out`.
+pub fn compare(
+    old: &Path,
+    new: &Path,
+    out: &Path,
+    gates: &Gates,
+) -> Result<Comparison, CompareError> {
+    let old_run = load_run(old)?;
+    let new_run = load_run(new)?;
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CompareError::Write { path, source }
+    };
+    fs::create_dir_all(out).map_err(write_err(out))?;
+    let mut outputs = Vec::new();
+
+    let mut results = vec![
+        gate(
+            "p95 latency",
+            old_run.latency_us("p95"),
+            new_run.latency_us("p95"),
+            gates.latency_up_percent,
+            false,
+        ),
+        gate(
+            "p99 latency",
+            old_run.latency_us("p99"),
+            new_run.latency_us("p99"),
+            gates.latency_up_percent,
+            false,
+        ),
+        gate(
+            "throughput",
+            old_run.throughput(),
+            new_run.throughput(),
+            gates.throughput_down_percent,
+            true,
+        ),
+        gate(
+            "RSS",
+            old_run.rss_kb(),
+            new_run.rss_kb(),
+            gates.rss_up_percent,
+            false,
+        ),
+        gate(
+            "CPU",
+            old_run.cpu_percent(),
+            new_run.cpu_percent(),
+            gates.cpu_up_percent,
+            false,
+        ),
+    ];
+    let old_leaks = old_run.leak_suspects();
+    let new_leaks: Vec<String> = new_run
+        .leak_suspects()
+        .into_iter()
+        .filter(|s| !old_leaks.contains(s))
+        .collect();
+    results.push(GateResult {
+        name: "new leak suspects".into(),
+        old: Some(0.0),
+        new: Some(new_leaks.len() as f64),
+        change_percent: None,
+        limit: "none".into(),
+        result: if gates.fail_on_new_leak_suspects && !new_leaks.is_empty() {
+            "fail"
+        } else {
+            "pass"
+        }
+        .into(),
+    });
+
+    let cpu_functions = match (&old_run.cpu, &new_run.cpu) {
+        (Some(o), Some(n)) => {
+            let mut diff = Vec::new();
+            let opt = inferno::differential::Options {
+                normalize: true,
+                ..Default::default()
+            };
+            let lines = |stacks: &[(Vec<String>, u64)]| {
+                stacks
+                    .iter()
+                    .map(|(f, w)| format!("{} {w}\n", f.join(";")))
+                    .collect::<String>()
+            };
+            inferno::differential::from_readers(
+                opt,
+                lines(o).as_bytes(),
+                lines(n).as_bytes(),
+                &mut diff,
+            )
+            .map_err(write_err(&out.join("diff.svg")))?;
+            let diff_lines: Vec<String> = String::from_utf8_lossy(&diff)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            let title = format!(
+                "cpu: {} vs {}",
+                old_run.dir.display(),
+                new_run.dir.display()
+            );
+            let labels = Labels {
+                title: &title,
+                subtitle: Some("differential: red grew, blue shrank (normalised sample counts)"),
+                count_name: "samples",
+            };
+            let path = out.join("diff.svg");
+            let file = fs::File::create(&path).map_err(write_err(&path))?;
+            flamegraph::write(&diff_lines, &labels, io::BufWriter::new(file))
+                .map_err(write_err(&path))?;
+            outputs.push("diff.svg".to_string());
+            function_moves(o, n, 10)
+        }
+        _ => Vec::new(),
+    };
+
+    let latency = ["p50", "p95", "p99"]
+        .iter()
+        .map(|p| Change {
+            name: (*p).into(),
+            old: old_run.latency_us(p),
+            new: new_run.latency_us(p),
+        })
+        .filter(|c| c.old.is_some() || c.new.is_some())
+        .collect();
+    let (old_locks, new_locks) = (old_run.lock_waits(), new_run.lock_waits());
+    let lock_names: BTreeSet<&String> = old_locks.keys().chain(new_locks.keys()).collect();
+    let locks = lock_names
+        .into_iter()
+        .map(|name| Change {
+            name: name.clone(),
+            old: old_locks.get(name).copied(),
+            new: new_locks.get(name).copied(),
+        })
+        .collect();
+
+    let verdict = if results.iter().any(|g| g.result == "fail") {
+        "regression"
+    } else {
+        "pass"
+    };
+    outputs.push("compare.json".to_string());
+    outputs.push("compare.txt".to_string());
+    let comparison = Comparison {
+        schema_version: 1,
+        old: old.display().to_string(),
+        new: new.display().to_string(),
+        verdict: verdict.into(),
+        gates: results,
+        cpu_functions,
+        latency,
+        locks,
+        new_leak_suspects: new_leaks,
+        outputs,
+    };
+    let json = serde_json::to_vec_pretty(&comparison).map_err(io::Error::other);
+    let json_path = out.join("compare.json");
+    fs::write(&json_path, json.map_err(write_err(&json_path))?).map_err(write_err(&json_path))?;
+    let txt_path = out.join("compare.txt");
+    fs::write(&txt_path, render(&comparison)).map_err(write_err(&txt_path))?;
+    Ok(comparison)
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"))
+}
+
+/// The comparison for the terminal and `compare.txt`.
+pub fn render(c: &Comparison) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{} -> {}: {}", c.old, c.new, c.verdict.to_uppercase());
+    let _ = writeln!(
+        out,
+        "\n  {:<18} {:>12} {:>12} {:>9}  {:>7}  result",
+        "gate", "old", "new", "change", "limit"
+    );
+    for g in &c.gates {
+        let _ = writeln!(
+            out,
+            "  {:<18} {:>12} {:>12} {:>9}  {:>7}  {}",
+            g.name,
+            fmt_opt(g.old),
+            fmt_opt(g.new),
+            g.change_percent
+                .map_or_else(|| "-".to_string(), |p| format!("{p:+.1}%")),
+            g.limit,
+            g.result
+        );
+    }
+    if !c.cpu_functions.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n  functions whose CPU share moved most (self share):"
+        );
+        for f in &c.cpu_functions {
+            let _ = writeln!(
+                out,
+                "    {:>+7.2} pts  {:>6.2}% -> {:>6.2}%  {}",
+                f.change * 100.0,
+                f.old_self_share * 100.0,
+                f.new_self_share * 100.0,
+                f.function
+            );
+        }
+    }
+    if !c.latency.is_empty() {
+        let _ = writeln!(out, "\n  latency (us):");
+        for l in &c.latency {
+            let _ = writeln!(
+                out,
+                "    {:<4} {:>10} -> {:>10}",
+                l.name,
+                fmt_opt(l.old),
+                fmt_opt(l.new)
+            );
+        }
+    }
+    if !c.locks.is_empty() {
+        let _ = writeln!(out, "\n  lock wait (us):");
+        for l in &c.locks {
+            let _ = writeln!(
+                out,
+                "    {:>12} -> {:>12}  {}",
+                fmt_opt(l.old),
+                fmt_opt(l.new),
+                l.name
+            );
+        }
+    }
+    for s in &c.new_leak_suspects {
+        let _ = writeln!(out, "\n  NEW LEAK SUSPECT: {s}");
+    }
+    out
+}
+
+/// Where named baselines live.
+pub fn baselines_dir(results: &Path) -> PathBuf {
+    results.join("baselines")
+}
+
+/// Copies a run's reports into `results/baselines/NAME`, with default gates to edit.
+pub fn save_baseline(
+    results: &Path,
+    name: &str,
+    run: &Path,
+    force: bool,
+) -> Result<PathBuf, CompareError> {
+    load_run(run)?;
+    let dir = baselines_dir(results).join(name);
+    if dir.exists() {
+        if !force {
+            return Err(CompareError::BaselineExists {
+                name: name.into(),
+                dir,
+            });
+        }
+        fs::remove_dir_all(&dir).map_err(|source| CompareError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    fs::create_dir_all(&dir).map_err(|source| CompareError::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    let entries = fs::read_dir(run).map_err(|source| CompareError::Read {
+        path: run.into(),
+        source,
+    })?;
+    for entry in entries.filter_map(Result::ok) {
+        let from = entry.path();
+        if from.is_file() {
+            let to = dir.join(entry.file_name());
+            fs::copy(&from, &to).map_err(|source| CompareError::Write { path: to, source })?;
+        }
+    }
+    let gates = dir.join("gates.json");
+    let json = serde_json::to_vec_pretty(&Gates::default()).map_err(io::Error::other);
+    fs::write(
+        &gates,
+        json.map_err(|source| CompareError::Write {
+            path: gates.clone(),
+            source,
+        })?,
+    )
+    .map_err(|source| CompareError::Write {
+        path: gates.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
+/// Compares `run` against the named baseline with the baseline's gates.
+pub fn check_baseline(
+    results: &Path,
+    name: &str,
+    run: &Path,
+    out: &Path,
+) -> Result<Comparison, CompareError> {
+    let dir = baselines_dir(results).join(name);
+    if !dir.join("summary.json").is_file() {
+        return Err(CompareError::NoBaseline {
+            name: name.into(),
+            dir: baselines_dir(results),
+        });
+    }
+    let gates = read_gates(&dir.join("gates.json"))?;
+    compare(&dir, run, out, &gates)
+}
+
+/// Gates from a JSON file; fields it leaves out keep their defaults.
+pub fn read_gates(path: &Path) -> Result<Gates, CompareError> {
+    if !path.exists() {
+        return Ok(Gates::default());
+    }
+    let value = read_json(path)?;
+    serde_json::from_value(value).map_err(|e| CompareError::Read {
+        path: path.into(),
+        source: io::Error::other(e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_dir(root: &Path, name: &str, summary: Value, folded: &str) -> PathBuf {
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
+        fs::write(dir.join("cpu.folded"), folded).unwrap();
+        dir
+    }
+
+    fn summary(rss: u64, cpu: f64, p99: f64, suspects: &[&[&str]]) -> Value {
+        serde_json::json!({
+            "schema_version": 1,
+            "target": {"usage": {"rss_kb": rss, "cpu_percent": cpu, "cpu_seconds": 1.0}},
+            "sock": {"total": {"socket_to_reply_us": {"p50": 100.0, "p95": 200.0, "p99": p99}, "rate_per_sec": 1000.0}},
+            "futex": {"locks": [{"name": "SHARE_LOG", "total_wait_us": 500.0}]},
+            "alloc": {"leaks": {"suspects": suspects.iter().map(|f| serde_json::json!({"frames": f})).collect::<Vec<_>>()}}
+        })
+    }
+
+    #[test]
+    fn passes_within_gates_and_fails_past_them() {
+        let root = std::env::temp_dir().join(format!("profiler-compare-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let folded = "t;main;work 90\nt;main;idle 10\n";
+        let old = run_dir(&root, "old", summary(100_000, 50.0, 1000.0, &[]), folded);
+        let same = run_dir(&root, "same", summary(105_000, 52.0, 1050.0, &[]), folded);
+        let c = compare(&old, &same, &root.join("cmp1"), &Gates::default()).unwrap();
+        assert_eq!(c.verdict, "pass", "{}", render(&c));
+        assert!(root.join("cmp1/diff.svg").is_file());
+
+        let worse_folded = "t;main;work 50\nt;main;slow_path 40\nt;main;idle 10\n";
+        let worse = run_dir(
+            &root,
+            "worse",
+            summary(130_000, 50.0, 1200.0, &[&["main", "leaky", "malloc"]]),
+            worse_folded,
+        );
+        let c = compare(&old, &worse, &root.join("cmp2"), &Gates::default()).unwrap();
+        assert_eq!(c.verdict, "regression");
+        let result = |name: &str| {
+            c.gates
+                .iter()
+                .find(|g| g.name == name)
+                .unwrap()
+                .result
+                .clone()
+        };
+        assert_eq!(result("p99 latency"), "fail");
+        assert_eq!(result("RSS"), "fail");
+        assert_eq!(result("CPU"), "pass");
+        assert_eq!(result("p95 latency"), "pass");
+        assert_eq!(result("new leak suspects"), "fail");
+        assert_eq!(c.new_leak_suspects, vec!["main;leaky;malloc"]);
+        assert_eq!(c.cpu_functions[0].function, "slow_path");
+        assert!((c.cpu_functions[0].change - 0.4).abs() < 1e-9);
+        let svg = fs::read_to_string(root.join("cmp2/diff.svg")).unwrap();
+        assert!(svg.contains("slow_path"));
+        let json: Comparison =
+            serde_json::from_slice(&fs::read(root.join("cmp2/compare.json")).unwrap()).unwrap();
+        assert_eq!(json.verdict, "regression");
+
+        // Looser gates pass the same change.
+        let loose = Gates {
+            latency_up_percent: 50.0,
+            rss_up_percent: 50.0,
+            fail_on_new_leak_suspects: false,
+            ..Gates::default()
+        };
+        assert_eq!(
+            compare(&old, &worse, &root.join("cmp3"), &loose)
+                .unwrap()
+                .verdict,
+            "pass"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn missing_figures_skip_their_gates() {
+        let root =
+            std::env::temp_dir().join(format!("profiler-compare-skip-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let bare = serde_json::json!({"schema_version": 1});
+        let a = run_dir(&root, "a", bare.clone(), "t;x 1\n");
+        let b = run_dir(&root, "b", bare, "t;x 1\n");
+        let c = compare(&a, &b, &root.join("out"), &Gates::default()).unwrap();
+        assert_eq!(c.verdict, "pass");
+        assert!(
+            c.gates
+                .iter()
+                .filter(|g| g.name != "new leak suspects")
+                .all(|g| g.result == "skipped")
+        );
+        assert!(matches!(
+            compare(&a, &root.join("nope"), &root.join("out"), &Gates::default()),
+            Err(CompareError::NotARun { .. })
+        ));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn baselines_save_and_check() {
+        let root = std::env::temp_dir().join(format!("profiler-baseline-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let run = run_dir(&root, "run", summary(100_000, 50.0, 1000.0, &[]), "t;x 1\n");
+        let results = root.join("results");
+        let saved = save_baseline(&results, "v1", &run, false).unwrap();
+        assert!(saved.join("gates.json").is_file() && saved.join("cpu.folded").is_file());
+        assert!(matches!(
+            save_baseline(&results, "v1", &run, false),
+            Err(CompareError::BaselineExists { .. })
+        ));
+        let c = check_baseline(&results, "v1", &run, &root.join("check")).unwrap();
+        assert_eq!(c.verdict, "pass");
+        assert!(matches!(
+            check_baseline(&results, "nope", &run, &root.join("check")),
+            Err(CompareError::NoBaseline { .. })
+        ));
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
