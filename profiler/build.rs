@@ -32,7 +32,14 @@ fn main() -> anyhow::Result<()> {
         root_dir: root_dir.as_str(),
         ..Default::default()
     };
-    aya_build::build_ebpf([package], Toolchain::default())
+    // A pinned nightly (the container build names one) instead of whatever `nightly` is.
+    println!("cargo:rerun-if-env-changed=PROFILER_EBPF_TOOLCHAIN");
+    let pinned = std::env::var("PROFILER_EBPF_TOOLCHAIN").ok();
+    let toolchain = match pinned.as_deref() {
+        Some(name) if !name.is_empty() => Toolchain::Custom(name),
+        _ => Toolchain::default(),
+    };
+    aya_build::build_ebpf([package], toolchain)
 }
 
 fn which_bpf_linker() -> Option<std::path::PathBuf> {

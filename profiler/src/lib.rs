@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod compare;
+pub mod container;
 pub mod ebpf;
 pub mod elf;
 pub mod framepointers;

@@ -135,6 +135,7 @@ pub struct Session {
     notes: Vec<String>,
     /// The target's CPU time when the capture started.
     cpu_at_start: Option<f64>,
+    placement: crate::container::Placement,
     allocator: Option<alloc::Allocator>,
     /// Per-stack live bytes over time (`alloc`).
     snapshots: Snapshots,
@@ -303,6 +304,7 @@ impl Session {
             frame_pointers,
             notes,
             cpu_at_start: preflight::cpu_seconds(opts_pid),
+            placement: crate::container::placement(opts_pid),
             allocator,
             snapshots: Snapshots::default(),
             memory: Vec::new(),
@@ -526,6 +528,7 @@ impl Session {
                 cmdline: self.target.cmdline.clone(),
                 frame_pointers: self.frame_pointers.clone(),
                 usage,
+                placement: self.placement.clone(),
             },
             kernel: kernel_release(),
             started_at: self.started_at.to_string(),

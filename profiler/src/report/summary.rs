@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{leaks::LeakReport, locks::LockReport, profile::FunctionShare};
-use crate::{framepointers::FramePointerCheck, probes::alloc::Allocator, unwind::UnwindStats};
+use crate::{
+    container::Placement, framepointers::FramePointerCheck, probes::alloc::Allocator,
+    unwind::UnwindStats,
+};
 
 /// Bumped whenever a field changes meaning or is removed (adding fields does not bump it).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -52,6 +55,9 @@ pub struct TargetSummary {
     /// What the target used during the capture (None if it exited first).
     #[serde(default)]
     pub usage: Option<TargetUsage>,
+    /// Its cgroup, container id and namespaces.
+    #[serde(default)]
+    pub placement: Placement,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

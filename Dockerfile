@@ -1,0 +1,26 @@
+# Privileged profiling in a container: build with the eBPF toolchain, run the one binary.
+#
+#   docker build -t profiler .
+#   docker run --rm --privileged --pid=host \
+#     -v /sys/kernel/tracing:/sys/kernel/tracing -v /sys/kernel/btf:/sys/kernel/btf:ro \
+#     -v "$PWD/results:/results" profiler attach --pid 4242 --duration 30s -o /results/run
+
+FROM rust:1.95-bookworm AS build
+# The eBPF programs build with a nightly and bpf-linker linked against that nightly's LLVM;
+# this is the nightly the project is developed and tested with.
+ENV PROFILER_EBPF_TOOLCHAIN=nightly-2026-05-20
+RUN rustup toolchain install "$PROFILER_EBPF_TOOLCHAIN" --profile minimal --component rust-src \
+ && LLVM="$(ls "$(rustc +"$PROFILER_EBPF_TOOLCHAIN" --print sysroot)"/lib/libLLVM.so.*-rust-*)" \
+ && MAJOR="$(basename "$LLVM" | sed -E 's/libLLVM\.so\.([0-9]+)\..*/\1/')" \
+ && mkdir -p /opt/llvm/lib \
+ && ln -s "$LLVM" /opt/llvm/lib/libLLVM.so && ln -s "$LLVM" "/opt/llvm/lib/$(basename "$LLVM")" \
+ && LLVM_PREFIX=/opt/llvm cargo install bpf-linker --version 0.13.0 \
+      --no-default-features --features "llvm-$MAJOR"
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --package profiler
+
+FROM debian:bookworm-slim
+COPY --from=build /src/target/release/profiler /usr/local/bin/profiler
+WORKDIR /results
+ENTRYPOINT ["/usr/local/bin/profiler"]
