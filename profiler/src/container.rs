@@ -73,8 +73,7 @@ fn cgroup_path(text: &str) -> Option<String> {
 /// and cri-o (`cri-containerd-<id>`, `crio-<id>`) and podman (`libpod-<id>`) name them.
 fn container_id(path: &str) -> Option<String> {
     path.split(|c: char| !c.is_ascii_hexdigit())
-        .filter(|run| run.len() == 64)
-        .last()
+        .rfind(|run| run.len() == 64)
         .map(str::to_string)
 }
 
