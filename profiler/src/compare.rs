@@ -657,7 +657,12 @@ mod tests {
         serde_json::json!({
             "schema_version": 1,
             "target": {"usage": {"rss_kb": rss, "cpu_percent": cpu, "cpu_seconds": 1.0}},
-            "sock": {"total": {"socket_to_reply_us": {"p50": 100.0, "p95": 200.0, "p99": p99}, "rate_per_sec": 1000.0}},
+            "sock": {"ports": [
+                {"port": 3333, "listening": true, "requests": 5000,
+                 "socket_to_reply": {"p50_us": 100.0, "p95_us": 200.0, "p99_us": p99, "rate_per_s": 1000.0}},
+                {"port": 45000, "listening": false, "requests": 9,
+                 "socket_to_reply": {"p50_us": 1.0, "p95_us": 1.0, "p99_us": 1.0, "rate_per_s": 1.0}}
+            ]},
             "futex": {"locks": [{"name": "SHARE_LOG", "total_wait_us": 500.0}]},
             "alloc": {"leaks": {"suspects": suspects.iter().map(|f| serde_json::json!({"frames": f})).collect::<Vec<_>>()}}
         })
