@@ -506,9 +506,14 @@ impl Session {
             .filter(|(name, _)| !is_event_counter(name))
             .collect();
         writer.outputs.push("summary.json".to_string());
+        writer.outputs.push("report.html".to_string());
         outcome.summary.outputs = writer.outputs.clone();
         let json = serde_json::to_vec_pretty(&outcome.summary).map_err(io::Error::other);
         writer.write("summary.json", |out| out.write_all(&json?))?;
+        let page = serde_json::to_value(&outcome.summary)
+            .map(|summary| report::html::render(&self.out_dir, &summary))
+            .map_err(io::Error::other);
+        writer.write("report.html", |out| out.write_all(page?.as_bytes()))?;
         for note in &notes {
             writer.say(&format!("note: {note}"));
         }

@@ -22,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "bpftrace",
     "linux-perf",
+    // report.html is checked in a headless browser.
+    "chromium",
 ];
 
 /// The bpf-linker release known to build against the machine's nightly LLVM.

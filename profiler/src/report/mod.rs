@@ -4,6 +4,7 @@
 pub mod flamegraph;
 pub mod folded;
 pub mod hist;
+pub mod html;
 pub mod leaks;
 pub mod locks;
 pub mod pprof;
