@@ -86,7 +86,15 @@ pub fn build_c(build: &CBuild<'_>) -> Result<PathBuf> {
 pub fn testbed_bin(name: &str) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "--release", "--package", "testbed", "--bin", name])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--package",
+            "testbed",
+            "--bin",
+            name,
+        ])
         .arg("--manifest-path")
         .arg(workspace_root().join("Cargo.toml"))
         .status()

@@ -44,10 +44,16 @@ impl ChildGuard {
                 Ok(line) if line.contains(needle) => return Ok(line),
                 Ok(_) => continue,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    bail!("pid {} printed no line with {needle:?} within {timeout:?}", self.pid())
+                    bail!(
+                        "pid {} printed no line with {needle:?} within {timeout:?}",
+                        self.pid()
+                    )
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("pid {} closed stdout before printing {needle:?}", self.pid())
+                    bail!(
+                        "pid {} closed stdout before printing {needle:?}",
+                        self.pid()
+                    )
                 }
             }
         }
