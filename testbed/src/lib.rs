@@ -6,13 +6,15 @@
 //!   sets per-miner difficulty);
 //! - [`ledger`]: `testbed-ledger`, an HTTP/1.1 ingest service over a write-ahead file ([`wal`]);
 //! - [`knobs`]: the ground-truth knobs both servers share (`--contend`, `--leak-bytes`,
-//!   `--slow-every`).
+//!   `--slow-every`);
+//! - [`server`]: start either server on a free port from a test, a benchmark or the demo.
 
 pub mod fixture;
 pub mod knobs;
 pub mod ledger;
 pub mod pool;
 pub mod process;
+pub mod server;
 pub mod stratum;
 pub mod vardiff;
 pub mod wal;
