@@ -393,16 +393,18 @@ impl Session {
             return Err(Reject::Unauthorized);
         }
         let job = self.jobs.get(&submit.job_id).ok_or(Reject::Stale)?;
-        let checked = stratum::check_share(job, &self.extranonce1, &submit, &self.target)?;
         let key = (
-            submit.job_id,
-            submit.extranonce2,
+            submit.job_id.clone(),
+            submit.extranonce2.clone(),
             submit.ntime,
             submit.nonce,
         );
-        if !self.seen.insert(key) {
+        // A repeat is refused before it costs a hash; only well-formed shares are remembered.
+        if self.seen.contains(&key) {
             return Err(Reject::Duplicate);
         }
+        let checked = stratum::check_share(job, &self.extranonce1, &submit, &self.target)?;
+        self.seen.insert(key);
         if checked.accepted {
             Ok(stratum::hash_difficulty(&checked.hash))
         } else {

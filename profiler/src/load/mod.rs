@@ -59,9 +59,7 @@ pub const SLO_MISSED: u8 = 2;
 pub struct LoadArgs {
     /// stratum://host:port or http://host:port/path
     pub target: String,
-    /// Load profile: smoke (10 miners, 30 s, 5 shares/min each, 2 s ramp-up), standard (100,
-    /// 60 s, 10/min, 10 s), stress (1000, 120 s, 20/min, 30 s), soak (100, 1 h, 10/min, 10 s).
-    /// The options below override its values.
+    /// Load profile; the options below override its values.
     #[arg(long, value_enum, default_value_t = Profile::Smoke)]
     pub profile: Profile,
     /// Miners (stratum) or keep-alive connections (HTTP).
@@ -609,7 +607,7 @@ async fn progress(plan: Arc<Plan>, duration: Duration, threads: usize) {
             .map(|p| report::format_us(p.p99))
             .unwrap_or_else(|| "-".to_string());
         let line = format!(
-            "[{:>5.0}/{:.0} s] clients {}/{} | sent {} ({:.1}/s) | accepted {} rejected {} | errors connect {} timeout {} protocol {} | p99 {p99} | driver cpu {:.0} % of {threads} threads",
+            "[{:>5.0}/{:.0} s] clients {}/{} | sent {} ({:.1}/s) | accepted {} rejected {} | errors connect {} timeout {} protocol {} | p99 {p99} | driver cpu {:.0} % of a core ({threads} threads)",
             (now - plan.start).as_secs_f64(),
             duration.as_secs_f64(),
             Live::get(&live.connections),
