@@ -190,6 +190,32 @@ fn slow_every_puts_the_slow_path_in_the_tail() {
 }
 
 #[test]
+fn a_stalled_server_cannot_hide_its_stall() {
+    let pool = Server::start("testbed-pool", &[]).unwrap();
+    // 2 miners at 10 shares/s each for 4 s: about 80 shares.
+    let mut options = smoke(stratum(pool.addr), 4, 600.0);
+    options.miners = 2;
+    options.ramp_up = Duration::ZERO;
+    let run = std::thread::spawn(move || run_options(options));
+    // Freeze the pool for 1 s mid-run: the kernel keeps queueing the shares sent meanwhile.
+    std::thread::sleep(Duration::from_millis(1500));
+    pool.signal(libc::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    pool.signal(libc::SIGCONT).unwrap();
+    let report = run.join().unwrap().unwrap();
+    pool.stop().unwrap();
+
+    assert_clean(&report);
+    // The ~20 shares scheduled during the stall waited 1 s down to 50 ms, and each counts
+    // from its own send time: the top 10 % (8 shares) all waited over half a second. A
+    // closed-loop driver would have sent one share into the stall and timed only that one.
+    let latency = report.latency_us.unwrap();
+    assert!(latency.max >= 900_000, "{latency:?}");
+    assert!(latency.p90 >= 400_000, "{latency:?}");
+    assert!(latency.p50 < 50_000, "{latency:?}");
+}
+
+#[test]
 fn contend_holds_the_share_log_across_every_request() {
     let pool = Server::start("testbed-pool", &["--contend", "--contend-us", "3000"]).unwrap();
     assert!(pool.banner.contains("contend=on (3000 us per request)"));

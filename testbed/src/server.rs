@@ -76,6 +76,11 @@ impl Server {
         self.child.pid()
     }
 
+    /// Sends `signal` by pid, e.g. SIGSTOP and SIGCONT to stall it.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        self.child.signal(signal)
+    }
+
     /// Stops it with SIGINT and returns the tallies it printed on the way out.
     pub fn stop(self) -> Result<Stopped> {
         self.child.signal(libc::SIGINT)?;

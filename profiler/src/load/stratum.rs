@@ -58,8 +58,10 @@ impl Work {
 enum Ended {
     /// The schedule ran out (or a stop came) and every reply is in or accounted for.
     Done,
-    /// The connection broke; reconnect.
+    /// The connection broke; count a connect error and reconnect.
     Dropped,
+    /// The connection is no use, its error already counted; reconnect.
+    Broken,
     /// The pool refused us for good (subscribe or authorize failed).
     Refused,
 }
@@ -101,8 +103,10 @@ pub async fn miner(
         };
         match ended {
             Ended::Done | Ended::Refused => return,
-            Ended::Dropped => {
-                recorder.error(ErrorClass::Connect);
+            Ended::Dropped | Ended::Broken => {
+                if matches!(ended, Ended::Dropped) {
+                    recorder.error(ErrorClass::Connect);
+                }
                 let retry = (Instant::now() + RECONNECT_BACKOFF).min(miner.plan.end);
                 if !sleep_or_stop(retry, &mut stop).await {
                     return;
@@ -158,7 +162,7 @@ impl Miner {
             let message = match read {
                 Err(_) => {
                     recorder.error(ErrorClass::Timeout);
-                    return Ended::Dropped;
+                    return Ended::Broken;
                 }
                 Ok(Err(_)) | Ok(Ok(false)) => return Ended::Dropped,
                 Ok(Ok(true)) => serde_json::from_slice::<Value>(&line),
