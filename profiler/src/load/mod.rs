@@ -13,14 +13,14 @@
 //! [`StressBench`].
 
 mod client;
-pub mod cpu;
-pub mod http;
+mod cpu;
+mod http;
 pub mod profile;
 pub mod report;
-pub mod schedule;
+mod schedule;
 pub mod slo;
-pub mod stats;
-pub mod stratum;
+mod stats;
+mod stratum;
 pub mod target;
 
 use std::{
@@ -207,7 +207,8 @@ pub struct LoadOptions {
     pub output_dir: Option<PathBuf>,
     /// A live progress line on stderr.
     pub progress: bool,
-    /// Runtime worker threads (`None`: one per core). Used by [`run_options`] only.
+    /// Runtime worker threads (`None`: one per core). [`run_options`] builds its runtime with
+    /// this many; [`drive`] only reports it.
     pub threads: Option<usize>,
     /// Ctrl-C stops the run early (it still reports).
     pub handle_ctrl_c: bool,
@@ -353,12 +354,13 @@ pub fn run_options(options: LoadOptions) -> Result<LoadReport, LoadError> {
         .enable_all()
         .build()
         .map_err(LoadError::Runtime)?;
-    runtime.block_on(drive(options, threads))
+    runtime.block_on(drive(options))
 }
 
-/// Runs the load on the current runtime; `threads` is only reported.
-pub async fn drive(options: LoadOptions, threads: usize) -> Result<LoadReport, LoadError> {
+/// Runs the load on the current (multi-threaded) runtime, for callers that have one.
+pub async fn drive(options: LoadOptions) -> Result<LoadReport, LoadError> {
     let interval = options.check()?;
+    let threads = options.threads.unwrap_or_else(cpu::cores).max(1);
     let addr = resolve(&options.target).await?;
     let recorder = Arc::new(Recorder::default());
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
