@@ -9,7 +9,8 @@ use std::{
 };
 
 use profiler::load::{
-    self, HttpMethod, LoadOptions, LoadReport, Profile, StopHandle, Target, run_options,
+    self, HttpMethod, LoadOptions, LoadReport, Profile, StopHandle, Target, bench_stress,
+    run_options,
 };
 use testbed::{process::ChildGuard, server::Server, wal};
 
@@ -74,8 +75,9 @@ fn smoke_profile_against_the_pool() {
 
     assert_clean(&report);
     let requests = &report.requests;
-    // Each miner has at most 8 send times in 8 s; ramp-up and phase cost each at most 2.
-    assert!((60..=80).contains(&requests.sent), "{requests:?}");
+    // Each miner has at most 8 send times in 8 s; ramp-up, handshake and phase cost each
+    // about 2 (more on a busy machine).
+    assert!((50..=80).contains(&requests.sent), "{requests:?}");
     // The default difficulty accepts half of random nonces: both paths ran.
     let accepted = requests.accepted as f64 / requests.replies as f64;
     assert!((0.25..=0.75).contains(&accepted), "{requests:?}");
@@ -394,4 +396,37 @@ fn ctrl_c_stops_the_cli_early_and_it_still_reports() {
     assert!(report.stopped_early);
     assert!(report.elapsed_s < 10.0, "{}", report.elapsed_s);
     assert!(report.requests.replies > 0);
+}
+
+/// The bar: the full stress profile (1000 miners, 120 s, 20 shares/min each, 30 s
+/// ramp-up) against the pool on a 2-core machine, with the driver far from the bottleneck.
+/// Two and a half minutes, so only on request: `cargo test -p profiler --test load -- --ignored`.
+#[test]
+#[ignore = "runs the full 120 s stress profile"]
+fn stress_profile_holds_1000_miners() {
+    let pool = Server::start("testbed-pool", &[]).unwrap();
+    let results = tempfile::tempdir().unwrap();
+    let bench = bench_stress(stratum(pool.addr), Some(results.path().to_path_buf())).unwrap();
+    let stopped = pool.stop().unwrap();
+    eprintln!(
+        "stress: {:.1} shares/s, p99 {:?} µs, driver {:.1} % of the machine",
+        bench.shares_per_s,
+        bench.p99_us,
+        bench.driver_cpu_share * 100.0
+    );
+    assert_clean(&bench.report);
+    assert_eq!(bench.miners_connected, 1000);
+    assert_eq!(bench.peak_connections, 1000);
+    assert_eq!(stopped.count("peak_connections").unwrap(), 1000);
+    assert_eq!(
+        stopped.count("accepted").unwrap(),
+        bench.report.requests.accepted
+    );
+    // 1000 x 20/min is 333/s once ramped up; over the whole window (ramp-up included) a bit
+    // under 300/s.
+    assert!(bench.shares_per_s > 250.0, "{bench:?}");
+    assert!(
+        bench.driver_cpu_share < 0.5,
+        "the driver should not be the bottleneck"
+    );
 }
