@@ -1,6 +1,20 @@
 //! The programs `profiler` is tested and demonstrated against: the testbed servers (binaries in
-//! `src/bin/`), small C fixtures with known behaviour (`fixtures/*.c`), and the helpers tests use
-//! to build them and to clean up what they start.
+//! `src/bin/`, their logic here), small C fixtures with known behaviour (`fixtures/*.c`), and the
+//! helpers tests use to build them and to clean up what they start.
+//!
+//! - [`pool`]: `testbed-pool`, a stratum v1 mining pool ([`stratum`] validates shares, [`vardiff`]
+//!   sets per-miner difficulty);
+//! - [`ledger`]: `testbed-ledger`, an HTTP/1.1 ingest service over a write-ahead file ([`wal`]);
+//! - [`knobs`]: the ground-truth knobs both servers share (`--contend`, `--leak-bytes`,
+//!   `--slow-every`);
+//! - [`server`]: start either server on a free port from a test, a benchmark or the demo.
 
 pub mod fixture;
+pub mod knobs;
+pub mod ledger;
+pub mod pool;
 pub mod process;
+pub mod server;
+pub mod stratum;
+pub mod vardiff;
+pub mod wal;

@@ -1,0 +1,531 @@
+//! `testbed-ledger`: an HTTP/1.1 service over keep-alive connections.
+//! - `POST /ingest` takes `{"entries":[{"account":"alice","amount":5}, ...]}` and replies once
+//!   the single committer thread has appended the batch to the write-ahead file and fsynced it;
+//! - `GET /roots` returns the latest hash root of the chain of batches.
+//!
+//! Request handling runs on a multi-threaded tokio runtime; balances live in [`LEDGER_INDEX`],
+//! one `static` mutex (the hot lock under `--contend`).
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header,
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::{net::TcpListener, sync::oneshot, sync::watch};
+
+use crate::{
+    knobs::{self, Knobs},
+    pool::Shutdown,
+    wal::{Commit, Entry, Roots, Wal, WalError},
+};
+
+/// Largest request head (request line and headers) hyper buffers; more is refused.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most entries in one batch.
+pub const MAX_ENTRIES: usize = 10_000;
+/// Longest account name.
+pub const MAX_ACCOUNT: usize = 64;
+/// Batches the committer writes with one fsync, at most.
+const GROUP_COMMIT: usize = 256;
+
+/// Everything `testbed-ledger` is started with.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    pub listen: SocketAddr,
+    pub wal: PathBuf,
+    /// Runtime worker threads.
+    pub workers: usize,
+    /// Largest `POST /ingest` body, in bytes.
+    pub max_body: usize,
+    /// Print a statistics line this often (`None`: only at exit).
+    pub stats_every: Option<Duration>,
+    pub knobs: Knobs,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            wal: PathBuf::from("ledger.wal"),
+            workers: 4,
+            max_body: 256 * 1024,
+            stats_every: Some(Duration::from_secs(10)),
+            knobs: Knobs::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("cannot listen on {addr}: pick a free address with --listen (port 0 picks one)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
+    #[error("cannot install the SIGINT/SIGTERM handlers")]
+    Signals(#[source] io::Error),
+    #[error("cannot start the committer thread")]
+    Committer(#[source] io::Error),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+}
+
+/// Account balances, behind the one mutex every ingest takes. A `static` on purpose: under
+/// `--contend` this is the hot lock, and a profiler names it by this symbol.
+pub static LEDGER_INDEX: Mutex<LedgerIndex> = Mutex::new(LedgerIndex::new());
+
+fn ledger_index() -> MutexGuard<'static, LedgerIndex> {
+    LEDGER_INDEX.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug)]
+pub struct LedgerIndex {
+    balances: BTreeMap<String, i64>,
+    /// `--contend`'s work product: a digest of request bodies.
+    digest: [u8; 32],
+}
+
+impl LedgerIndex {
+    pub const fn new() -> Self {
+        Self {
+            balances: BTreeMap::new(),
+            digest: [0; 32],
+        }
+    }
+
+    pub fn apply(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            let balance = self.balances.entry(entry.account.clone()).or_default();
+            *balance = balance.saturating_add(entry.amount);
+        }
+    }
+
+    pub fn balance(&self, account: &str) -> Option<i64> {
+        self.balances.get(account).copied()
+    }
+
+    pub fn accounts(&self) -> usize {
+        self.balances.len()
+    }
+
+    /// `--contend`'s work: hashes `payload` into the digest, then keeps hashing until `deadline`.
+    fn work_until(&mut self, payload: &[u8], deadline: Instant) {
+        let mut hasher = Sha256::new();
+        hasher.update(self.digest);
+        hasher.update(payload);
+        self.digest = hasher.finalize().into();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            knobs::burn(&mut self.digest, left);
+        }
+    }
+}
+
+impl Default for LedgerIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `POST /ingest` bodies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    pub entries: Vec<Entry>,
+}
+
+impl Batch {
+    /// Parses and checks a body; the error says what a client must fix.
+    pub fn parse(body: &[u8]) -> Result<Self, String> {
+        let batch: Self = serde_json::from_slice(body).map_err(|err| {
+            format!(r#"body must be {{"entries":[{{"account":"...","amount":N}}, ...]}}: {err}"#)
+        })?;
+        if batch.entries.is_empty() || batch.entries.len() > MAX_ENTRIES {
+            return Err(format!(
+                "a batch has 1 to {MAX_ENTRIES} entries, this one has {}",
+                batch.entries.len()
+            ));
+        }
+        if let Some(bad) = batch
+            .entries
+            .iter()
+            .find(|e| e.account.is_empty() || e.account.len() > MAX_ACCOUNT)
+        {
+            return Err(format!(
+                "account names are 1 to {MAX_ACCOUNT} bytes, got {:?}",
+                bad.account
+            ));
+        }
+        Ok(batch)
+    }
+}
+
+struct CommitRequest {
+    entries: Vec<Entry>,
+    reply: oneshot::Sender<Result<Commit, String>>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connections: AtomicUsize,
+    peak_connections: AtomicUsize,
+    requests: AtomicU64,
+    ingests: AtomicU64,
+    client_errors: AtomicU64,
+    server_errors: AtomicU64,
+}
+
+struct Shared {
+    commits: mpsc::Sender<CommitRequest>,
+    roots: watch::Receiver<Roots>,
+    knobs: Knobs,
+    max_body: usize,
+    counters: Counters,
+}
+
+/// Runs the ledger until SIGINT or SIGTERM, then prints a summary line and returns.
+pub fn run(config: LedgerConfig) -> Result<(), LedgerError> {
+    let wal = Wal::open(&config.wal)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers.max(1))
+        .thread_name("ledger-worker")
+        .enable_all()
+        .build()
+        .map_err(LedgerError::Runtime)?;
+    runtime.block_on(serve(config, wal))
+}
+
+async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| LedgerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| LedgerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let mut shutdown = Shutdown::install().map_err(LedgerError::Signals)?;
+    let recovered = wal.roots();
+    let (roots_tx, roots_rx) = watch::channel(recovered);
+    let (commit_tx, commit_rx) = mpsc::channel();
+    thread::Builder::new()
+        .name("committer".to_string())
+        .spawn(move || committer(wal, commit_rx, roots_tx))
+        .map_err(LedgerError::Committer)?;
+    let shared = Arc::new(Shared {
+        commits: commit_tx,
+        roots: roots_rx,
+        knobs: config.knobs.clone(),
+        max_body: config.max_body,
+        counters: Counters::default(),
+    });
+    println!(
+        "testbed-ledger listening on {local} (wal {}, {} entries in {} batches recovered, {} workers, knobs: {})",
+        config.wal.display(),
+        recovered.entries,
+        recovered.batches,
+        config.workers.max(1),
+        config.knobs.describe()
+    );
+    if let Some(every) = config.stats_every {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                ticks.tick().await;
+                println!("testbed-ledger stats: {}", summary(&shared));
+            }
+        });
+    }
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let _ = stream.set_nodelay(true);
+                        let counters = &shared.counters;
+                        let now = counters.connections.fetch_add(1, Ordering::Relaxed) + 1;
+                        counters.peak_connections.fetch_max(now, Ordering::Relaxed);
+                        let service = {
+                            let shared = shared.clone();
+                            service_fn(move |request| handle(request, shared.clone()))
+                        };
+                        // A broken or malformed connection is that client's problem: hyper has
+                        // already answered what it could (400, 431); keep serving the others.
+                        let _ = http1::Builder::new()
+                            .keep_alive(true)
+                            .max_buf_size(MAX_HEAD)
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                        shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Err(err) => {
+                    eprintln!("testbed-ledger: accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = shutdown.wait() => break,
+        }
+    }
+    println!("testbed-ledger stopped: {}", summary(&shared));
+    Ok(())
+}
+
+/// The single writer: takes every batch waiting (up to [`GROUP_COMMIT`]), appends them with one
+/// fsync, then answers each. Ends when every sender is gone.
+fn committer(mut wal: Wal, requests: mpsc::Receiver<CommitRequest>, roots: watch::Sender<Roots>) {
+    while let Ok(first) = requests.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_COMMIT {
+            match requests.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        let batches: Vec<&[Entry]> = group.iter().map(|r| r.entries.as_slice()).collect();
+        match wal.append(&batches) {
+            Ok(commits) => {
+                roots.send_replace(wal.roots());
+                for (request, commit) in group.into_iter().zip(commits) {
+                    // The client may have gone; its batch is committed all the same.
+                    let _ = request.reply.send(Ok(commit));
+                }
+            }
+            Err(err) => {
+                eprintln!("testbed-ledger: commit failed: {err}");
+                for request in group {
+                    let _ = request.reply.send(Err(err.to_string()));
+                }
+            }
+        }
+    }
+}
+
+fn summary(shared: &Shared) -> String {
+    let counters = &shared.counters;
+    let roots = *shared.roots.borrow();
+    format!(
+        "connections={} peak_connections={} requests={} ingests={} entries={} batches={} client_errors={} server_errors={} root={} leaked_bytes={} leaked_allocations={} slow_paths={}",
+        counters.connections.load(Ordering::Relaxed),
+        counters.peak_connections.load(Ordering::Relaxed),
+        counters.requests.load(Ordering::Relaxed),
+        counters.ingests.load(Ordering::Relaxed),
+        roots.entries,
+        roots.batches,
+        counters.client_errors.load(Ordering::Relaxed),
+        counters.server_errors.load(Ordering::Relaxed),
+        hex::encode(roots.root),
+        knobs::LEAKED_BYTES.load(Ordering::Relaxed),
+        knobs::LEAKED_ALLOCATIONS.load(Ordering::Relaxed),
+        knobs::SLOW_PATHS.load(Ordering::Relaxed),
+    )
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+async fn handle(
+    request: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<HttpResponse, Infallible> {
+    shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+    shared.knobs.on_request();
+    let response = match (request.method(), request.uri().path()) {
+        (&Method::POST, "/ingest") => ingest(request, &shared).await,
+        (&Method::GET, "/roots") => roots(&shared),
+        (_, "/ingest") => method_not_allowed("POST"),
+        (_, "/roots") => method_not_allowed("GET"),
+        (_, path) => reply(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no such path {path:?}: use POST /ingest or GET /roots")}),
+        ),
+    };
+    let counter = if response.status().is_server_error() {
+        &shared.counters.server_errors
+    } else if response.status().is_client_error() {
+        &shared.counters.client_errors
+    } else {
+        return Ok(response);
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    Ok(response)
+}
+
+async fn ingest(request: Request<Incoming>, shared: &Shared) -> HttpResponse {
+    let body = match Limited::new(request.into_body(), shared.max_body)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &json!({"error": format!("body over {} bytes: send smaller batches", shared.max_body)}),
+            );
+        }
+        Err(err) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": format!("reading the body: {err}")}),
+            );
+        }
+    };
+    let batch = match Batch::parse(&body) {
+        Ok(batch) => batch,
+        Err(why) => return reply(StatusCode::BAD_REQUEST, &json!({ "error": why })),
+    };
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let sent = shared.commits.send(CommitRequest {
+        entries: batch.entries.clone(),
+        reply: reply_tx,
+    });
+    let unavailable = || {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "the committer has stopped: restart the ledger"}),
+        )
+    };
+    if sent.is_err() {
+        return unavailable();
+    }
+    let commit = match reply_rx.await {
+        Ok(Ok(commit)) => commit,
+        Ok(Err(why)) => {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({ "error": format!("commit failed: {why}") }),
+            );
+        }
+        Err(_) => return unavailable(),
+    };
+    // Committed: only now do the entries count as accepted.
+    {
+        let mut index = ledger_index();
+        index.apply(&batch.entries);
+        if let Some(work) = shared.knobs.contend {
+            index.work_until(&body, Instant::now() + work);
+        }
+    }
+    shared.knobs.on_accepted();
+    shared.counters.ingests.fetch_add(1, Ordering::Relaxed);
+    reply(
+        StatusCode::OK,
+        &json!({
+            "accepted": commit.entries,
+            "batch": commit.batch,
+            "first_seq": commit.first_seq,
+            "root": hex::encode(commit.root),
+        }),
+    )
+}
+
+fn roots(shared: &Shared) -> HttpResponse {
+    let roots = *shared.roots.borrow();
+    let body = json!({
+        "root": hex::encode(roots.root),
+        "batches": roots.batches,
+        "entries": roots.entries,
+    });
+    if let Some(work) = shared.knobs.contend {
+        ledger_index().work_until(body.to_string().as_bytes(), Instant::now() + work);
+    }
+    reply(StatusCode::OK, &body)
+}
+
+fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut response = reply(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({"error": format!("use {allow} here")}),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    response
+}
+
+fn reply(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_checked() {
+        let ok = Batch::parse(br#"{"entries":[{"account":"a","amount":1,"memo":"m"}]}"#).unwrap();
+        assert_eq!(ok.entries.len(), 1);
+        for bad in [
+            &b"{"[..],
+            br#"{"entries":[]}"#,
+            br#"{"entries":[{"account":"","amount":1}]}"#,
+            br#"{"entries":[{"account":"a"}]}"#,
+            br#"{"entries":[{"account":"a","amount":1.5}]}"#,
+            br#"{"entries":[{"account":"a","amount":1,"extra":0}]}"#,
+            br#"[{"account":"a","amount":1}]"#,
+        ] {
+            assert!(
+                Batch::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!(
+            r#"{{"entries":[{{"account":"{}","amount":1}}]}}"#,
+            "x".repeat(65)
+        );
+        assert!(
+            Batch::parse(long.as_bytes())
+                .unwrap_err()
+                .contains("1 to 64 bytes")
+        );
+    }
+
+    #[test]
+    fn index_applies_entries() {
+        let mut index = LedgerIndex::new();
+        let entry = |account: &str, amount| Entry {
+            account: account.to_string(),
+            amount,
+            memo: None,
+        };
+        index.apply(&[entry("a", 5), entry("b", 3), entry("a", -2)]);
+        assert_eq!(index.balance("a"), Some(3));
+        assert_eq!(index.balance("b"), Some(3));
+        assert_eq!(index.accounts(), 2);
+    }
+}
