@@ -94,6 +94,10 @@ pub struct AttachArgs {
     /// How long to capture, e.g. 30s or 2m [default: until Ctrl-C or the target exits].
     #[arg(short, long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// Every family but alloc (which costs more): cpu, offcpu, futex and sock, on one
+    /// timeline into one output directory. Add --alloc for allocations too.
+    #[arg(long)]
+    pub all: bool,
     /// Sample on-CPU stacks (the default when no probe is named).
     #[arg(long)]
     pub cpu: bool,
@@ -157,8 +161,10 @@ impl From<Unwind> for UnwindMode {
 
 impl AttachArgs {
     pub fn into_options(self, verbose: bool) -> AttachOptions {
-        // Naming no probe means cpu; naming any means exactly those.
-        let cpu = self.cpu || !(self.offcpu || self.futex || self.alloc);
+        // Naming no probe means cpu; naming any means exactly those; --all means all but alloc.
+        let cpu = self.all || self.cpu || !(self.offcpu || self.futex || self.alloc);
+        let offcpu = self.all || self.offcpu;
+        let futex = self.all || self.futex;
         AttachOptions {
             pid: self.pid,
             duration: self.duration,
@@ -166,10 +172,10 @@ impl AttachArgs {
             cpu: cpu.then_some(cpu::Config {
                 frequency: self.frequency,
             }),
-            offcpu: self.offcpu.then_some(offcpu::Config {
+            offcpu: offcpu.then_some(offcpu::Config {
                 min_block: self.min_block,
             }),
-            futex: self.futex.then_some(futex::Config {}),
+            futex: futex.then_some(futex::Config {}),
             alloc: self.alloc.then(|| alloc::Config {
                 sample_every: self.alloc_sample,
                 allocator: self.allocator.clone(),
@@ -239,6 +245,10 @@ mod tests {
         let both = opts(&["--futex", "--cpu"]);
         assert!(both.cpu.is_some() && both.futex.is_some() && both.offcpu.is_none());
         assert_eq!(opts(&[]).offcpu.map(|_| ()), None);
+        let all = opts(&["--all"]);
+        assert!(all.cpu.is_some() && all.offcpu.is_some() && all.futex.is_some());
+        assert!(all.alloc.is_none(), "alloc stays opt-in");
+        assert!(opts(&["--all", "--alloc"]).alloc.is_some());
     }
 
     #[test]

@@ -115,7 +115,8 @@ fn load_run(dir: &Path) -> Result<Run, CompareError> {
         }
         Err(_) => None,
     };
-    let load = match fs::read_dir(dir) {
+    // The load driver's report: `load.json`, else the standard profile's, else any.
+    let mut reports: Vec<PathBuf> = match fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -124,11 +125,18 @@ fn load_run(dir: &Path) -> Result<Run, CompareError> {
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| n.starts_with("load") && n.ends_with(".json"))
             })
-            .min()
-            .map(|p| read_json(&p))
-            .transpose()?,
-        Err(_) => None,
+            .collect(),
+        Err(_) => Vec::new(),
     };
+    reports.sort_by_key(|p| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        (
+            name != "load.json",
+            !name.starts_with("loadtest_standard"),
+            name.to_string(),
+        )
+    });
+    let load = reports.first().map(|p| read_json(p)).transpose()?;
     Ok(Run {
         dir: dir.into(),
         summary,
@@ -234,7 +242,7 @@ impl Run {
     fn throughput(&self) -> Option<f64> {
         self.load
             .as_ref()
-            .and_then(|l| number(l, &["throughput_per_sec"]))
+            .and_then(|l| number(l, &["achieved_rate_per_s"]))
             .or_else(|| {
                 let rates: Vec<f64> = self
                     .served_ports()
@@ -673,6 +681,30 @@ mod tests {
         fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
         fs::write(dir.join("cpu.folded"), folded).unwrap();
         dir
+    }
+
+    #[test]
+    fn load_reports_win_over_kernel_figures() {
+        let root =
+            std::env::temp_dir().join(format!("profiler-compare-load-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = run_dir(&root, "run", summary(1, 1.0, 1000.0, &[]), "t;x 1\n");
+        let report = |p99: u64| {
+            serde_json::json!({"latency_us": {"p50": 300, "p95": 900, "p99": p99}, "achieved_rate_per_s": 17.5})
+                .to_string()
+        };
+        fs::write(dir.join("loadtest_smoke_1.json"), report(111)).unwrap();
+        fs::write(dir.join("loadtest_standard_1.json"), report(222)).unwrap();
+        let run = load_run(&dir).unwrap();
+        assert_eq!(
+            run.latency_us("p99"),
+            Some(222.0),
+            "the standard profile's report"
+        );
+        assert_eq!(run.throughput(), Some(17.5));
+        fs::write(dir.join("load.json"), report(333)).unwrap();
+        assert_eq!(load_run(&dir).unwrap().latency_us("p99"), Some(333.0));
+        fs::remove_dir_all(&root).unwrap();
     }
 
     fn summary(rss: u64, cpu: f64, p99: f64, suspects: &[&[&str]]) -> Value {

@@ -1,51 +1,117 @@
-//! The main job on the bundled default: start a target, profile it, say where the reports are,
-//! and stop everything that was started.
+//! The main job on the bundled default: start `testbed-pool`, drive the standard load profile
+//! against it, attach the profiler with every family for the middle of the run, say where the
+//! reports are, and stop everything that was started.
 
-use std::{process::Command, time::Duration};
-
-use anyhow::Context;
-use testbed::{
-    fixture::{CBuild, FRAME_POINTERS, build_c},
-    process::ChildGuard,
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
 };
+
+use anyhow::{Context, bail};
+use testbed::server::Server;
 
 use crate::util;
 
+/// The standard profile ramps up for 10 s and runs 60 s; the capture covers the steady middle.
+const ATTACH_AFTER: Duration = Duration::from_secs(15);
+const CAPTURE: &str = "30s";
+
+/// A child started by the demo, killed by pid if the demo fails before it ends.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 pub fn run() -> anyhow::Result<()> {
     let profiler = util::build_profiler()?;
-    let fixture = build_c(&CBuild {
-        source: "cpu_burn",
-        output: "cpu_burn-fp",
-        cflags: FRAME_POINTERS,
-        libs: &[],
-    })?;
-    let mut target = ChildGuard::spawn(&mut Command::new(&fixture))?;
-    target.wait_for_line("ready", Duration::from_secs(10))?;
     let stamp = jiff::Timestamp::now()
         .strftime("%Y%m%dT%H%M%SZ")
         .to_string();
     let out = util::workspace_root()
         .join("results")
         .join(format!("demo-{stamp}"));
-    eprintln!(
-        "demo: profiling the CPU-burning fixture (pid {}) for 10 s",
-        target.pid()
+    std::fs::create_dir_all(&out)?;
+
+    eprintln!("demo: starting testbed-pool");
+    let pool = Server::start("testbed-pool", &[]).context("starting testbed-pool")?;
+    eprintln!("demo: {}", pool.banner);
+    let target = format!("stratum://{}", pool.addr);
+    eprintln!("demo: standard load profile against {target} (70 s)");
+    let mut load = Guard(
+        Command::new(&profiler)
+            .args(["load", &target, "--profile", "standard", "--output-dir"])
+            .arg(&out)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the load driver")?,
     );
-    let mut cmd = util::privileged(profiler.to_str().context("utf-8 path")?);
-    cmd.args([
-        "attach",
-        "--pid",
-        &target.pid().to_string(),
-        "--duration",
-        "10s",
-    ])
-    .arg("--output")
-    .arg(&out);
-    util::run(&mut cmd)?;
-    drop(target);
-    println!("\ndemo: reports in {}", out.display());
-    for file in ["cpu.svg", "cpu.folded", "summary.json"] {
-        println!("  {}", out.join(file).display());
+    thread::sleep(ATTACH_AFTER);
+    let profile = out.join("profile");
+    eprintln!(
+        "demo: profiling pool pid {} with every family for {CAPTURE}",
+        pool.pid()
+    );
+    let status = util::privileged(profiler.to_str().context("utf-8 path")?)
+        .args([
+            "attach",
+            "--all",
+            "--alloc",
+            "--quiet",
+            "--pid",
+            &pool.pid().to_string(),
+        ])
+        .args(["--duration", CAPTURE, "--output"])
+        .arg(&profile)
+        .status()
+        .context("running profiler attach")?;
+    if !status.success() {
+        bail!("profiler attach failed: {status}");
     }
+    let load_status = load.0.wait()?;
+    let tallies = pool.stop()?;
+    if !load_status.success() {
+        bail!("the load driver failed: {load_status}");
+    }
+    println!(
+        "\ndemo: pool said: {}",
+        tallies
+            .tallies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    print_outputs(&out, &profile);
     Ok(())
+}
+
+fn print_outputs(out: &Path, profile: &Path) {
+    println!("demo: load report and profile in {}", out.display());
+    if let Ok(entries) = std::fs::read_dir(out) {
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_file() {
+                println!("  {}", path.display());
+            }
+        }
+    }
+    println!("  {}  <- open this", profile.join("report.html").display());
+    for file in [
+        "cpu.svg",
+        "offcpu.svg",
+        "locks.txt",
+        "leaks.txt",
+        "summary.json",
+    ] {
+        println!("  {}", profile.join(file).display());
+    }
 }
