@@ -94,8 +94,8 @@ pub struct AttachArgs {
     /// How long to capture, e.g. 30s or 2m [default: until Ctrl-C or the target exits].
     #[arg(short, long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Every family but alloc (which costs more): cpu, offcpu, futex and sock, on one
-    /// timeline into one output directory. Add --alloc for allocations too.
+    /// Every family but alloc (which costs more): cpu, offcpu and futex, on one timeline
+    /// into one output directory. Add --alloc for allocations too.
     #[arg(long)]
     pub all: bool,
     /// Sample on-CPU stacks (the default when no probe is named).
