@@ -6,7 +6,11 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use common::*;
-use profiler::report::locks::LockReport;
+use profiler::{
+    load::{LoadOptions, Profile, run_options},
+    report::locks::LockReport,
+};
+use testbed::server::Server;
 
 const LOCK_CONTEND: CBuild<'static> = CBuild {
     source: "lock_contend",
@@ -122,4 +126,40 @@ fn catches_rust_std_mutex_wait_bitset() {
         "{:?}",
         top.top_waiters[0].frames
     );
+}
+
+/// The pool under load with `--contend`: its runtime's idle workers park on condvars for far
+/// longer than any miner waits for SHARE_LOG, so ranking by total wait alone would put a park
+/// first. The contended mutex must still lead the table, with the parks listed as waits.
+#[test]
+fn contended_pool_ranks_its_mutex_above_idle_parks() {
+    require_root();
+    let pool = Server::start("testbed-pool", &["--contend", "--contend-us", "2000"]).unwrap();
+    let mut load = LoadOptions::new(
+        format!("stratum://{}", pool.addr).parse().unwrap(),
+        Profile::Smoke,
+    );
+    load.miners = 20;
+    load.duration = Duration::from_secs(8);
+    load.ramp_up = Duration::from_secs(1);
+    load.share_rate = 300.0;
+    let mut opts = options(pool.pid(), Duration::from_secs(9), output_dir("futex-pool"));
+    opts.cpu = None;
+    opts.futex = Some(profiler::probes::futex::Config {});
+    let driver = std::thread::spawn(move || run_options(load));
+    let (_, outcome) = capture(opts, || {});
+    let report = driver.join().unwrap().unwrap();
+    pool.stop().unwrap();
+    assert!(report.requests.replies > 100, "{:?}", report.requests);
+
+    let locks = outcome.locks.unwrap();
+    let top = &locks[0];
+    assert!(top.name.ends_with("SHARE_LOG"), "{locks:#?}");
+    assert_eq!(top.class, "lock", "{top:#?}");
+    // Classes come in order: every lock before every wait.
+    let first_wait = locks.iter().position(|l| l.class == "wait");
+    let last_lock = locks.iter().rposition(|l| l.class == "lock");
+    if let (Some(w), Some(l)) = (first_wait, last_lock) {
+        assert!(l < w, "{locks:#?}");
+    }
 }

@@ -27,6 +27,10 @@ pub struct LockReport {
     pub name: String,
     /// "symbol", "heap", "stack", "file", "unknown".
     pub kind: String,
+    /// "lock" when its waiters block acquiring a mutex or rwlock, "wait" when they wait on a
+    /// condition variable or park (idle, not contention), "unknown" when no frame says.
+    #[serde(default = "unknown_class")]
+    pub class: String,
     /// Distinct threads that waited.
     pub waiters: u64,
     pub waits: u64,
@@ -40,11 +44,68 @@ pub struct LockReport {
     pub top_wakers: Vec<LockStack>,
 }
 
+fn unknown_class() -> String {
+    "unknown".into()
+}
+
+/// Frames that mean waiting for work, not for a lock. Checked before LOCK_FRAMES so a
+/// condvar's internal mutex does not make it a lock.
+const WAIT_FRAMES: &[&str] = &[
+    "pthread_cond_",
+    "Condvar",
+    "condvar",
+    "::park",
+    "park_timeout",
+    "Parker",
+    "sem_wait",
+    "sem_timedwait",
+    "pthread_join",
+    "pthread_barrier_wait",
+    "Notify",
+];
+
+/// Frames that mean acquiring a lock another thread holds.
+const LOCK_FRAMES: &[&str] = &[
+    "pthread_mutex_",
+    "__lll_lock_wait",
+    "pthread_rwlock_",
+    "lock_contended",
+    "Mutex",
+    "RwLock",
+    "mutex",
+    "rwlock",
+];
+
+/// Classifies a lock by its heaviest waiter stack: the frame nearest the leaf that names a
+/// wait or a lock decides.
+pub fn classify(frames: &[String]) -> &'static str {
+    for frame in frames.iter().rev() {
+        if WAIT_FRAMES.iter().any(|p| frame.contains(p)) {
+            return "wait";
+        }
+        if LOCK_FRAMES.iter().any(|p| frame.contains(p)) {
+            return "lock";
+        }
+    }
+    "unknown"
+}
+
+/// Locks first (contention is what the table is for), then unknowns, then waits; each by
+/// total wait.
+fn rank(class: &str) -> u8 {
+    match class {
+        "lock" => 0,
+        "unknown" => 1,
+        _ => 2,
+    }
+}
+
 fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
-/// Every lock that was waited on, most total wait first.
+/// Every lock that was waited on: contended locks first, then condition waits, each most
+/// total wait first.
 pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -> Vec<LockReport> {
     struct Acc {
         waits: u64,
@@ -87,10 +148,15 @@ pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -
             acc.waiter_stacks.sort_by_key(|s| std::cmp::Reverse(s.2));
             let mut lock_wakers = wakers.remove(&uaddr).unwrap_or_default();
             lock_wakers.sort_by_key(|w| std::cmp::Reverse(w.1));
+            let class = acc
+                .waiter_stacks
+                .first()
+                .map_or("unknown", |s| classify(&stacks.user_frames(s.0)));
             LockReport {
                 address: format!("{uaddr:#x}"),
                 name: lock.name,
                 kind: lock.kind,
+                class: class.into(),
                 waiters: waiters.get(&uaddr).copied().unwrap_or(0),
                 waits: acc.waits,
                 total_wait_us: us(acc.total),
@@ -125,7 +191,11 @@ pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -
             }
         })
         .collect();
-    reports.sort_by(|a, b| b.total_wait_us.total_cmp(&a.total_wait_us));
+    reports.sort_by(|a, b| {
+        rank(&a.class)
+            .cmp(&rank(&b.class))
+            .then(b.total_wait_us.total_cmp(&a.total_wait_us))
+    });
     reports
 }
 
@@ -164,9 +234,10 @@ pub fn render(reports: &[LockReport], n: usize) -> String {
     for (i, lock) in reports.iter().take(n).enumerate() {
         let _ = writeln!(
             out,
-            "#{} {} ({}, {})\n   {} waiters, {} waits, total {:.1} ms, mean {:.1} us, max {:.1} us\n   p50 {:.1} us  p90 {:.1} us  p99 {:.1} us",
+            "#{} {} ({}, {}, {})\n   {} waiters, {} waits, total {:.1} ms, mean {:.1} us, max {:.1} us\n   p50 {:.1} us  p90 {:.1} us  p99 {:.1} us",
             i + 1,
             lock.name,
+            lock.class,
             lock.kind,
             lock.address,
             lock.waiters,
@@ -226,6 +297,7 @@ mod tests {
             address: "0x10".into(),
             name: name.into(),
             kind: "symbol".into(),
+            class: "lock".into(),
             waiters: 4,
             waits: 100,
             total_wait_us: total_us,
@@ -250,12 +322,58 @@ mod tests {
     #[test]
     fn renders_locks_with_stacks() {
         let text = render(&[report("g_hot_lock", 95_000.0), report("other", 10.0)], 1);
-        assert!(text.starts_with("#1 g_hot_lock (symbol, 0x10)"), "{text}");
+        assert!(
+            text.starts_with("#1 g_hot_lock (lock, symbol, 0x10)"),
+            "{text}"
+        );
         assert!(text.contains("4 waiters, 100 waits, total 95.0 ms"));
         assert!(text.contains("main;worker_loop;pthread_mutex_lock"));
         assert!(text.contains("(none seen)"));
         assert!(!text.contains("other"), "only the first lock: {text}");
         assert_eq!(render(&[], 5), "no futex waits recorded\n");
+    }
+
+    #[test]
+    fn classifies_by_the_frame_nearest_the_leaf() {
+        let f = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            classify(&f(&[
+                "main",
+                "worker_loop",
+                "pthread_mutex_lock",
+                "__lll_lock_wait"
+            ])),
+            "lock"
+        );
+        assert_eq!(
+            classify(&f(&[
+                "main",
+                "handle_share",
+                "std::sync::poison::mutex::Mutex<T>::lock",
+                "std::sys::sync::mutex::futex::Mutex::lock_contended",
+            ])),
+            "lock"
+        );
+        // A condvar takes its mutex internally; the wait is what the thread is doing.
+        assert_eq!(
+            classify(&f(&[
+                "tokio::runtime::park::Inner::park",
+                "std::sync::poison::condvar::Condvar::wait",
+                "pthread_mutex_lock",
+            ])),
+            "lock",
+            "the leafmost frame decides"
+        );
+        assert_eq!(
+            classify(&f(&[
+                "worker",
+                "tokio::runtime::park::Inner::park",
+                "std::sync::poison::condvar::Condvar::wait"
+            ])),
+            "wait"
+        );
+        assert_eq!(classify(&f(&["main", "pthread_cond_wait"])), "wait");
+        assert_eq!(classify(&f(&["main", "0x1234"])), "unknown");
     }
 
     #[test]
