@@ -47,10 +47,18 @@ pub fn run() -> anyhow::Result<()> {
     eprintln!("demo: standard load profile against {target} (70 s)");
     let mut load = Guard(
         Command::new(&profiler)
-            .args(["load", &target, "--profile", "standard", "--output-dir"])
+            // Quiet: its live line would interleave with the profiler's; errors still show.
+            .args([
+                "load",
+                &target,
+                "--profile",
+                "standard",
+                "--quiet",
+                "--output-dir",
+            ])
             .arg(&out)
             .stdout(Stdio::inherit())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .context("starting the load driver")?,
     );
