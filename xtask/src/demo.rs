@@ -4,31 +4,21 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::Duration,
 };
 
 use anyhow::{Context, bail};
-use testbed::server::Server;
+use testbed::{process::ChildGuard, server::Server};
 
 use crate::util;
 
 /// The standard profile ramps up for 10 s and runs 60 s; the capture covers the steady middle.
 const ATTACH_AFTER: Duration = Duration::from_secs(15);
 const CAPTURE: &str = "30s";
-
-/// A child started by the demo, killed by pid if the demo fails before it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+/// What is left of the load run once the capture ends, with room for a slow machine.
+const LOAD_LEFT: Duration = Duration::from_secs(120);
 
 pub fn run() -> anyhow::Result<()> {
     let profiler = util::build_profiler()?;
@@ -45,9 +35,10 @@ pub fn run() -> anyhow::Result<()> {
     eprintln!("demo: {}", pool.banner);
     let target = format!("stratum://{}", pool.addr);
     eprintln!("demo: standard load profile against {target} (70 s)");
-    let mut load = Guard(
+    // Quiet: its live line would interleave with the profiler's; errors still show, and its
+    // report (stdout) is printed once it ends.
+    let load = ChildGuard::spawn(
         Command::new(&profiler)
-            // Quiet: its live line would interleave with the profiler's; errors still show.
             .args([
                 "load",
                 &target,
@@ -57,11 +48,9 @@ pub fn run() -> anyhow::Result<()> {
                 "--output-dir",
             ])
             .arg(&out)
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the load driver")?,
-    );
+            .stderr(Stdio::inherit()),
+    )
+    .context("starting the load driver")?;
     thread::sleep(ATTACH_AFTER);
     let profile = out.join("profile");
     eprintln!(
@@ -84,7 +73,10 @@ pub fn run() -> anyhow::Result<()> {
     if !status.success() {
         bail!("profiler attach failed: {status}");
     }
-    let load_status = load.0.wait()?;
+    let (load_status, report) = load.wait(LOAD_LEFT)?;
+    for line in report {
+        println!("{line}");
+    }
     let tallies = pool.stop()?;
     if !load_status.success() {
         bail!("the load driver failed: {load_status}");
