@@ -115,28 +115,23 @@ fn load_run(dir: &Path) -> Result<Run, CompareError> {
         }
         Err(_) => None,
     };
-    // The load driver's report: `load.json`, else the standard profile's, else any.
-    let mut reports: Vec<PathBuf> = match fs::read_dir(dir) {
+    // The load driver's report: `load.json`, else the standard profile's, else the first.
+    let load = match fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("load") && n.ends_with(".json"))
+            .filter_map(|e| Some((e.path(), e.file_name().into_string().ok()?)))
+            .filter(|(_, n)| n.starts_with("load") && n.ends_with(".json"))
+            .min_by_key(|(_, n)| {
+                (
+                    n != "load.json",
+                    !n.starts_with("loadtest_standard"),
+                    n.clone(),
+                )
             })
-            .collect(),
-        Err(_) => Vec::new(),
+            .map(|(p, _)| read_json(&p))
+            .transpose()?,
+        Err(_) => None,
     };
-    reports.sort_by_key(|p| {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        (
-            name != "load.json",
-            !name.starts_with("loadtest_standard"),
-            name.to_string(),
-        )
-    });
-    let load = reports.first().map(|p| read_json(p)).transpose()?;
     Ok(Run {
         dir: dir.into(),
         summary,
