@@ -148,10 +148,19 @@ pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -
             acc.waiter_stacks.sort_by_key(|s| std::cmp::Reverse(s.2));
             let mut lock_wakers = wakers.remove(&uaddr).unwrap_or_default();
             lock_wakers.sort_by_key(|w| std::cmp::Reverse(w.1));
-            let class = acc
+            let top_waiters: Vec<LockStack> = acc
                 .waiter_stacks
+                .iter()
+                .take(STACKS_PER_LOCK)
+                .map(|&(stack, count, total)| LockStack {
+                    frames: stacks.user_frames(stack),
+                    count,
+                    wait_us: us(total),
+                })
+                .collect();
+            let class = top_waiters
                 .first()
-                .map_or("unknown", |s| classify(&stacks.user_frames(s.0)));
+                .map_or("unknown", |s| classify(&s.frames));
             LockReport {
                 address: format!("{uaddr:#x}"),
                 name: lock.name,
@@ -169,16 +178,7 @@ pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -
                 p50_us: us(acc.hist.quantile(0.50)),
                 p90_us: us(acc.hist.quantile(0.90)),
                 p99_us: us(acc.hist.quantile(0.99)),
-                top_waiters: acc
-                    .waiter_stacks
-                    .iter()
-                    .take(STACKS_PER_LOCK)
-                    .map(|&(stack, count, total)| LockStack {
-                        frames: stacks.user_frames(stack),
-                        count,
-                        wait_us: us(total),
-                    })
-                    .collect(),
+                top_waiters,
                 top_wakers: lock_wakers
                     .iter()
                     .take(STACKS_PER_LOCK)
