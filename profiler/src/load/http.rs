@@ -199,12 +199,15 @@ async fn exchange_all(
             };
             match result {
                 Ok(Ok(status)) => {
-                    let latency = Instant::now().saturating_duration_since(from);
+                    let received = Instant::now();
+                    let latency = received.saturating_duration_since(from);
+                    let sent_latency = received.saturating_duration_since(sending);
                     if status.is_success() {
-                        recorder.reply(latency, Outcome::Accepted);
+                        recorder.reply(latency, sent_latency, Outcome::Accepted);
                     } else {
                         recorder.reply(
                             latency,
+                            sent_latency,
                             Outcome::Rejected(&format!("status {}", status.as_u16())),
                         );
                     }

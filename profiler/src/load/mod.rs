@@ -19,6 +19,7 @@ pub mod profile;
 pub mod report;
 mod schedule;
 pub mod slo;
+mod stamped;
 mod stats;
 mod stratum;
 pub mod target;
@@ -546,6 +547,7 @@ fn build_report(options: &LoadOptions, recorder: &Recorder, measured: Measured) 
         achieved_rate_per_s: round_to(replies as f64 / measured.window, 3),
         accepted_rate_per_s: round_to(accepted as f64 / measured.window, 3),
         latency_us: latency,
+        sent_latency_us: recorder.sent_latency(),
         connect_us: recorder.connect_time(),
         handshake_us: recorder.handshake_time(),
         connections: Connections {

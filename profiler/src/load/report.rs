@@ -156,6 +156,12 @@ pub struct LoadReport {
     pub accepted_rate_per_s: f64,
     /// Reply latency, from each request's scheduled send time to its reply.
     pub latency_us: Option<Percentiles>,
+    /// The same replies from the moment each request was actually written to the moment the
+    /// reply arrived in the driver's socket (the kernel's receive timestamp; HTTP: when it was
+    /// read): what the server and the network took, without the driver's own lateness in
+    /// sending or reading. This is what a server-side view such as `attach --sock` sees.
+    #[serde(default)]
+    pub sent_latency_us: Option<Percentiles>,
     /// New-connection time: TCP connect.
     pub connect_us: Option<Percentiles>,
     /// Connect to ready for work (stratum: subscribed, authorized, first job received).
@@ -307,6 +313,10 @@ impl LoadReport {
             None => {
                 let _ = writeln!(out, "  no replies");
             }
+        }
+        if let Some(p) = &self.sent_latency_us {
+            let _ = writeln!(out, "  from the actual write to the reply's arrival:");
+            let _ = writeln!(out, "  {}", latency_line(p));
         }
         let _ = writeln!(out);
         let c = &self.connections;
@@ -477,6 +487,7 @@ pub(crate) mod tests {
             achieved_rate_per_s: 16.6,
             accepted_rate_per_s: 8.4,
             latency_us: Some(latency),
+            sent_latency_us: None,
             connect_us: Some(Percentiles {
                 count: 100,
                 ..latency

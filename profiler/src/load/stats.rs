@@ -78,6 +78,8 @@ impl Live {
 pub struct Recorder {
     pub live: Live,
     latency: Mutex<Histogram<u64>>,
+    /// The same replies timed from the actual write, without the sender's own lateness.
+    sent_latency: Mutex<Histogram<u64>>,
     connect: Mutex<Histogram<u64>>,
     handshake: Mutex<Histogram<u64>>,
     reasons: Mutex<BTreeMap<String, u64>>,
@@ -99,6 +101,7 @@ impl Default for Recorder {
         Self {
             live: Live::default(),
             latency: Mutex::new(histogram()),
+            sent_latency: Mutex::new(histogram()),
             connect: Mutex::new(histogram()),
             handshake: Mutex::new(histogram()),
             reasons: Mutex::new(BTreeMap::new()),
@@ -107,11 +110,13 @@ impl Default for Recorder {
 }
 
 impl Recorder {
-    /// One reply to a timed request, `latency` after its scheduled send time.
-    pub fn reply(&self, latency: Duration, outcome: Outcome<'_>) {
+    /// One reply to a timed request, `latency` after its scheduled send time and `sent_latency`
+    /// after it was actually written.
+    pub fn reply(&self, latency: Duration, sent_latency: Duration, outcome: Outcome<'_>) {
         let live = &self.live;
         Live::add(&live.replies, 1);
         record(&self.latency, latency);
+        record(&self.sent_latency, sent_latency);
         match outcome {
             Outcome::Accepted => Live::add(&live.accepted, 1),
             Outcome::Rejected(reason) => {
@@ -165,6 +170,10 @@ impl Recorder {
         summarize(&self.latency)
     }
 
+    pub fn sent_latency(&self) -> Option<Percentiles> {
+        summarize(&self.sent_latency)
+    }
+
     pub fn connect_time(&self) -> Option<Percentiles> {
         summarize(&self.connect)
     }
@@ -200,11 +209,16 @@ mod tests {
     fn records_replies_by_outcome() {
         let recorder = Recorder::default();
         for ms in 1..=100 {
-            recorder.reply(Duration::from_millis(ms), Outcome::Accepted);
+            recorder.reply(
+                Duration::from_millis(ms),
+                Duration::from_millis(ms / 2),
+                Outcome::Accepted,
+            );
         }
-        recorder.reply(Duration::from_millis(5), Outcome::Rejected("stale"));
-        recorder.reply(Duration::from_millis(5), Outcome::Rejected("stale"));
-        recorder.reply(Duration::from_millis(5), Outcome::Protocol);
+        let five = Duration::from_millis(5);
+        recorder.reply(five, five, Outcome::Rejected("stale"));
+        recorder.reply(five, five, Outcome::Rejected("stale"));
+        recorder.reply(five, five, Outcome::Protocol);
         let live = &recorder.live;
         assert_eq!(Live::get(&live.replies), 103);
         assert_eq!(Live::get(&live.accepted), 100);

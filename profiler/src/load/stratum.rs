@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     io,
     sync::Arc,
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -22,6 +22,7 @@ use super::{
         sleep_until_opt, timed_from,
     },
     schedule::Schedule,
+    stamped::Stamped,
     stats::{ErrorClass, Live, Outcome},
 };
 
@@ -127,8 +128,18 @@ struct Miner {
     schedule: Option<Schedule>,
 }
 
-/// Requests in flight: id -> (scheduled send time, reply deadline).
-type Outstanding = BTreeMap<u64, (Instant, Instant)>;
+/// A request in flight.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    scheduled: Instant,
+    /// When it was written, on both clocks: the wall clock is what receive timestamps use.
+    sent: Instant,
+    sent_wall: SystemTime,
+    deadline: Instant,
+}
+
+/// Requests in flight by id.
+type Outstanding = BTreeMap<u64, InFlight>;
 
 impl Miner {
     async fn session(&mut self, stream: TcpStream, began: Instant, stop: &mut StopSignal) -> Ended {
@@ -137,7 +148,7 @@ impl Miner {
             return Ended::Dropped;
         }
         let (read, mut write) = stream.into_split();
-        let mut reader = BufReader::new(read);
+        let mut reader = BufReader::new(Stamped::new(read));
         let mut line = Vec::with_capacity(1024);
 
         // Handshake: subscribe and authorize together, then wait for both replies and a job.
@@ -231,7 +242,7 @@ impl Miner {
             // entry expires first.
             let next_deadline = outstanding
                 .first_key_value()
-                .map(|(_, &(_, deadline))| deadline);
+                .map(|(_, request)| request.deadline);
             tokio::select! {
                 biased;
                 () = stop.stopped(), if drain_until.is_none() => {
@@ -249,7 +260,8 @@ impl Miner {
                             return Ended::Dropped;
                         }
                     }
-                    self.on_line(&line, received, &mut outstanding, &mut timed_out, &mut work);
+                    let arrived = reader.get_ref().last_arrival();
+                    self.on_line(&line, (received, arrived), &mut outstanding, &mut timed_out, &mut work);
                     line.clear();
                 }
                 () = sleep_until_opt(next_send.map(early)) => {
@@ -266,18 +278,21 @@ impl Miner {
                         batch.push_str(&submit_line(id, &self.worker, &work, self.extranonce2, extranonce2_len, self.rng.random()));
                         ids.push((id, timed_from(at, sending)));
                     }
+                    let sent_wall = SystemTime::now();
                     if write.write_all(batch.as_bytes()).await.is_err() {
                         Live::add(&recorder.live.unanswered, (outstanding.len() + ids.len()) as u64);
                         return Ended::Dropped;
                     }
                     let deadline = Instant::now() + self.plan.timeout;
                     Live::add(&recorder.live.sent, ids.len() as u64);
-                    outstanding.extend(ids.into_iter().map(|(id, at)| (id, (at, deadline))));
+                    outstanding.extend(ids.into_iter().map(|(id, scheduled)| {
+                        (id, InFlight { scheduled, sent: sending, sent_wall, deadline })
+                    }));
                 }
                 () = sleep_until_opt(next_deadline) => {
                     let now = Instant::now();
                     while let Some(entry) = outstanding.first_entry() {
-                        if entry.get().1 > now {
+                        if entry.get().deadline > now {
                             break;
                         }
                         timed_out.insert(*entry.key());
@@ -293,7 +308,8 @@ impl Miner {
     fn on_line(
         &mut self,
         line: &[u8],
-        received: Instant,
+        // When we read the line, and when its bytes arrived if the kernel said.
+        received: (Instant, Option<SystemTime>),
         outstanding: &mut Outstanding,
         timed_out: &mut HashSet<u64>,
         work: &mut Work,
@@ -318,7 +334,7 @@ impl Miner {
             return;
         };
         match outstanding.remove(&id) {
-            Some((scheduled, _)) => {
+            Some(request) => {
                 let reason;
                 let outcome = if message["result"] == Value::Bool(true) {
                     Outcome::Accepted
@@ -331,7 +347,17 @@ impl Miner {
                         None => Outcome::Protocol,
                     }
                 };
-                recorder.reply(received.saturating_duration_since(scheduled), outcome);
+                // From the write to the reply's arrival in our socket when the kernel stamped it,
+                // else to when we read it.
+                let (read_at, arrived) = received;
+                let sent_latency = arrived
+                    .and_then(|at| at.duration_since(request.sent_wall).ok())
+                    .unwrap_or_else(|| read_at.saturating_duration_since(request.sent));
+                recorder.reply(
+                    read_at.saturating_duration_since(request.scheduled),
+                    sent_latency,
+                    outcome,
+                );
             }
             None if timed_out.remove(&id) => Live::add(&recorder.live.late_replies, 1),
             // A second reply to one request, or one to nothing we sent.
