@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod futex;
 pub mod hist;
 pub mod offcpu;
+pub mod sock;
 pub mod stack;
 pub mod stats;
 pub mod unwind;

@@ -47,7 +47,17 @@ pub const ALLOC_LIVE_FULL: u32 = 18;
 /// alloc: allocations not counted by stack because `ALLOC_STACKS` was full.
 pub const ALLOC_STACKS_FULL: u32 = 19;
 
-pub const COUNT: u32 = 20;
+/// sock: requests of the target replied to.
+pub const SOCK_REQUESTS: u32 = 20;
+/// sock: sockets of the target that could not be added to `SOCK_SOCKETS` (an LRU, so this
+/// is rare: when it is full the least recently used socket goes instead).
+pub const SOCK_SOCKETS_FULL: u32 = 21;
+/// sock: new connections not timed because `SOCK_NEW` was full.
+pub const SOCK_NEW_FULL: u32 = 22;
+/// sock: the local port of a socket could not be read.
+pub const SOCK_PORT_UNREADABLE: u32 = 23;
+
+pub const COUNT: u32 = 24;
 
 /// Names used in reports and `summary.json`, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -71,11 +81,16 @@ pub const NAMES: [&str; COUNT as usize] = [
     "alloc_missed_returns",
     "alloc_live_full",
     "alloc_stacks_full",
+    "sock_requests",
+    "sock_sockets_full",
+    "sock_new_full",
+    "sock_port_unreadable",
 ];
 
 /// Counters that count events rather than losses; summaries keep them apart from drops.
-pub const EVENTS: [u32; 7] = [
+pub const EVENTS: [u32; 8] = [
     CPU_SAMPLES,
+    SOCK_REQUESTS,
     OFFCPU_SWITCHES,
     FUTEX_WAITS,
     FUTEX_WAKES,

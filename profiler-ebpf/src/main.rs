@@ -11,6 +11,7 @@ mod cpu;
 mod futex;
 mod offcpu;
 mod shared;
+mod sock;
 mod unwind;
 
 #[cfg(not(test))]

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    probes::{alloc, cpu, futex, offcpu},
+    probes::{alloc, cpu, futex, offcpu, sock},
     session::AttachOptions,
     unwind::UnwindMode,
 };
@@ -94,8 +94,8 @@ pub struct AttachArgs {
     /// How long to capture, e.g. 30s or 2m [default: until Ctrl-C or the target exits].
     #[arg(short, long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Every family but alloc (which costs more): cpu, offcpu and futex, on one timeline
-    /// into one output directory. Add --alloc for allocations too.
+    /// Every family but alloc (which costs more): cpu, offcpu, futex and sock, on one
+    /// timeline into one output directory. Add --alloc for allocations too.
     #[arg(long)]
     pub all: bool,
     /// Sample on-CPU stacks (the default when no probe is named).
@@ -110,6 +110,9 @@ pub struct AttachArgs {
     /// Allocation tracking and leak suspects (uprobes on the target's allocator).
     #[arg(long)]
     pub alloc: bool,
+    /// Socket-to-reply and service latency per listening port, and new-connection wait.
+    #[arg(long, visible_alias = "latency")]
+    pub sock: bool,
     /// alloc: track one allocation in N (chosen by address, so frees still match); figures
     /// are then estimates.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -120,7 +123,8 @@ pub struct AttachArgs {
     /// alloc: a growing stack is a leak suspect once its oldest live allocation is this old.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub min_age: Duration,
-    /// How often to snapshot allocation live bytes and the target's memory [default: 5s].
+    /// How often to snapshot allocation live bytes, the target's memory and latency
+    /// percentiles (latency_timeseries.csv) [default: 5s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
     /// CPU samples per second.
@@ -162,9 +166,10 @@ impl From<Unwind> for UnwindMode {
 impl AttachArgs {
     pub fn into_options(self, verbose: bool) -> AttachOptions {
         // Naming no probe means cpu; naming any means exactly those; --all means all but alloc.
-        let cpu = self.all || self.cpu || !(self.offcpu || self.futex || self.alloc);
+        let cpu = self.all || self.cpu || !(self.offcpu || self.futex || self.alloc || self.sock);
         let offcpu = self.all || self.offcpu;
         let futex = self.all || self.futex;
+        let sock = self.all || self.sock;
         AttachOptions {
             pid: self.pid,
             duration: self.duration,
@@ -181,6 +186,7 @@ impl AttachArgs {
                 allocator: self.allocator.clone(),
                 min_age: self.min_age,
             }),
+            sock: sock.then_some(sock::Config {}),
             interval: self.interval,
             unwind: self.unwind.into(),
             verbose,
@@ -247,6 +253,13 @@ mod tests {
         assert_eq!(opts(&[]).offcpu.map(|_| ()), None);
         let all = opts(&["--all"]);
         assert!(all.cpu.is_some() && all.offcpu.is_some() && all.futex.is_some());
+        assert!(all.sock.is_some());
+        let latency = opts(&["--latency"]);
+        assert!(
+            latency.sock.is_some() && latency.cpu.is_none(),
+            "alias of --sock, alone"
+        );
+        assert!(opts(&["--sock", "--cpu"]).cpu.is_some());
         assert!(all.alloc.is_none(), "alloc stays opt-in");
         assert!(opts(&["--all", "--alloc"]).alloc.is_some());
     }

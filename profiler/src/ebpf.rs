@@ -6,6 +6,7 @@ use profiler_common::{
     futex::{self, FutexConfig},
     globals,
     offcpu::{self, OffcpuConfig},
+    sock::{self, SockConfig},
     unwind,
 };
 
@@ -30,6 +31,7 @@ pub struct LoadConfig {
     pub offcpu: OffcpuConfig,
     pub futex: FutexConfig,
     pub alloc: AllocConfig,
+    pub sock: SockConfig,
     /// Entries of `ALLOC_LIVE`: the most live allocations tracked (1 when `alloc` is off).
     pub alloc_live: u32,
 }
@@ -43,6 +45,7 @@ pub fn load(config: &LoadConfig) -> Result<Ebpf, aya::EbpfError> {
         .override_global(offcpu::CONFIG_GLOBAL, &config.offcpu, true)
         .override_global(futex::CONFIG_GLOBAL, &config.futex, true)
         .override_global(alloc::CONFIG_GLOBAL, &config.alloc, true)
+        .override_global(sock::CONFIG_GLOBAL, &config.sock, true)
         .override_global(AYA_LOG_LEVEL, &level, false)
         .map_max_entries(unwind::ROWS_MAP, config.unwind_rows.max(1))
         .map_max_entries(alloc::LIVE_MAP, config.alloc_live.max(1))
@@ -66,7 +69,7 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use profiler_common::{alloc, cpu, futex, offcpu, stack, stats, unwind};
+    use profiler_common::{alloc, cpu, futex, offcpu, sock, stack, stats, unwind};
 
     use super::*;
 
@@ -93,6 +96,10 @@ mod tests {
             alloc::MMAP_ENTER_PROGRAM,
             alloc::MMAP_EXIT_PROGRAM,
             alloc::MUNMAP_PROGRAM,
+            sock::DATA_READY_PROGRAM,
+            sock::RECV_PROGRAM,
+            sock::SEND_PROGRAM,
+            sock::STATE_PROGRAM,
         ];
         for program in programs {
             assert!(
@@ -121,6 +128,11 @@ mod tests {
             alloc::LIVE_MAP,
             alloc::STACKS_MAP,
             alloc::INFLIGHT_MAP,
+            sock::SOCKETS_MAP,
+            sock::NEW_MAP,
+            sock::PORTS_MAP,
+            sock::HISTS_MAP,
+            sock::COUNTS_MAP,
         ] {
             assert!(
                 object.maps.contains_key(map),

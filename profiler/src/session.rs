@@ -21,12 +21,13 @@ use crate::{
     framepointers::{self, FramePointerCheck},
     locks::LockNamer,
     preflight::{self, PreflightError, Target},
-    probes::{self, ProbeError, alloc, cpu, futex, offcpu},
+    probes::{self, ProbeError, alloc, cpu, futex, offcpu, sock},
     procmaps::ProcessMaps,
     report::{
         self,
         flamegraph::{self, Labels},
         folded,
+        latency::{self, LatencyReport, Timeseries},
         leaks::{self, MemorySample, Snapshots},
         locks::LockReport,
         profile::{WeightedStack, function_totals},
@@ -65,7 +66,9 @@ pub struct AttachOptions {
     pub offcpu: Option<offcpu::Config>,
     pub futex: Option<futex::Config>,
     pub alloc: Option<alloc::Config>,
-    /// How often periodic snapshots are taken (allocation live bytes, memory); None: default.
+    pub sock: Option<sock::Config>,
+    /// How often periodic snapshots are taken (allocation live bytes, memory, latency
+    /// percentiles); None: default.
     pub interval: Option<Duration>,
     pub unwind: UnwindMode,
     /// Kernel-side diagnostics (aya-log) on.
@@ -141,6 +144,10 @@ pub struct Session {
     snapshots: Snapshots,
     /// The target's memory over time (`alloc`).
     memory: Vec<MemorySample>,
+    /// Listening ports handed to the kernel (`sock`).
+    ports: sock::Ports,
+    /// Latency percentiles per interval (`sock`).
+    latency_series: Timeseries,
 }
 
 /// What a finished capture produced.
@@ -157,6 +164,8 @@ pub struct Outcome {
     pub locks: Option<Vec<LockReport>>,
     /// Leak suspects and live allocations, when `alloc` ran.
     pub leaks: Option<leaks::LeakReport>,
+    /// Every tracked port's histograms, when `sock` ran.
+    pub latency: Option<Vec<sock::PortData>>,
 }
 
 /// Output files and terminal text as a capture's reports are written.
@@ -240,6 +249,12 @@ impl Session {
             .map(alloc::kernel_config)
             .transpose()?
             .unwrap_or_default();
+        let sock_config = opts
+            .sock
+            .as_ref()
+            .map(sock::kernel_config)
+            .transpose()?
+            .unwrap_or_default();
 
         let maps = ProcessMaps::snapshot(opts.pid).map_err(|source| AttachError::Maps {
             pid: opts.pid,
@@ -261,6 +276,7 @@ impl Session {
             offcpu: offcpu_config,
             futex: futex_config,
             alloc: alloc_config,
+            sock: sock_config,
             alloc_live: opts
                 .alloc
                 .as_ref()
@@ -289,6 +305,18 @@ impl Session {
         if let Some(allocator) = &allocator {
             alloc::attach(&mut ebpf, opts.pid, allocator)?;
         }
+        let mut ports = sock::Ports::default();
+        if let Some(config) = &opts.sock {
+            // Ports first, so the first connections after attaching are already known.
+            ports.sync(&mut ebpf, opts.pid)?;
+            sock::attach(&mut ebpf, config)?;
+            if ports.indices.is_empty() {
+                notes.push(format!(
+                    "sock: pid {} listens on no TCP port yet; ports it opens later are picked up",
+                    opts.pid
+                ));
+            }
+        }
         let opts_pid = opts.pid;
         Ok(Self {
             opts,
@@ -308,6 +336,8 @@ impl Session {
             allocator,
             snapshots: Snapshots::default(),
             memory: Vec::new(),
+            ports,
+            latency_series: Timeseries::default(),
         })
     }
 
@@ -324,6 +354,15 @@ impl Session {
         }
         if let Some(sample) = leaks::sample_memory(self.opts.pid, at) {
             self.memory.push(sample);
+        }
+    }
+
+    /// Latency percentiles of the interval that just ended.
+    fn latency_snapshot(&mut self) {
+        let at = self.started.elapsed().as_secs_f64();
+        match sock::read(&self.ebpf, &self.ports) {
+            Ok(ports) => self.latency_series.record(at, &ports),
+            Err(err) => log::warn!("latency snapshot: {err}"),
         }
     }
 
@@ -378,10 +417,20 @@ impl Session {
                     Ok(false) => {}
                     Err(err) => log::debug!("refreshing maps of pid {}: {err}", self.opts.pid),
                 }
+                if self.opts.sock.is_some()
+                    && let Err(err) = self.ports.sync(&mut self.ebpf, self.opts.pid)
+                {
+                    log::debug!("refreshing listening ports: {err}");
+                }
             }
-            if self.opts.alloc.is_some() && last_snapshot.elapsed() >= self.interval() {
+            if last_snapshot.elapsed() >= self.interval() {
                 last_snapshot = Instant::now();
-                self.snapshot();
+                if self.opts.alloc.is_some() {
+                    self.snapshot();
+                }
+                if self.opts.sock.is_some() {
+                    self.latency_snapshot();
+                }
             }
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
@@ -406,6 +455,9 @@ impl Session {
         }
         if self.opts.alloc.is_some() {
             parts.push(format!("{} allocations", get(stats::ALLOC_TRACKED)));
+        }
+        if self.opts.sock.is_some() {
+            parts.push(format!("{} requests", get(stats::SOCK_REQUESTS)));
         }
         parts.join(", ")
     }
@@ -435,6 +487,10 @@ impl Session {
                 self.snapshot();
             }
         }
+        if self.opts.sock.is_some() {
+            // The last, partial interval.
+            self.latency_snapshot();
+        }
         let counters = read_stats(&self.ebpf);
         let symbolizer = Symbolizer::new();
         let mut notes = std::mem::take(&mut self.notes);
@@ -458,6 +514,7 @@ impl Session {
             offcpu_stacks: None,
             locks: None,
             leaks: None,
+            latency: None,
         };
         if let Some(config) = self.opts.cpu.clone() {
             let (summary, stacks) =
@@ -489,6 +546,11 @@ impl Session {
             )?;
             outcome.leaks = Some(summary.leaks.clone());
             outcome.summary.alloc = Some(summary);
+        }
+        if self.opts.sock.is_some() {
+            let (report, data) = self.finish_sock(duration, &mut writer)?;
+            outcome.summary.sock = Some(report);
+            outcome.latency = Some(data);
         }
 
         let losses: Vec<String> = counters
@@ -544,6 +606,7 @@ impl Session {
             offcpu: None,
             futex: None,
             alloc: None,
+            sock: None,
             unwind: UnwindStats::default(),
             dropped: BTreeMap::new(),
             outputs: Vec::new(),
@@ -732,6 +795,39 @@ impl Session {
 }
 
 impl Session {
+    fn finish_sock(
+        &self,
+        duration: Duration,
+        writer: &mut Writer,
+    ) -> Result<(LatencyReport, Vec<sock::PortData>), AttachError> {
+        let data = sock::read(&self.ebpf, &self.ports)?;
+        let report = LatencyReport::new(
+            &data,
+            duration.as_secs_f64(),
+            self.ports.untracked.iter().copied().collect(),
+        );
+        let text = latency::text(&report);
+        writer.write("latency.txt", |out| out.write_all(text.as_bytes()))?;
+        let json = serde_json::to_vec_pretty(&report).map_err(io::Error::other);
+        writer.write("latency.json", |out| out.write_all(&json?))?;
+        // The distribution of every tracked port together; with one port, that port's.
+        let mut all = report::hist::Merged::default();
+        for port in &data {
+            all.add_merged(&port.socket_to_reply);
+        }
+        writer.write("latency.hgrm", |out| latency::hgrm(&all, out))?;
+        let svg = latency::spectrum_svg(&data, &self.title("socket-to-reply latency", duration));
+        writer.write("latency.svg", |out| out.write_all(svg.as_bytes()))?;
+        writer.write("latency_timeseries.csv", |out| {
+            self.latency_series.write(out)
+        })?;
+        writer.say(&format!(
+            "latency (µs, per listening port):\n{}",
+            text.trim_end()
+        ));
+        Ok((report, data))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn finish_alloc(
         &self,

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod futex;
 pub mod offcpu;
 pub mod probe_point;
+pub mod sock;
 
 use aya::{Ebpf, maps::MapError, programs::ProgramError};
 

@@ -30,6 +30,24 @@ impl Merged {
         }
     }
 
+    pub fn add_merged(&mut self, other: &Merged) {
+        for (mine, theirs) in self.slots.iter_mut().zip(&other.slots) {
+            *mine += theirs;
+        }
+    }
+
+    /// What was added since `earlier`, a copy of this same (only growing) histogram.
+    pub fn since(&self, earlier: &Merged) -> Merged {
+        Merged {
+            slots: self
+                .slots
+                .iter()
+                .zip(&earlier.slots)
+                .map(|(now, then)| now.saturating_sub(*then))
+                .collect(),
+        }
+    }
+
     pub fn count(&self) -> u64 {
         self.slots.iter().sum()
     }
@@ -98,6 +116,38 @@ mod tests {
             assert!((got - exact).abs() / exact < 0.01, "q{q}: {got} vs {exact}");
         }
         assert_eq!(Merged::default().quantile(0.5), 0);
+    }
+
+    /// Per-CPU copies merged slot by slot, then into hdrhistogram, give the same percentiles
+    /// as recording every value straight into hdrhistogram.
+    #[test]
+    fn per_cpu_copies_merge_into_hdr() {
+        let values: Vec<u64> = (0..5000u64).map(|i| 1_000 + (i * i) % 3_000_000).collect();
+        let mut merged = Merged::default();
+        for cpu in 0..4 {
+            let mine: Vec<u64> = values.iter().copied().skip(cpu).step_by(4).collect();
+            merged.add(&hist_of(&mine));
+        }
+        let mut direct = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        for &v in &values {
+            direct.record(v).unwrap();
+        }
+        let hdr = merged.to_hdr();
+        assert_eq!(hdr.len(), direct.len());
+        for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
+            let (a, b) = (
+                hdr.value_at_quantile(q) as f64,
+                direct.value_at_quantile(q) as f64,
+            );
+            assert!((a - b).abs() / b < 0.01, "q{q}: merged {a} vs direct {b}");
+        }
+        let later = {
+            let mut m = merged.clone();
+            m.add(&hist_of(&[7_000; 3]));
+            m
+        };
+        assert_eq!(later.since(&merged).count(), 3);
+        assert!(later.since(&merged).quantile(0.5).abs_diff(7_000) < 70);
     }
 
     #[test]

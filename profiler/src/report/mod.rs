@@ -5,6 +5,7 @@ pub mod flamegraph;
 pub mod folded;
 pub mod hist;
 pub mod html;
+pub mod latency;
 pub mod leaks;
 pub mod locks;
 pub mod pprof;

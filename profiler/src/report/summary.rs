@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{leaks::LeakReport, locks::LockReport, profile::FunctionShare};
+use super::{latency::LatencyReport, leaks::LeakReport, locks::LockReport, profile::FunctionShare};
 use crate::{
     container::Placement, framepointers::FramePointerCheck, probes::alloc::Allocator,
     unwind::UnwindStats,
@@ -36,6 +36,9 @@ pub struct Summary {
     pub futex: Option<FutexSummary>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub alloc: Option<AllocSummary>,
+    /// Socket-to-reply latency per listening port.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sock: Option<LatencyReport>,
     /// How user stacks were walked, and what the tables cost.
     pub unwind: UnwindStats,
     /// Every kernel-side counter of dropped or incomplete data, by name; all zero is a clean run.

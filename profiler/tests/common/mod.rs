@@ -50,6 +50,7 @@ pub fn options(pid: u32, duration: Duration, output: PathBuf) -> AttachOptions {
         offcpu: None,
         futex: None,
         alloc: None,
+        sock: None,
         interval: None,
         unwind: profiler::unwind::UnwindMode::Auto,
         verbose: false,
@@ -82,6 +83,10 @@ const OUR_PROGRAMS: &[&str] = &[
     profiler_common::alloc::RETURN_PROGRAM,
     profiler_common::alloc::FREE_PROGRAM,
     profiler_common::alloc::MMAP_ENTER_PROGRAM,
+    profiler_common::sock::DATA_READY_PROGRAM,
+    profiler_common::sock::RECV_PROGRAM,
+    profiler_common::sock::SEND_PROGRAM,
+    profiler_common::sock::STATE_PROGRAM,
 ];
 
 pub fn assert_no_programs_loaded() {

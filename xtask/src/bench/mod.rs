@@ -4,6 +4,7 @@
 mod alloc;
 mod cpu;
 mod futex;
+mod sock;
 
 use std::{
     io::{BufRead, BufReader},
@@ -58,6 +59,7 @@ pub enum Which {
     Cpu,
     Futex,
     Alloc,
+    Sock,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -65,6 +67,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Cpu => cpu::run(&args),
         Which::Futex => futex::run(&args),
         Which::Alloc => alloc::run(&args),
+        Which::Sock => sock::run(&args),
     }
 }
 

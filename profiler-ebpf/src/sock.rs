@@ -1,0 +1,313 @@
+//! `sock`: per-socket request/reply state machine, timed into per-port histograms.
+//!
+//! `sk_data_ready` and `inet_sock_set_state` run in softirq, in whatever task the CPU was
+//! running, so they filter on the target's sockets (`SOCK_SOCKETS`, `SOCK_NEW`), never on the
+//! current pid. Reads and writes run in the target's own threads.
+
+use aya_ebpf::{
+    Global,
+    bindings::BPF_ANY,
+    helpers::bpf_probe_read_kernel,
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+use profiler_common::{
+    hist::{Hist, SLOTS, slot_of},
+    sock::{
+        COUNTS, HISTS, IPPROTO_TCP, MAX_PORTS, NewConn, SockConfig, SockState, count_index,
+        counter, hist_index, kind, state, tcp,
+    },
+    stats,
+};
+
+use crate::shared::{atomic_add, count, now_ns, target_thread};
+
+#[unsafe(no_mangle)]
+static SOCK_CONFIG: Global<SockConfig> = Global::new(SockConfig {
+    ready_sk: 0,
+    ready_protocol: 0,
+    io_sk: 0,
+    io_protocol: 0,
+    io_ret: 0,
+    state_sk: 0,
+    state_old: 0,
+    state_new: 0,
+    state_sport: 0,
+    state_protocol: 0,
+    skc_num: 0,
+    _pad: 0,
+});
+
+#[map]
+static SOCK_SOCKETS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+static SOCK_NEW: LruHashMap<u64, NewConn> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+static SOCK_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+#[map]
+static SOCK_HISTS: PerCpuArray<Hist> = PerCpuArray::with_max_entries(HISTS, 0);
+
+#[map]
+static SOCK_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTS, 0);
+
+#[inline(always)]
+fn record(port_index: u32, which: u32, ns: u64) {
+    if port_index >= MAX_PORTS {
+        return;
+    }
+    if let Some(hist) = SOCK_HISTS.get_ptr_mut(hist_index(port_index, which)) {
+        let slot = slot_of(ns) & (SLOTS - 1);
+        // SAFETY: this CPU's copy of a live map value; atomic because a softirq program may
+        // interrupt this one on the same CPU.
+        atomic_add(unsafe { &raw mut (*hist).slots[slot] }, 1);
+    }
+}
+
+#[inline(always)]
+fn bump(port_index: u32, which: u32) {
+    if port_index >= MAX_PORTS {
+        return;
+    }
+    if let Some(value) = SOCK_COUNTS.get_ptr_mut(count_index(port_index, which)) {
+        atomic_add(value, 1);
+    }
+}
+
+/// Reads a tracepoint field at a tracefs offset.
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    // SAFETY: offsets come from this kernel's tracefs format files, sizes checked there.
+    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+}
+
+#[tracepoint]
+pub fn sock_data_ready(ctx: TracePointContext) -> u32 {
+    let config = SOCK_CONFIG.load();
+    let (Some(sk), Some(protocol)) = (
+        field::<u64>(&ctx, config.ready_sk),
+        field::<u16>(&ctx, config.ready_protocol),
+    ) else {
+        return 0;
+    };
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let now = now_ns();
+    if let Some(sock) = SOCK_SOCKETS.get_ptr_mut(sk) {
+        // SAFETY: a live map value; a concurrent update of the same socket is benign.
+        unsafe {
+            match (*sock).state {
+                state::IDLE => {
+                    (*sock).arrived_ns = now;
+                    (*sock).state = state::ARRIVED;
+                }
+                // The next request, queued while this one is served: it starts when the reply
+                // goes out.
+                state::READ if (*sock).next_arrived_ns == 0 => (*sock).next_arrived_ns = now,
+                _ => {}
+            }
+        }
+        return 0;
+    }
+    // A new connection's first request usually arrives before the target has touched it.
+    if let Some(conn) = SOCK_NEW.get_ptr_mut(sk) {
+        // SAFETY: a live map value.
+        unsafe {
+            if (*conn).first_data_ns == 0 {
+                (*conn).first_data_ns = now;
+            }
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sock_state(ctx: TracePointContext) -> u32 {
+    let config = SOCK_CONFIG.load();
+    let (Some(sk), Some(old), Some(new), Some(sport), Some(protocol)) = (
+        field::<u64>(&ctx, config.state_sk),
+        field::<i32>(&ctx, config.state_old),
+        field::<i32>(&ctx, config.state_new),
+        field::<u16>(&ctx, config.state_sport),
+        field::<u16>(&ctx, config.state_protocol),
+    ) else {
+        return 0;
+    };
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    if new == tcp::CLOSE {
+        // Addresses are reused: forget the socket so a new one starts clean.
+        let _ = SOCK_SOCKETS.remove(sk);
+        let _ = SOCK_NEW.remove(sk);
+        return 0;
+    }
+    if old != tcp::SYN_RECV || new != tcp::ESTABLISHED {
+        return 0;
+    }
+    // A passive open on one of the target's listening ports.
+    // SAFETY: copied out at once.
+    let Some(port_index) = (unsafe { SOCK_PORTS.get(sport) }).copied() else {
+        return 0;
+    };
+    let conn = NewConn {
+        established_ns: now_ns(),
+        first_data_ns: 0,
+        port_index,
+        _pad: 0,
+    };
+    if SOCK_NEW.insert(sk, conn, BPF_ANY as u64).is_err() {
+        count(stats::SOCK_NEW_FULL);
+    }
+    0
+}
+
+/// The target's socket `sk`, added on first sight: its port looked up, and a new connection's
+/// accept latency recorded.
+#[inline(always)]
+fn socket(sk: u64, skc_num: u32) -> Option<*mut SockState> {
+    if let Some(sock) = SOCK_SOCKETS.get_ptr_mut(sk) {
+        return Some(sock);
+    }
+    let now = now_ns();
+    let mut sock = SockState {
+        arrived_ns: 0,
+        read_ns: 0,
+        next_arrived_ns: 0,
+        state: state::IGNORED,
+        port_index: MAX_PORTS,
+        first: 0,
+        _pad: 0,
+    };
+    // SAFETY: a read of kernel memory that may fault; the helper reports it.
+    match unsafe { bpf_probe_read_kernel((sk + skc_num as u64) as *const u16) } {
+        Ok(port) => {
+            // SAFETY: copied out at once.
+            if let Some(index) = unsafe { SOCK_PORTS.get(port) } {
+                sock.port_index = *index;
+                sock.state = state::IDLE;
+            }
+        }
+        Err(_) => count(stats::SOCK_PORT_UNREADABLE),
+    }
+    // SAFETY: copied out before the entry is removed.
+    if let Some(conn) = unsafe { SOCK_NEW.get(sk) }.copied() {
+        let _ = SOCK_NEW.remove(sk);
+        if sock.state == state::IDLE {
+            record(
+                conn.port_index,
+                kind::NEW_CONNECTION,
+                now.saturating_sub(conn.established_ns),
+            );
+            sock.first = 1;
+            if conn.first_data_ns != 0 {
+                sock.arrived_ns = conn.first_data_ns;
+                sock.state = state::ARRIVED;
+            }
+        }
+    }
+    if SOCK_SOCKETS.insert(sk, sock, BPF_ANY as u64).is_err() {
+        count(stats::SOCK_SOCKETS_FULL);
+        return None;
+    }
+    SOCK_SOCKETS.get_ptr_mut(sk)
+}
+
+/// The socket of a read or write by the target that moved data.
+#[inline(always)]
+fn target_io(ctx: &TracePointContext) -> Option<*mut SockState> {
+    target_thread()?;
+    let config = SOCK_CONFIG.load();
+    let sk = field::<u64>(ctx, config.io_sk)?;
+    let protocol = field::<u16>(ctx, config.io_protocol)?;
+    let ret = field::<i32>(ctx, config.io_ret)?;
+    if protocol != IPPROTO_TCP || ret <= 0 {
+        return None;
+    }
+    socket(sk, config.skc_num)
+}
+
+#[tracepoint]
+pub fn sock_recv(ctx: TracePointContext) -> u32 {
+    let Some(sock) = target_io(&ctx) else {
+        return 0;
+    };
+    let now = now_ns();
+    // SAFETY: a live map value; softirq updates of the same socket are benign races.
+    unsafe {
+        match (*sock).state {
+            state::ARRIVED => {
+                (*sock).read_ns = now;
+                (*sock).state = state::READ;
+            }
+            state::IDLE => {
+                // Queued before we knew the socket: served, but its arrival is unknown.
+                (*sock).arrived_ns = 0;
+                (*sock).read_ns = now;
+                (*sock).state = state::READ;
+            }
+            _ => {}
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sock_send(ctx: TracePointContext) -> u32 {
+    let Some(sock) = target_io(&ctx) else {
+        return 0;
+    };
+    let now = now_ns();
+    // SAFETY: as in sock_recv.
+    unsafe {
+        let port_index = (*sock).port_index;
+        match (*sock).state {
+            state::READ => {
+                count(stats::SOCK_REQUESTS);
+                let arrived = (*sock).arrived_ns;
+                if (*sock).first != 0 {
+                    // Apart from the steady state; its arrival was held in SOCK_NEW, or the
+                    // read stamped it (arrival unseen: then from the read).
+                    (*sock).first = 0;
+                    let from = if arrived == 0 {
+                        (*sock).read_ns
+                    } else {
+                        arrived
+                    };
+                    record(port_index, kind::FIRST_REQUEST, now.saturating_sub(from));
+                } else {
+                    record(
+                        port_index,
+                        kind::SERVICE,
+                        now.saturating_sub((*sock).read_ns),
+                    );
+                    if arrived == 0 {
+                        bump(port_index, counter::UNSEEN);
+                    } else {
+                        record(
+                            port_index,
+                            kind::SOCKET_TO_REPLY,
+                            now.saturating_sub(arrived),
+                        );
+                    }
+                }
+                let next = (*sock).next_arrived_ns;
+                (*sock).next_arrived_ns = 0;
+                if next == 0 {
+                    (*sock).state = state::IDLE;
+                } else {
+                    (*sock).arrived_ns = next;
+                    (*sock).state = state::ARRIVED;
+                }
+            }
+            // Nothing was asked: a push.
+            state::IDLE | state::ARRIVED => bump(port_index, counter::PUSHES),
+            _ => {}
+        }
+    }
+    0
+}
