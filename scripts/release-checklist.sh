@@ -14,7 +14,7 @@
 #   TARGET_ARGS           extra target arguments, e.g. "--slow-every 50 --slow-spin"
 #   RESULTS_DIR           where archives live (default: results/)
 #   PREVIOUS              release to compare with: a name under RESULTS_DIR, a path, or none
-#                         (default: the newest other archive)
+#                         (default: the newest other archive of the same target)
 #   CHECKLIST_SMOKE_S     seconds of each step (defaults: the profiles' 30, 60 and 120 s,
 #   CHECKLIST_STANDARD_S    and a 600 s soak)
 #   CHECKLIST_STRESS_S

@@ -46,7 +46,7 @@ pub struct ChecklistArgs {
     #[arg(long, env = "RESULTS_DIR")]
     results_dir: Option<PathBuf>,
     /// The release to compare with: a name under RESULTS_DIR, an archive's path, or `none`
-    /// [default: the newest other archive]
+    /// [default: the newest other archive of the same target]
     #[arg(long, env = "PREVIOUS")]
     previous: Option<String>,
     /// Seconds of smoke load [default: the profile's 30]
@@ -250,7 +250,7 @@ pub fn run(args: ChecklistArgs) -> anyhow::Result<ExitCode> {
         .results_dir
         .clone()
         .unwrap_or_else(|| util::workspace_root().join("results"));
-    let previous = find_previous(&results, release, args.previous.as_deref())?;
+    let previous = find_previous(&results, release, &args.target, args.previous.as_deref())?;
     let archive = results.join(release);
     fs::create_dir_all(&archive).with_context(|| format!("creating {}", archive.display()))?;
     let stamp = jiff::Timestamp::now()
@@ -405,9 +405,11 @@ fn read_json(path: &Path) -> anyhow::Result<Value> {
 }
 
 /// The release to compare with, and its archive directory.
+/// Unless chosen, the newest other archive of the same target with a standard capture.
 fn find_previous(
     results: &Path,
     release: &str,
+    target: &str,
     chosen: Option<&str>,
 ) -> anyhow::Result<Option<(Archive, PathBuf)>> {
     let read = |dir: &Path| -> anyhow::Result<Archive> {
@@ -442,11 +444,12 @@ fn find_previous(
         .map(|e| e.path())
         .filter(|dir| dir.file_name().and_then(|n| n.to_str()) != Some(release))
         .filter_map(|dir| Some((read(&dir).ok()?, dir)))
-        // Only an archive with a standard capture can be compared with.
+        // Only an archive with a standard capture of the same server can be compared with.
         .filter(|(a, dir)| {
-            a.standard
-                .as_ref()
-                .is_some_and(|s| dir.join(s).join("summary.json").is_file())
+            a.target == target
+                && a.standard
+                    .as_ref()
+                    .is_some_and(|s| dir.join(s).join("summary.json").is_file())
         })
         .max_by(|(a, _), (b, _)| (&a.finished_at, &a.release).cmp(&(&b.finished_at, &b.release)));
     Ok(newest)
@@ -1222,10 +1225,11 @@ mod tests {
     }
 
     #[test]
-    fn the_previous_release_is_the_newest_other_archive_with_a_capture() {
+    fn the_previous_release_is_the_newest_other_archive_of_the_target_with_a_capture() {
+        const POOL: &str = "testbed-pool";
         let root = std::env::temp_dir().join(format!("release-previous-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
-        let archive = |release: &str, finished: &str, capture: bool| {
+        let archive = |release: &str, target: &str, finished: &str, capture: bool| {
             let dir = root.join(release);
             fs::create_dir_all(dir.join("standard-x")).unwrap();
             if capture {
@@ -1233,6 +1237,7 @@ mod tests {
             }
             let marker = Archive {
                 release: release.into(),
+                target: target.into(),
                 finished_at: finished.into(),
                 standard: Some("standard-x".into()),
                 ..Archive::default()
@@ -1243,32 +1248,33 @@ mod tests {
             )
             .unwrap();
         };
-        archive("v0.1.0", "2026-12-01T10:00:00Z", true);
-        archive("v0.1.1", "2026-12-01T11:00:00Z", true);
-        archive("v0.1.2", "2026-12-01T12:00:00Z", false);
+        archive("v0.1.0", POOL, "2026-12-01T10:00:00Z", true);
+        archive("v0.1.1", POOL, "2026-12-01T11:00:00Z", true);
+        archive("v0.1.2", POOL, "2026-12-01T12:00:00Z", false);
+        archive("ledger-v1", "testbed-ledger", "2026-12-01T13:00:00Z", true);
         fs::create_dir_all(root.join("demo-20261201T090000Z")).unwrap();
         let name = |found: Option<(Archive, PathBuf)>| found.map(|(a, _)| a.release);
         assert_eq!(
-            name(find_previous(&root, "v0.2.0", None).unwrap()).as_deref(),
+            name(find_previous(&root, "v0.2.0", POOL, None).unwrap()).as_deref(),
             Some("v0.1.1")
         );
         // Re-running a release compares with the one before it, not itself.
         assert_eq!(
-            name(find_previous(&root, "v0.1.1", None).unwrap()).as_deref(),
+            name(find_previous(&root, "v0.1.1", POOL, None).unwrap()).as_deref(),
             Some("v0.1.0")
         );
         assert_eq!(
-            name(find_previous(&root, "v0.2.0", Some("v0.1.0")).unwrap()).as_deref(),
+            name(find_previous(&root, "v0.2.0", POOL, Some("v0.1.0")).unwrap()).as_deref(),
             Some("v0.1.0")
         );
         assert!(
-            find_previous(&root, "v0.2.0", Some("none"))
+            find_previous(&root, "v0.2.0", POOL, Some("none"))
                 .unwrap()
                 .is_none()
         );
-        assert!(find_previous(&root, "v0.2.0", Some("v9")).is_err());
+        assert!(find_previous(&root, "v0.2.0", POOL, Some("v9")).is_err());
         assert!(
-            find_previous(&root.join("absent"), "v0.2.0", None)
+            find_previous(&root.join("absent"), "v0.2.0", POOL, None)
                 .unwrap()
                 .is_none()
         );
