@@ -38,6 +38,7 @@ for var in RESULTS_DIR GATES PREVIOUS; do
     fi
 done
 cd "$(dirname "$0")/.."
-# cargo run replaces itself with the task (exec), so a signal to this script's pid reaches the
-# task, which stops what it started.
-exec "${CARGO:-cargo}" xtask release-checklist "$@"
+# Build the task, then become it (not `cargo xtask`, which keeps cargo in between): a signal to
+# this script's pid reaches the task, which stops what it started.
+"${CARGO:-cargo}" build --quiet --package xtask
+exec "${CARGO_TARGET_DIR:-target}/debug/xtask" release-checklist "$@"
