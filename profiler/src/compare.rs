@@ -417,7 +417,9 @@ pub fn compare(
     });
 
     let cpu_functions = match (&old_run.cpu, &new_run.cpu) {
-        (Some(o), Some(n)) => {
+        // A new capture with no CPU sample (an idle target, a short capture) has nothing to
+        // draw; an empty old one still shows everything as grown.
+        (Some(o), Some(n)) if !n.is_empty() => {
             let mut diff = Vec::new();
             let opt = inferno::differential::Options {
                 normalize: true,
@@ -715,6 +717,29 @@ mod tests {
             "futex": {"locks": [{"name": "SHARE_LOG", "total_wait_us": 500.0}]},
             "alloc": {"leaks": {"suspects": suspects.iter().map(|f| serde_json::json!({"frames": f})).collect::<Vec<_>>()}}
         })
+    }
+
+    #[test]
+    fn a_capture_without_cpu_samples_still_compares() {
+        let root =
+            std::env::temp_dir().join(format!("profiler-compare-empty-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let old = run_dir(
+            &root,
+            "old",
+            summary(100, 1.0, 1000.0, &[]),
+            "t;main;work 3\n",
+        );
+        let idle = run_dir(&root, "idle", summary(100, 1.0, 1000.0, &[]), "");
+        let c = compare(&old, &idle, &root.join("cmp1"), &Gates::default()).unwrap();
+        assert_eq!(c.verdict, "pass", "{}", render(&c));
+        assert!(c.cpu_functions.is_empty());
+        assert!(!c.outputs.contains(&"diff.svg".to_string()));
+        let c = compare(&idle, &old, &root.join("cmp2"), &Gates::default()).unwrap();
+        assert_eq!(c.cpu_functions[0].function, "work");
+        let svg = fs::read_to_string(root.join("cmp2/diff.svg")).unwrap();
+        assert!(svg.contains("work"));
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

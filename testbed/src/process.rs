@@ -100,6 +100,13 @@ impl ChildGuard {
         Ok(())
     }
 
+    /// Its exit status if it has exited, without waiting.
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        self.child
+            .try_wait()
+            .with_context(|| format!("checking on pid {}", self.pid()))
+    }
+
     /// Waits for the child to exit by itself, and returns its stdout lines not yet consumed.
     pub fn wait(mut self, timeout: Duration) -> Result<(std::process::ExitStatus, Vec<String>)> {
         let deadline = Instant::now() + timeout;

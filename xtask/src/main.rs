@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench | lint`.
+//! Project tasks: `cargo xtask setup | test | demo | bench | release-checklist | lint`.
 //!
 //! `test` and `demo` run `setup` first, so on a fresh machine the README's two commands are all
 //! a user types.
 
 mod bench;
 mod demo;
+mod release;
 mod setup;
 mod util;
 
@@ -33,21 +34,27 @@ enum Task {
     Demo,
     /// Measure overhead and speed; results go to results/bench/.
     Bench(bench::BenchArgs),
+    /// The release checklist (scripts/release-checklist.sh): load, capture, soak, archive under
+    /// results/RELEASE/, compare with the previous release, PASS/FAIL per line.
+    ReleaseChecklist(release::ChecklistArgs),
     /// cargo fmt --check and clippy -D warnings over the workspace.
     Lint,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Task::Setup => setup::run(),
-        Task::Test { args } => setup::run().and_then(|()| test(&args)),
-        Task::Demo => setup::run().and_then(|()| demo::run()),
-        Task::Bench(args) => setup::run().and_then(|()| bench::run(args)),
-        Task::Lint => setup::run().and_then(|()| lint()),
+        Task::Setup => done(setup::run()),
+        Task::Test { args } => done(setup::run().and_then(|()| test(&args))),
+        Task::Demo => done(setup::run().and_then(|()| demo::run())),
+        Task::Bench(args) => done(setup::run().and_then(|()| bench::run(args))),
+        // Its own exit status: 1 when a line of the checklist failed.
+        Task::ReleaseChecklist(args) => setup::run().and_then(|()| release::run(args)),
+        Task::Lint => done(setup::run().and_then(|()| lint())),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("xtask: {err:#}");
             ExitCode::FAILURE
