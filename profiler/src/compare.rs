@@ -35,6 +35,12 @@ pub struct Gates {
     pub cpu_up_percent: f64,
     /// Fail on any leak suspect the old run did not have.
     pub fail_on_new_leak_suspects: bool,
+    /// Rises no larger than these pass whatever their percentage: on a lightly loaded target a
+    /// p99 of a few hundred µs or a CPU use of 0.3% of a core moves by more than 10% between
+    /// identical runs. Latency in µs, CPU in percentage points of one core, RSS in KiB.
+    pub latency_up_min_us: f64,
+    pub cpu_up_min_points: f64,
+    pub rss_up_min_kb: f64,
 }
 
 impl Default for Gates {
@@ -45,6 +51,9 @@ impl Default for Gates {
             rss_up_percent: 15.0,
             cpu_up_percent: 15.0,
             fail_on_new_leak_suspects: true,
+            latency_up_min_us: 100.0,
+            cpu_up_min_points: 1.0,
+            rss_up_min_kb: 1024.0,
         }
     }
 }
@@ -289,12 +298,21 @@ fn change_percent(old: f64, new: f64) -> Option<f64> {
     (old != 0.0).then(|| (new - old) / old * 100.0)
 }
 
-/// A gate on a figure that must not rise (or, with `falling`, fall) more than `limit` percent.
-fn gate(name: &str, old: Option<f64>, new: Option<f64>, limit: f64, falling: bool) -> GateResult {
+/// A gate on a figure that must not rise (or, with `falling`, fall) more than `limit` percent
+/// and more than `floor` in its own unit.
+fn gate(
+    name: &str,
+    old: Option<f64>,
+    new: Option<f64>,
+    limit: f64,
+    floor: f64,
+    falling: bool,
+) -> GateResult {
     let change = old.zip(new).and_then(|(o, n)| change_percent(o, n));
+    let moved = old.zip(new).map_or(0.0, |(o, n)| (n - o).abs());
     let result = match change {
         None => "skipped",
-        Some(c) if (falling && c < -limit) || (!falling && c > limit) => "fail",
+        Some(c) if ((falling && c < -limit) || (!falling && c > limit)) && moved > floor => "fail",
         Some(_) => "pass",
     };
     GateResult {
@@ -302,7 +320,14 @@ fn gate(name: &str, old: Option<f64>, new: Option<f64>, limit: f64, falling: boo
         old,
         new,
         change_percent: change,
-        limit: format!("{}{limit}%", if falling { "-" } else { "+" }),
+        limit: {
+            let sign = if falling { "-" } else { "+" };
+            if floor > 0.0 {
+                format!("{sign}{limit}% and {sign}{floor}")
+            } else {
+                format!("{sign}{limit}%")
+            }
+        },
         result: result.into(),
     }
 }
@@ -365,6 +390,7 @@ pub fn compare(
             old_run.latency_us("p95"),
             new_run.latency_us("p95"),
             gates.latency_up_percent,
+            gates.latency_up_min_us,
             false,
         ),
         gate(
@@ -372,6 +398,7 @@ pub fn compare(
             old_run.latency_us("p99"),
             new_run.latency_us("p99"),
             gates.latency_up_percent,
+            gates.latency_up_min_us,
             false,
         ),
         gate(
@@ -379,6 +406,7 @@ pub fn compare(
             old_run.throughput(),
             new_run.throughput(),
             gates.throughput_down_percent,
+            0.0,
             true,
         ),
         gate(
@@ -386,6 +414,7 @@ pub fn compare(
             old_run.rss_kb(),
             new_run.rss_kb(),
             gates.rss_up_percent,
+            gates.rss_up_min_kb,
             false,
         ),
         gate(
@@ -393,6 +422,7 @@ pub fn compare(
             old_run.cpu_percent(),
             new_run.cpu_percent(),
             gates.cpu_up_percent,
+            gates.cpu_up_min_points,
             false,
         ),
     ];
@@ -672,6 +702,14 @@ pub fn read_gates(path: &Path) -> Result<Gates, CompareError> {
 mod tests {
     use super::*;
 
+    fn result_of(c: &Comparison, name: &str) -> String {
+        c.gates
+            .iter()
+            .find(|g| g.name == name)
+            .map(|g| g.result.clone())
+            .unwrap_or_default()
+    }
+
     fn run_dir(root: &Path, name: &str, summary: Value, folded: &str) -> PathBuf {
         let dir = root.join(name);
         fs::create_dir_all(&dir).unwrap();
@@ -784,6 +822,16 @@ mod tests {
         let json: Comparison =
             serde_json::from_slice(&fs::read(root.join("cmp2/compare.json")).unwrap()).unwrap();
         assert_eq!(json.verdict, "regression");
+
+        // Below the floors a large percentage is noise: 0.3% -> 0.6% of a core, p99 +60 µs.
+        let quiet = run_dir(&root, "quiet", summary(100_000, 0.3, 100.0, &[]), folded);
+        let noisy = run_dir(&root, "noisy", summary(100_500, 0.6, 160.0, &[]), folded);
+        let c = compare(&quiet, &noisy, &root.join("cmp4"), &Gates::default()).unwrap();
+        assert_eq!(c.verdict, "pass", "{}", render(&c));
+        let busy = run_dir(&root, "busy", summary(100_500, 3.8, 400.0, &[]), folded);
+        let c = compare(&quiet, &busy, &root.join("cmp5"), &Gates::default()).unwrap();
+        assert_eq!(result_of(&c, "CPU"), "fail", "{}", render(&c));
+        assert_eq!(result_of(&c, "p99 latency"), "fail", "{}", render(&c));
 
         // Looser gates pass the same change.
         let loose = Gates {
