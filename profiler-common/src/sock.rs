@@ -5,7 +5,7 @@
 //! with data) → replied (`sock:sock_send_length` with data) → idle. A write on an idle socket is a
 //! server push (stratum's `mining.notify`) and is only counted. New connections are timed from the
 //! handshake completing (`sock:inet_sock_set_state` SYN_RECV → ESTABLISHED) to the target's first
-//! read of them.
+//! read or write on them.
 
 use crate::impl_pod;
 
@@ -41,7 +41,8 @@ pub mod kind {
     pub const SOCKET_TO_REPLY: u32 = 0;
     /// First read with data → first reply byte written, for the same requests.
     pub const SERVICE: u32 = 1;
-    /// Handshake complete → the target's first read of the connection.
+    /// Handshake complete → the target's first read or write of the connection (one that
+    /// finds nothing to read yet counts: it has picked the connection up).
     pub const NEW_CONNECTION: u32 = 2;
     /// Socket-to-reply of the first request on a connection accepted during the capture: a
     /// login, subscribe or TLS handshake, kept apart from the steady state.

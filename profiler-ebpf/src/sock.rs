@@ -84,6 +84,28 @@ fn field<T: Copy>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }
 
+/// The local port of `sk`, read from the socket the kernel is working on (so cache-hot).
+#[inline(always)]
+fn local_port(sk: u64, skc_num: u32) -> Option<u16> {
+    // SAFETY: a read of kernel memory that may fault; the helper reports it.
+    match unsafe { bpf_probe_read_kernel((sk + skc_num as u64) as *const u16) } {
+        Ok(port) => Some(port),
+        Err(_) => {
+            count(stats::SOCK_PORT_UNREADABLE);
+            None
+        }
+    }
+}
+
+/// The index of `port` if the target listens on it. `SOCK_PORTS` is tiny and stays in cache,
+/// unlike a random probe of the big socket maps (over a microsecond here, TLB misses
+/// included), so every program checks it first: most sockets on the host are not the target's.
+#[inline(always)]
+fn port_index(port: u16) -> Option<u32> {
+    // SAFETY: copied out at once.
+    unsafe { SOCK_PORTS.get(port) }.copied()
+}
+
 #[tracepoint]
 pub fn sock_data_ready(ctx: TracePointContext) -> u32 {
     let config = SOCK_CONFIG.load();
@@ -93,7 +115,11 @@ pub fn sock_data_ready(ctx: TracePointContext) -> u32 {
     ) else {
         return 0;
     };
-    if protocol != IPPROTO_TCP {
+    if protocol != IPPROTO_TCP
+        || local_port(sk, config.skc_num)
+            .and_then(port_index)
+            .is_none()
+    {
         return 0;
     }
     let now = now_ns();
@@ -137,9 +163,13 @@ pub fn sock_state(ctx: TracePointContext) -> u32 {
     ) else {
         return 0;
     };
-    if protocol != IPPROTO_TCP {
+    // sport is the local port: sockets on other ports were never ours.
+    let Some(port_index) = (protocol == IPPROTO_TCP)
+        .then(|| port_index(sport))
+        .flatten()
+    else {
         return 0;
-    }
+    };
     if new == tcp::CLOSE {
         // Addresses are reused: forget the socket so a new one starts clean.
         let _ = SOCK_SOCKETS.remove(sk);
@@ -150,10 +180,6 @@ pub fn sock_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // A passive open on one of the target's listening ports.
-    // SAFETY: copied out at once.
-    let Some(port_index) = (unsafe { SOCK_PORTS.get(sport) }).copied() else {
-        return 0;
-    };
     let conn = NewConn {
         established_ns: now_ns(),
         first_data_ns: 0,
@@ -183,16 +209,9 @@ fn socket(sk: u64, skc_num: u32) -> Option<*mut SockState> {
         first: 0,
         _pad: 0,
     };
-    // SAFETY: a read of kernel memory that may fault; the helper reports it.
-    match unsafe { bpf_probe_read_kernel((sk + skc_num as u64) as *const u16) } {
-        Ok(port) => {
-            // SAFETY: copied out at once.
-            if let Some(index) = unsafe { SOCK_PORTS.get(port) } {
-                sock.port_index = *index;
-                sock.state = state::IDLE;
-            }
-        }
-        Err(_) => count(stats::SOCK_PORT_UNREADABLE),
+    if let Some(index) = local_port(sk, skc_num).and_then(port_index) {
+        sock.port_index = index;
+        sock.state = state::IDLE;
     }
     // SAFETY: copied out before the entry is removed.
     if let Some(conn) = unsafe { SOCK_NEW.get(sk) }.copied() {
@@ -217,23 +236,24 @@ fn socket(sk: u64, skc_num: u32) -> Option<*mut SockState> {
     SOCK_SOCKETS.get_ptr_mut(sk)
 }
 
-/// The socket of a read or write by the target that moved data.
+/// The socket of a read or write by the target, and whether it moved data. Any call counts as
+/// the target picking a new connection up, even one that found nothing to read yet.
 #[inline(always)]
-fn target_io(ctx: &TracePointContext) -> Option<*mut SockState> {
+fn target_io(ctx: &TracePointContext) -> Option<(*mut SockState, bool)> {
     target_thread()?;
     let config = SOCK_CONFIG.load();
     let sk = field::<u64>(ctx, config.io_sk)?;
     let protocol = field::<u16>(ctx, config.io_protocol)?;
     let ret = field::<i32>(ctx, config.io_ret)?;
-    if protocol != IPPROTO_TCP || ret <= 0 {
+    if protocol != IPPROTO_TCP {
         return None;
     }
-    socket(sk, config.skc_num)
+    Some((socket(sk, config.skc_num)?, ret > 0))
 }
 
 #[tracepoint]
 pub fn sock_recv(ctx: TracePointContext) -> u32 {
-    let Some(sock) = target_io(&ctx) else {
+    let Some((sock, true)) = target_io(&ctx) else {
         return 0;
     };
     let now = now_ns();
@@ -258,7 +278,7 @@ pub fn sock_recv(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sock_send(ctx: TracePointContext) -> u32 {
-    let Some(sock) = target_io(&ctx) else {
+    let Some((sock, true)) = target_io(&ctx) else {
         return 0;
     };
     let now = now_ns();

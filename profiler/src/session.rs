@@ -49,6 +49,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// How often the target's mappings are re-read, so libraries loaded by dlopen get their
 /// unwind tables well within a second. Reading /proc/PID/maps costs tens of microseconds.
 const MAPS_REFRESH: Duration = Duration::from_millis(250);
+/// How often the target's listening ports are re-read (`sock`): a scan of every open fd, so
+/// less often than the mappings.
+const PORTS_REFRESH: Duration = Duration::from_secs(2);
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Snapshot period when `--interval` is not given.
@@ -382,6 +385,7 @@ impl Session {
     /// Captures until the duration passes, `stop` is set (Ctrl-C, SIGTERM) or the target exits.
     pub fn run(&mut self, stop: &AtomicBool) -> EndReason {
         let mut last_refresh = Instant::now();
+        let mut last_ports = Instant::now();
         let mut last_progress = Instant::now();
         let mut last_snapshot = Instant::now();
         let mut progress = Progress::new(self.opts.progress);
@@ -417,9 +421,10 @@ impl Session {
                     Ok(false) => {}
                     Err(err) => log::debug!("refreshing maps of pid {}: {err}", self.opts.pid),
                 }
-                if self.opts.sock.is_some()
-                    && let Err(err) = self.ports.sync(&mut self.ebpf, self.opts.pid)
-                {
+            }
+            if self.opts.sock.is_some() && last_ports.elapsed() >= PORTS_REFRESH {
+                last_ports = Instant::now();
+                if let Err(err) = self.ports.sync(&mut self.ebpf, self.opts.pid) {
                     log::debug!("refreshing listening ports: {err}");
                 }
             }

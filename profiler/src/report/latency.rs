@@ -72,7 +72,7 @@ pub struct PortLatency {
     pub socket_to_reply: Percentiles,
     /// First read of the request → first byte of the reply written, for the same requests.
     pub service: Percentiles,
-    /// Handshake complete → the target's first read of the connection.
+    /// Handshake complete → the target's first read or write of the connection.
     pub new_connection: Percentiles,
     /// Socket-to-reply of each new connection's first request (login, subscribe, TLS), kept
     /// apart because it is connection setup, not the steady state.
