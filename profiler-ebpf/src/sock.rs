@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     Global,
-    bindings::BPF_ANY,
+    bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_probe_read_kernel,
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
@@ -22,6 +22,9 @@ use profiler_common::{
 };
 
 use crate::shared::{atomic_add, count, now_ns, target_thread};
+
+/// `-EEXIST`, as map updates return it.
+const EEXIST: i32 = -17;
 
 #[unsafe(no_mangle)]
 static SOCK_CONFIG: Global<SockConfig> = Global::new(SockConfig {
@@ -115,13 +118,12 @@ pub fn sock_data_ready(ctx: TracePointContext) -> u32 {
     ) else {
         return 0;
     };
-    if protocol != IPPROTO_TCP
-        || local_port(sk, config.skc_num)
-            .and_then(port_index)
-            .is_none()
-    {
+    if protocol != IPPROTO_TCP {
         return 0;
     }
+    let Some(index) = local_port(sk, config.skc_num).and_then(port_index) else {
+        return 0;
+    };
     let now = now_ns();
     if let Some(sock) = SOCK_SOCKETS.get_ptr_mut(sk) {
         // SAFETY: a live map value; a concurrent update of the same socket is benign.
@@ -147,6 +149,24 @@ pub fn sock_data_ready(ctx: TracePointContext) -> u32 {
                 (*conn).first_data_ns = now;
             }
         }
+        return 0;
+    }
+    // A connection from before the capture, on one of the target's ports: only the target
+    // listens there, so it is the target's; start it here rather than lose this request's
+    // arrival. (A listener's own wake-up lands here too: one idle entry per listener.)
+    let sock = SockState {
+        arrived_ns: now,
+        read_ns: 0,
+        next_arrived_ns: 0,
+        state: state::ARRIVED,
+        port_index: index,
+        first: 0,
+        _pad: 0,
+    };
+    match SOCK_SOCKETS.insert(sk, sock, BPF_NOEXIST as u64) {
+        // Inserted meanwhile by the target's own read: that entry stands.
+        Ok(()) | Err(EEXIST) => {}
+        Err(_) => count(stats::SOCK_SOCKETS_FULL),
     }
     0
 }

@@ -294,3 +294,37 @@ fn slow_path_shows_in_the_tail() {
     assert!(s2r.p50_us < 2_000.0, "{p:#?}");
     assert!(p.service.p99_us >= 20_000.0, "{p:#?}");
 }
+
+/// Attached while 100 miners are already connected: their connections predate the capture,
+/// yet each request is timed from its arrival (only one already queued at the moment of
+/// attaching can lack it), and no connection is mistaken for a new one.
+#[test]
+fn attaching_mid_run_times_existing_connections() {
+    require_root();
+    let pool = Server::start("testbed-pool", &[]).unwrap();
+    let port = pool.addr.port();
+    let mut load = LoadOptions::new(
+        format!("stratum://{}", pool.addr).parse().unwrap(),
+        Profile::Standard,
+    );
+    load.duration = Duration::from_secs(14);
+    load.ramp_up = Duration::from_secs(2);
+    load.share_rate = 120.0;
+    let driver = std::thread::spawn(move || run_options(load).unwrap());
+    std::thread::sleep(Duration::from_secs(4));
+    let opts = sock_options(pool.pid(), Duration::from_secs(6), "sock-midrun");
+    let (_, outcome, ()) = capture_while(opts, || std::thread::sleep(Duration::from_secs(6)));
+    let report = driver.join().unwrap();
+    pool.stop().unwrap();
+    assert_eq!(
+        report.connections.established, 100,
+        "{:?}",
+        report.connections
+    );
+    let latency = outcome.summary.sock.expect("sock section");
+    let p = only_port(&latency, port);
+    assert_eq!((p.connections, p.first_request.count), (0, 0), "{p:#?}");
+    // 100 miners x 2 submits/s for 6 s.
+    assert!(p.socket_to_reply.count > 800, "{p:#?}");
+    assert!(p.unseen <= 5, "{p:#?}");
+}
