@@ -199,7 +199,10 @@ pub fn sock_state(ctx: TracePointContext) -> u32 {
     if old != tcp::SYN_RECV || new != tcp::ESTABLISHED {
         return 0;
     }
-    // A passive open on one of the target's listening ports.
+    // A passive open on one of the target's listening ports. Closes on other ports are not
+    // looked at, so an entry left at this address by an earlier socket (one of the target's
+    // outgoing connections, remembered as ignored) is stale: drop it.
+    let _ = SOCK_SOCKETS.remove(sk);
     let conn = NewConn {
         established_ns: now_ns(),
         first_data_ns: 0,
