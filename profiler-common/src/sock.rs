@@ -29,6 +29,8 @@ pub const PORTS_MAP: &str = "SOCK_PORTS";
 pub const HISTS_MAP: &str = "SOCK_HISTS";
 /// `SOCK_COUNTS`: per-CPU array of `u64`, [`count_index`]-ed.
 pub const COUNTS_MAP: &str = "SOCK_COUNTS";
+/// `SOCK_ARMED`: one `u32`, set to 1 by userspace once every program is attached.
+pub const ARMED_MAP: &str = "SOCK_ARMED";
 /// [`SockConfig`] global.
 pub const CONFIG_GLOBAL: &str = "SOCK_CONFIG";
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_probe_read_kernel,
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use profiler_common::{
@@ -56,6 +56,16 @@ static SOCK_HISTS: PerCpuArray<Hist> = PerCpuArray::with_max_entries(HISTS, 0);
 
 #[map]
 static SOCK_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTS, 0);
+
+/// 1 once userspace has attached all four programs: until then each one alone would see half a
+/// request (an arrival with no read, a read with no arrival) and leave it half done.
+#[map]
+static SOCK_ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn armed() -> bool {
+    SOCK_ARMED.get(0).is_some_and(|v| *v != 0)
+}
 
 #[inline(always)]
 fn record(port_index: u32, which: u32, ns: u64) {
@@ -111,6 +121,9 @@ fn port_index(port: u16) -> Option<u32> {
 
 #[tracepoint]
 pub fn sock_data_ready(ctx: TracePointContext) -> u32 {
+    if !armed() {
+        return 0;
+    }
     let config = SOCK_CONFIG.load();
     let (Some(sk), Some(protocol)) = (
         field::<u64>(&ctx, config.ready_sk),
@@ -173,6 +186,9 @@ pub fn sock_data_ready(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sock_state(ctx: TracePointContext) -> u32 {
+    if !armed() {
+        return 0;
+    }
     let config = SOCK_CONFIG.load();
     let (Some(sk), Some(old), Some(new), Some(sport), Some(protocol)) = (
         field::<u64>(&ctx, config.state_sk),
@@ -264,6 +280,9 @@ fn socket(sk: u64, skc_num: u32) -> Option<*mut SockState> {
 #[inline(always)]
 fn target_io(ctx: &TracePointContext) -> Option<(*mut SockState, bool)> {
     target_thread()?;
+    if !armed() {
+        return None;
+    }
     let config = SOCK_CONFIG.load();
     let sk = field::<u64>(ctx, config.io_sk)?;
     let protocol = field::<u16>(ctx, config.io_protocol)?;

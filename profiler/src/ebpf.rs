@@ -133,6 +133,7 @@ mod tests {
             sock::PORTS_MAP,
             sock::HISTS_MAP,
             sock::COUNTS_MAP,
+            sock::ARMED_MAP,
         ] {
             assert!(
                 object.maps.contains_key(map),

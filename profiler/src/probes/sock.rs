@@ -11,7 +11,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, MapError, PerCpuArray},
     programs::TracePoint,
 };
 use profiler_common::{
@@ -90,6 +90,7 @@ pub fn kernel_config(_config: &Config) -> Result<SockConfig, ProbeError> {
 }
 
 pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
+    // The programs do nothing until all four are attached and armed together.
     for (program, event) in [
         (sock::STATE_PROGRAM, "inet_sock_set_state"),
         (sock::DATA_READY_PROGRAM, "sk_data_ready"),
@@ -110,7 +111,18 @@ pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
                 source: Box::new(source),
             })?;
     }
-    Ok(())
+    let map_error = |source| ProbeError::Map {
+        probe: PROBE,
+        map: sock::ARMED_MAP,
+        source: Box::new(source),
+    };
+    let raw = ebpf.map_mut(sock::ARMED_MAP).ok_or_else(|| {
+        map_error(MapError::InvalidName {
+            name: sock::ARMED_MAP.into(),
+        })
+    })?;
+    let mut armed: Array<_, u32> = Array::try_from(raw).map_err(map_error)?;
+    armed.set(0, 1, 0).map_err(map_error)
 }
 
 /// The TCP ports `pid` listens on: its socket inodes matched against the LISTEN rows of its
