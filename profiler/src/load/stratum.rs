@@ -278,11 +278,13 @@ impl Miner {
                         batch.push_str(&submit_line(id, &self.worker, &work, self.extranonce2, extranonce2_len, self.rng.random()));
                         ids.push((id, timed_from(at, sending)));
                     }
-                    let sent_wall = SystemTime::now();
                     if write.write_all(batch.as_bytes()).await.is_err() {
                         Live::add(&recorder.live.unanswered, (outstanding.len() + ids.len()) as u64);
                         return Ended::Dropped;
                     }
+                    // Once the kernel has the bytes: on loopback the server's socket already
+                    // has them too, unless softirq work was deferred.
+                    let sent_wall = SystemTime::now();
                     let deadline = Instant::now() + self.plan.timeout;
                     Live::add(&recorder.live.sent, ids.len() as u64);
                     outstanding.extend(ids.into_iter().map(|(id, scheduled)| {
