@@ -332,10 +332,11 @@ fn attaching_mid_run_times_existing_connections() {
     // 100 miners x 2 submits/s for 6 s.
     assert!(p.socket_to_reply.count > 800, "{p:#?}");
     // Requests in flight when the programs were armed: an arrival unseen, or a reply to a read
-    // unseen (a push). Attaching costs CPU (unwind tables), so on two cores some queue up; when
-    // existing connections were not picked up at their next arrival, every one lost a request.
+    // unseen (a push). Attaching costs CPU (unwind tables, in a debug build here), so on two
+    // cores a few dozen can queue up; when existing connections were not picked up at their
+    // next arrival, every connection lost one more.
     assert!(
-        (p.unseen + p.pushes) * 2 < report.connections.established,
+        p.unseen + p.pushes < report.connections.established,
         "{p:#?}"
     );
 }
