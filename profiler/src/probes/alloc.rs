@@ -14,7 +14,7 @@ use aya::{
     Ebpf,
     maps::HashMap,
     programs::{
-        TracePoint, UProbe,
+        UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
@@ -379,19 +379,7 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, allocator: &Allocator) -> Result<(), Pr
         (alloc::MMAP_EXIT_PROGRAM, "sys_exit_mmap"),
         (alloc::MUNMAP_PROGRAM, "sys_enter_munmap"),
     ] {
-        let prog: &mut TracePoint = program_mut(ebpf, PROBE, program)?;
-        prog.load().map_err(|source| ProbeError::Load {
-            probe: PROBE,
-            program,
-            source: Box::new(source),
-        })?;
-        prog.attach("syscalls", event)
-            .map_err(|source| ProbeError::Attach {
-                probe: PROBE,
-                program,
-                target: format!("syscalls:{event}"),
-                source: Box::new(source),
-            })?;
+        super::attach_tracepoint(ebpf, PROBE, program, "syscalls", event)?;
     }
     Ok(())
 }

@@ -80,6 +80,30 @@ where
     })
 }
 
+/// Loads `program` and attaches it to the tracepoint `category:event`.
+pub(crate) fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    probe: &'static str,
+    program: &'static str,
+    category: &str,
+    event: &str,
+) -> Result<(), ProbeError> {
+    let prog: &mut aya::programs::TracePoint = program_mut(ebpf, probe, program)?;
+    prog.load().map_err(|source| ProbeError::Load {
+        probe,
+        program,
+        source: Box::new(source),
+    })?;
+    prog.attach(category, event)
+        .map_err(|source| ProbeError::Attach {
+            probe,
+            program,
+            target: format!("{category}:{event}"),
+            source: Box::new(source),
+        })?;
+    Ok(())
+}
+
 /// Looks up a map by name and converts it to a typed view.
 pub(crate) fn map<'a, T>(
     ebpf: &'a Ebpf,
@@ -90,6 +114,27 @@ where
     T: TryFrom<&'a aya::maps::Map, Error = MapError>,
 {
     let raw = ebpf.map(map).ok_or_else(|| ProbeError::Map {
+        probe,
+        map,
+        source: Box::new(MapError::InvalidName { name: map.into() }),
+    })?;
+    T::try_from(raw).map_err(|source| ProbeError::Map {
+        probe,
+        map,
+        source: Box::new(source),
+    })
+}
+
+/// Looks up a map by name and converts it to a typed view that can write.
+pub(crate) fn map_mut<'a, T>(
+    ebpf: &'a mut Ebpf,
+    probe: &'static str,
+    map: &'static str,
+) -> Result<T, ProbeError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+{
+    let raw = ebpf.map_mut(map).ok_or_else(|| ProbeError::Map {
         probe,
         map,
         source: Box::new(MapError::InvalidName { name: map.into() }),

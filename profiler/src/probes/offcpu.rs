@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use aya::{Ebpf, maps::HashMap, programs::TracePoint};
+use aya::{Ebpf, maps::HashMap};
 use profiler_common::{
     offcpu::{self, OffcpuConfig},
     stack::StackKey,
 };
 
-use super::{ProbeError, map, program_mut};
+use super::{ProbeError, map};
 use crate::tracefs::Format;
 
 const PROBE: &str = "offcpu";
@@ -51,21 +51,7 @@ pub(crate) fn tracefs_error(err: &crate::tracefs::FormatError) -> ProbeError {
 }
 
 pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
-    let program: &mut TracePoint = program_mut(ebpf, PROBE, offcpu::PROGRAM)?;
-    program.load().map_err(|source| ProbeError::Load {
-        probe: PROBE,
-        program: offcpu::PROGRAM,
-        source: Box::new(source),
-    })?;
-    program
-        .attach("sched", "sched_switch")
-        .map_err(|source| ProbeError::Attach {
-            probe: PROBE,
-            program: offcpu::PROGRAM,
-            target: "sched:sched_switch".into(),
-            source: Box::new(source),
-        })?;
-    Ok(())
+    super::attach_tracepoint(ebpf, PROBE, offcpu::PROGRAM, "sched", "sched_switch")
 }
 
 /// Nanoseconds off-CPU per (thread, user stack, kernel stack).

@@ -11,15 +11,14 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapError, PerCpuArray},
-    programs::TracePoint,
+    maps::{Array, HashMap, PerCpuArray},
 };
 use profiler_common::{
     hist::Hist,
     sock::{self, MAX_PORTS, SockConfig, count_index, counter, hist_index, kind},
 };
 
-use super::{ProbeError, map, program_mut};
+use super::{ProbeError, attach_tracepoint, map, map_mut};
 use crate::{btf, report::hist::Merged, tracefs::Format};
 
 const PROBE: &str = "sock";
@@ -97,32 +96,14 @@ pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
         (sock::RECV_PROGRAM, "sock_recv_length"),
         (sock::SEND_PROGRAM, "sock_send_length"),
     ] {
-        let prog: &mut TracePoint = program_mut(ebpf, PROBE, program)?;
-        prog.load().map_err(|source| ProbeError::Load {
-            probe: PROBE,
-            program,
-            source: Box::new(source),
-        })?;
-        prog.attach("sock", event)
-            .map_err(|source| ProbeError::Attach {
-                probe: PROBE,
-                program,
-                target: format!("sock:{event}"),
-                source: Box::new(source),
-            })?;
+        attach_tracepoint(ebpf, PROBE, program, "sock", event)?;
     }
-    let map_error = |source| ProbeError::Map {
+    let mut armed: Array<_, u32> = map_mut(ebpf, PROBE, sock::ARMED_MAP)?;
+    armed.set(0, 1, 0).map_err(|source| ProbeError::Map {
         probe: PROBE,
         map: sock::ARMED_MAP,
         source: Box::new(source),
-    };
-    let raw = ebpf.map_mut(sock::ARMED_MAP).ok_or_else(|| {
-        map_error(MapError::InvalidName {
-            name: sock::ARMED_MAP.into(),
-        })
-    })?;
-    let mut armed: Array<_, u32> = Array::try_from(raw).map_err(map_error)?;
-    armed.set(0, 1, 0).map_err(map_error)
+    })
 }
 
 /// The TCP ports `pid` listens on: its socket inodes matched against the LISTEN rows of its
@@ -191,21 +172,7 @@ impl Ports {
         if new.is_empty() {
             return Ok(());
         }
-        let raw = ebpf
-            .map_mut(sock::PORTS_MAP)
-            .ok_or_else(|| ProbeError::Map {
-                probe: PROBE,
-                map: sock::PORTS_MAP,
-                source: Box::new(aya::maps::MapError::InvalidName {
-                    name: sock::PORTS_MAP.into(),
-                }),
-            })?;
-        let mut ports: HashMap<_, u16, u32> =
-            HashMap::try_from(raw).map_err(|source| ProbeError::Map {
-                probe: PROBE,
-                map: sock::PORTS_MAP,
-                source: Box::new(source),
-            })?;
+        let mut ports: HashMap<_, u16, u32> = map_mut(ebpf, PROBE, sock::PORTS_MAP)?;
         for port in new {
             let index = self.indices.len() as u32;
             if index >= MAX_PORTS {
