@@ -269,12 +269,24 @@ impl Session {
             .map(|config| alloc::discover(opts.pid, &maps, config))
             .transpose()?;
         let mut notes = Vec::new();
-        let mut unwinder = Unwinder::prepare(opts.unwind, &maps);
-        let frame_pointers = check_main_binary(&maps, &unwinder, &mut notes);
+        // Tables for a large binary take a core for a good part of a second to build: a
+        // capture that walks no stacks (`--sock` alone) does not spend that on the machine it
+        // measures.
+        let walks_stacks = opts.cpu.is_some()
+            || opts.offcpu.is_some()
+            || opts.futex.is_some()
+            || opts.alloc.is_some();
+        let (mut unwinder, frame_pointers) = if walks_stacks {
+            let unwinder = Unwinder::prepare(opts.unwind, &maps);
+            let check = check_main_binary(&maps, &unwinder, &mut notes);
+            (unwinder, check)
+        } else {
+            (Unwinder::unused(), None)
+        };
         let mut ebpf = ebpf::load(&ebpf::LoadConfig {
             target_tgid: opts.pid,
             verbose: opts.verbose,
-            unwind_mode: opts.unwind.kernel_mode(),
+            unwind_mode: unwinder.mode().kernel_mode(),
             unwind_rows: unwinder.rows_capacity(),
             offcpu: offcpu_config,
             futex: futex_config,

@@ -65,8 +65,15 @@ fn main() -> ExitCode {
 fn test(args: &[String]) -> anyhow::Result<()> {
     let mut cmd = util::cargo();
     // profiler-ebpf only builds for the BPF target; profiler/build.rs builds it.
-    cmd.args(["test", "--workspace", "--exclude", "profiler-ebpf"])
-        .args(args);
+    // Every test binary runs even after one fails, so one run shows all that is wrong.
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "profiler-ebpf",
+        "--no-fail-fast",
+    ])
+    .args(args);
     // Kernel tests check that nothing of theirs stays loaded, and time-sensitive ones need the
     // CPUs to themselves: one test at a time.
     if !args.iter().any(|a| a == "--") {

@@ -201,7 +201,9 @@ async fn exchange_all(
                 Ok(Ok(status)) => {
                     let received = Instant::now();
                     let latency = received.saturating_duration_since(from);
+                    // Timed to our read: hyper does not hand us the kernel's receive stamp.
                     let sent_latency = received.saturating_duration_since(sending);
+                    Live::add(&live.unstamped, 1);
                     if status.is_success() {
                         recorder.reply(latency, sent_latency, Outcome::Accepted);
                     } else {

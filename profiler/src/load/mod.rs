@@ -543,6 +543,7 @@ fn build_report(options: &LoadOptions, recorder: &Recorder, measured: Measured) 
             missed: Live::get(&live.missed),
             unanswered: Live::get(&live.unanswered),
             late_replies: Live::get(&live.late_replies),
+            unstamped: Live::get(&live.unstamped),
         },
         achieved_rate_per_s: round_to(replies as f64 / measured.window, 3),
         accepted_rate_per_s: round_to(accepted as f64 / measured.window, 3),

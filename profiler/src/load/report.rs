@@ -94,6 +94,10 @@ pub struct Requests {
     pub unanswered: u64,
     /// Arrived after their request had timed out (counted as timeouts, not replies).
     pub late_replies: u64,
+    /// Replies timed in `sent_latency_us` to when the driver read them, the kernel having given
+    /// no receive stamp (HTTP: all of them).
+    #[serde(default)]
+    pub unstamped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +321,13 @@ impl LoadReport {
         if let Some(p) = &self.sent_latency_us {
             let _ = writeln!(out, "  from the actual write to the reply's arrival:");
             let _ = writeln!(out, "  {}", latency_line(p));
+            if r.unstamped > 0 {
+                let _ = writeln!(
+                    out,
+                    "  ({} of them to our read of the reply: no kernel receive stamp)",
+                    r.unstamped
+                );
+            }
         }
         let _ = writeln!(out);
         let c = &self.connections;
@@ -483,6 +494,7 @@ pub(crate) mod tests {
                 missed: 0,
                 unanswered: 0,
                 late_replies: 0,
+                unstamped: 0,
             },
             achieved_rate_per_s: 16.6,
             accepted_rate_per_s: 8.4,

@@ -52,6 +52,8 @@ pub struct Live {
     pub unanswered: AtomicU64,
     /// Replies that came after their request had already timed out.
     pub late_replies: AtomicU64,
+    /// Replies timed without the kernel's receive stamp: to our read of them instead.
+    pub unstamped: AtomicU64,
     pub connect_errors: AtomicU64,
     pub timeouts: AtomicU64,
     pub protocol_errors: AtomicU64,

@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     io,
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -132,10 +132,25 @@ struct Miner {
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     scheduled: Instant,
-    /// When it was written, on both clocks: the wall clock is what receive timestamps use.
+    /// When its write began, on both clocks (the wall clock is what receive timestamps use),
+    /// and when the write returned.
     sent: Instant,
     sent_wall: SystemTime,
+    written_wall: SystemTime,
     deadline: Instant,
+}
+
+impl InFlight {
+    /// From the write to the reply's arrival (`at`, the kernel's receive stamp). On loopback the
+    /// server's socket has the bytes before our write returns, unless softirq work was deferred,
+    /// so the write's return is the better start: the write's own way through the stack is not
+    /// the server's time. But a reply stamped before that return means we were preempted on the
+    /// way out (the woken server ran on our CPU and answered): then the write's start.
+    fn sent_latency(&self, at: SystemTime) -> Duration {
+        at.duration_since(self.written_wall)
+            .or_else(|_| at.duration_since(self.sent_wall))
+            .unwrap_or_default()
+    }
 }
 
 /// Requests in flight by id.
@@ -278,17 +293,16 @@ impl Miner {
                         batch.push_str(&submit_line(id, &self.worker, &work, self.extranonce2, extranonce2_len, self.rng.random()));
                         ids.push((id, timed_from(at, sending)));
                     }
+                    let sent_wall = SystemTime::now();
                     if write.write_all(batch.as_bytes()).await.is_err() {
                         Live::add(&recorder.live.unanswered, (outstanding.len() + ids.len()) as u64);
                         return Ended::Dropped;
                     }
-                    // Once the kernel has the bytes: on loopback the server's socket already
-                    // has them too, unless softirq work was deferred.
-                    let sent_wall = SystemTime::now();
+                    let written_wall = SystemTime::now();
                     let deadline = Instant::now() + self.plan.timeout;
                     Live::add(&recorder.live.sent, ids.len() as u64);
                     outstanding.extend(ids.into_iter().map(|(id, scheduled)| {
-                        (id, InFlight { scheduled, sent: sending, sent_wall, deadline })
+                        (id, InFlight { scheduled, sent: sending, sent_wall, written_wall, deadline })
                     }));
                 }
                 () = sleep_until_opt(next_deadline) => {
@@ -349,12 +363,15 @@ impl Miner {
                         None => Outcome::Protocol,
                     }
                 };
-                // From the write to the reply's arrival in our socket when the kernel stamped it,
-                // else to when we read it.
                 let (read_at, arrived) = received;
-                let sent_latency = arrived
-                    .and_then(|at| at.duration_since(request.sent_wall).ok())
-                    .unwrap_or_else(|| read_at.saturating_duration_since(request.sent));
+                let sent_latency = match arrived {
+                    Some(at) => request.sent_latency(at),
+                    None => {
+                        // No kernel stamp: up to our read, which adds our own wake-up delay.
+                        Live::add(&recorder.live.unstamped, 1);
+                        read_at.saturating_duration_since(request.sent)
+                    }
+                };
                 recorder.reply(
                     read_at.saturating_duration_since(request.scheduled),
                     sent_latency,
@@ -438,6 +455,29 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reply stamped after our write returned is timed from the return; one stamped before
+    /// it (we were preempted while the server answered) from the write's start.
+    #[test]
+    fn sent_latency_starts_at_the_write_unless_the_reply_beat_its_return() {
+        let now = Instant::now();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let request = InFlight {
+            scheduled: now,
+            sent: now,
+            sent_wall: start,
+            written_wall: start + Duration::from_micros(200),
+            deadline: now,
+        };
+        let at = |us| start + Duration::from_micros(us);
+        assert_eq!(request.sent_latency(at(350)), Duration::from_micros(150));
+        assert_eq!(request.sent_latency(at(150)), Duration::from_micros(150));
+        // A clock step back leaves a zero, not a panic or a wrap.
+        assert_eq!(
+            request.sent_latency(at(0) - Duration::from_secs(1)),
+            Duration::ZERO
+        );
+    }
 
     #[test]
     fn submits_carry_the_job_and_a_rolled_extranonce2() {

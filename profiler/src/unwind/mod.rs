@@ -136,7 +136,29 @@ impl Unwinder {
     /// Compiles the tables of everything `maps` holds, before the maps are created, so they can
     /// be sized to fit.
     pub fn prepare(mode: UnwindMode, maps: &ProcessMaps) -> Self {
-        let mut unwinder = Self {
+        let mut unwinder = Self::empty(mode);
+        if mode.uses_tables() {
+            unwinder.compile_new(maps);
+            let needed: u64 = unwinder
+                .tables
+                .values()
+                .map(|p| p.table.rows.len() as u64)
+                .sum();
+            let capacity = needed + needed / 4 + u64::from(DLOPEN_HEADROOM);
+            unwinder.capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
+        }
+        unwinder
+    }
+
+    /// For a capture that walks no stacks: no tables compiled or installed, mode "none".
+    pub fn unused() -> Self {
+        let mut unwinder = Self::empty(UnwindMode::FramePointer);
+        unwinder.stats.mode = "none".to_string();
+        unwinder
+    }
+
+    fn empty(mode: UnwindMode) -> Self {
+        Self {
             mode,
             tables: HashMap::new(),
             files: HashMap::new(),
@@ -149,18 +171,7 @@ impl Unwinder {
             },
             warned_full: HashSet::new(),
             active_slot: 0,
-        };
-        if mode.uses_tables() {
-            unwinder.compile_new(maps);
-            let needed: u64 = unwinder
-                .tables
-                .values()
-                .map(|p| p.table.rows.len() as u64)
-                .sum();
-            let capacity = needed + needed / 4 + u64::from(DLOPEN_HEADROOM);
-            unwinder.capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
         }
-        unwinder
     }
 
     pub fn mode(&self) -> UnwindMode {
