@@ -98,8 +98,11 @@ pub struct InFlight {
     pub kind: u8,
     pub open: u8,
     pub _pad: [u8; 6],
+    /// The stack pointer at entry: a later entry at or below it is a call made from inside
+    /// this one (or its tail call); above it, this call's frame is gone and its return lost.
+    pub sp: u64,
 }
-const _: () = assert!(core::mem::size_of::<InFlight>() == 24);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 32);
 
 /// A stack that allocates, and through which call.
 #[repr(C)]

@@ -38,9 +38,9 @@ pub const ALLOC_CALLS: u32 = 13;
 pub const ALLOC_TRACKED: u32 = 14;
 /// alloc: frees of tracked allocations.
 pub const ALLOC_FREES: u32 = 15;
-/// alloc: frees of addresses never seen allocated (before attach, or not sampled in).
+/// alloc: frees of sampled-in addresses never seen allocated (allocated before the attach).
 pub const ALLOC_UNKNOWN_FREES: u32 = 16;
-/// alloc: entries whose return never came (or an allocator that calls itself).
+/// alloc: calls whose return never came (lost: their blocks are not tracked).
 pub const ALLOC_MISSED_RETURNS: u32 = 17;
 /// alloc: allocations not tracked because `ALLOC_LIVE` was full.
 pub const ALLOC_LIVE_FULL: u32 = 18;
@@ -56,8 +56,11 @@ pub const SOCK_SOCKETS_FULL: u32 = 21;
 pub const SOCK_NEW_FULL: u32 = 22;
 /// sock: the local port of a socket could not be read.
 pub const SOCK_PORT_UNREADABLE: u32 = 23;
+/// alloc: allocator calls made from inside another (glibc's `memalign` and `realloc(NULL, n)`
+/// call `malloc`): the inner call's block is the outer's, tracked once.
+pub const ALLOC_NESTED: u32 = 24;
 
-pub const COUNT: u32 = 24;
+pub const COUNT: u32 = 25;
 
 /// Names used in reports and `summary.json`, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -85,10 +88,11 @@ pub const NAMES: [&str; COUNT as usize] = [
     "sock_sockets_full",
     "sock_new_full",
     "sock_port_unreadable",
+    "alloc_nested",
 ];
 
 /// Counters that count events rather than losses; summaries keep them apart from drops.
-pub const EVENTS: [u32; 8] = [
+pub const EVENTS: [u32; 10] = [
     CPU_SAMPLES,
     SOCK_REQUESTS,
     OFFCPU_SWITCHES,
@@ -97,4 +101,8 @@ pub const EVENTS: [u32; 8] = [
     ALLOC_CALLS,
     ALLOC_TRACKED,
     ALLOC_FREES,
+    // Facts of the target's allocator, not losses: blocks from before the attach being freed,
+    // and glibc calling itself.
+    ALLOC_UNKNOWN_FREES,
+    ALLOC_NESTED,
 ];

@@ -43,20 +43,37 @@ static ALLOC_STACKS: HashMap<AllocKey, StackAllocs> = HashMap::with_max_entries(
 #[map]
 static ALLOC_INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(16384, 0);
 
+/// The stack pointer at a uprobe: the function's entry (the probe point leaves `rsp` alone).
 #[inline(always)]
-fn enter(tid: u32, size: u64, ptr: u64, kind: u8) {
+fn entry_sp(ctx: &ProbeContext) -> u64 {
+    // SAFETY: a uprobe's context is the user registers at the breakpoint.
+    unsafe { (*ctx.regs).rsp }
+}
+
+/// Opens a call of this thread; `sp` is the stack pointer at its entry.
+#[inline(always)]
+fn enter(sp: u64, tid: u32, size: u64, ptr: u64, kind: u8) {
     count(stats::ALLOC_CALLS);
     if let Some(call) = ALLOC_INFLIGHT.get_ptr_mut(tid) {
         // SAFETY: this thread's own entry; only this thread writes it.
         let call = unsafe { &mut *call };
         if call.open != 0 {
-            // The previous call's return never came (or the allocator called itself).
-            count(stats::ALLOC_MISSED_RETURNS);
+            // At or below the open call's entry: made from inside it, or a tail call reusing
+            // its frame (glibc's memalign ends in `return __libc_malloc (n)`). The inner call's
+            // block is the outer's, and the outer's return then finds nothing open. Above it,
+            // that frame is gone and its return was lost. (A return lost with the next call at
+            // the same depth or deeper looks like nesting: losses are counted when provable.)
+            count(if sp <= call.sp {
+                stats::ALLOC_NESTED
+            } else {
+                stats::ALLOC_MISSED_RETURNS
+            });
         }
         call.size = size;
         call.ptr = ptr;
         call.kind = kind;
         call.open = 1;
+        call.sp = sp;
         return;
     }
     let call = InFlight {
@@ -65,6 +82,7 @@ fn enter(tid: u32, size: u64, ptr: u64, kind: u8) {
         kind,
         open: 1,
         _pad: [0; 6],
+        sp,
     };
     let _ = ALLOC_INFLIGHT.insert(tid, call, BPF_ANY as u64);
 }
@@ -101,7 +119,7 @@ fn cookie_kind(ctx: &ProbeContext) -> u8 {
 pub fn alloc_enter_size(ctx: ProbeContext) -> u32 {
     if let Some((_, tid)) = target_thread() {
         let size: u64 = ctx.arg(0).unwrap_or(0);
-        enter(tid, size, 0, cookie_kind(&ctx));
+        enter(entry_sp(&ctx), tid, size, 0, cookie_kind(&ctx));
     }
     0
 }
@@ -112,7 +130,7 @@ pub fn alloc_enter_calloc(ctx: ProbeContext) -> u32 {
         let n: u64 = ctx.arg(0).unwrap_or(0);
         let size: u64 = ctx.arg(1).unwrap_or(0);
         // An overflowing request fails (NULL), so the wrapped product is never tracked.
-        enter(tid, n.wrapping_mul(size), 0, kind::CALLOC);
+        enter(entry_sp(&ctx), tid, n.wrapping_mul(size), 0, kind::CALLOC);
     }
     0
 }
@@ -122,7 +140,7 @@ pub fn alloc_enter_calloc(ctx: ProbeContext) -> u32 {
 pub fn alloc_enter_aligned(ctx: ProbeContext) -> u32 {
     if let Some((_, tid)) = target_thread() {
         let size: u64 = ctx.arg(1).unwrap_or(0);
-        enter(tid, size, 0, cookie_kind(&ctx));
+        enter(entry_sp(&ctx), tid, size, 0, cookie_kind(&ctx));
     }
     0
 }
@@ -132,7 +150,7 @@ pub fn alloc_enter_realloc(ctx: ProbeContext) -> u32 {
     if let Some((_, tid)) = target_thread() {
         let old: u64 = ctx.arg(0).unwrap_or(0);
         let size: u64 = ctx.arg(1).unwrap_or(0);
-        enter(tid, size, old, kind::REALLOC);
+        enter(entry_sp(&ctx), tid, size, old, kind::REALLOC);
     }
     0
 }
@@ -142,7 +160,7 @@ pub fn alloc_enter_posix_memalign(ctx: ProbeContext) -> u32 {
     if let Some((_, tid)) = target_thread() {
         let memptr: u64 = ctx.arg(0).unwrap_or(0);
         let size: u64 = ctx.arg(2).unwrap_or(0);
-        enter(tid, size, memptr, kind::POSIX_MEMALIGN);
+        enter(entry_sp(&ctx), tid, size, memptr, kind::POSIX_MEMALIGN);
     }
     0
 }
@@ -296,7 +314,9 @@ pub fn alloc_mmap_enter(ctx: TracePointContext) -> u32 {
     if fd as i64 != -1 {
         return 0;
     }
-    enter(tid, len, 0, kind::MMAP);
+    // A syscall has no frame for a call to nest in: any entry while it is open means its exit
+    // was lost.
+    enter(0, tid, len, 0, kind::MMAP);
     0
 }
 

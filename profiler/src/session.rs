@@ -895,22 +895,28 @@ impl Session {
                 count_name: "bytes",
             },
         )?;
-        writer.say(&format!(
-            "alloc: {} calls to {} ({}), {} tracked, {} freed\n{}",
-            counter(counters, stats::ALLOC_CALLS),
-            allocator.name,
-            allocator.path.display(),
-            counter(counters, stats::ALLOC_TRACKED),
-            counter(counters, stats::ALLOC_FREES),
-            leaks::render(&report, TERMINAL_LEAKS)
-        ));
-        Ok(AllocSummary {
-            allocator,
+        let summary = AllocSummary {
             calls: counter(counters, stats::ALLOC_CALLS),
             tracked: counter(counters, stats::ALLOC_TRACKED),
             frees: counter(counters, stats::ALLOC_FREES),
+            unknown_frees: counter(counters, stats::ALLOC_UNKNOWN_FREES),
+            nested: counter(counters, stats::ALLOC_NESTED),
             leaks: report,
-        })
+            allocator,
+        };
+        writer.say(&format!(
+            "alloc: {} calls to {} ({}), {} tracked, {} freed ({} frees of blocks from before \
+             the attach, {} calls from inside the allocator)\n{}",
+            summary.calls,
+            summary.allocator.name,
+            summary.allocator.path.display(),
+            summary.tracked,
+            summary.frees,
+            summary.unknown_frees,
+            summary.nested,
+            leaks::render(&summary.leaks, TERMINAL_LEAKS)
+        ));
+        Ok(summary)
     }
 }
 

@@ -22,8 +22,8 @@ const ALLOC_FLAGS: &[&str] = &[
 const ITERATIONS: u64 = 20_000;
 
 /// Runs the fixture's patterns under `--alloc` until it exits; returns the report, the
-/// allocator name, and the fixture's final realloc chain size.
-fn run(output: &str, libs: &'static [&'static str], name: &str) -> (LeakReport, String, u64) {
+/// allocator name, the fixture's final realloc chain size and the nested allocator calls.
+fn run(output: &str, libs: &'static [&'static str], name: &str) -> (LeakReport, String, u64, u64) {
     let mut fixture = start_fixture(
         &CBuild {
             source: "alloc_patterns",
@@ -66,10 +66,35 @@ fn run(output: &str, libs: &'static [&'static str], name: &str) -> (LeakReport, 
     let csv = std::fs::read_to_string(outcome.dir.join("memory_samples.csv")).unwrap();
     assert!(csv.lines().count() >= 6, "{csv}");
     let dropped = &outcome.summary.dropped;
-    for counter in ["alloc_live_full", "alloc_stacks_full"] {
+    // No return lost: calls made from inside the allocator are told apart from losses.
+    for counter in [
+        "alloc_live_full",
+        "alloc_stacks_full",
+        "alloc_missed_returns",
+    ] {
         assert_eq!(dropped[counter], 0, "{counter}");
     }
-    (outcome.leaks.unwrap(), summary.allocator.name, chain)
+    // Every block of the allocator's nested calls was retired like any other.
+    assert!(
+        !report_has(&outcome.leaks, "aligned_path"),
+        "aligned_path's blocks were all freed"
+    );
+    (
+        outcome.leaks.unwrap(),
+        summary.allocator.name,
+        chain,
+        summary.nested,
+    )
+}
+
+/// Whether any live stack, suspect or not, passes through `function`.
+fn report_has(report: &Option<LeakReport>, function: &str) -> bool {
+    report.iter().any(|r| {
+        r.suspects
+            .iter()
+            .chain(&r.largest_not_growing)
+            .any(|s| s.frames.iter().any(|f| f == function))
+    })
 }
 
 /// The frame right before the allocating call.
@@ -118,16 +143,48 @@ fn check(report: &LeakReport, chain_size: u64) {
 #[test]
 fn finds_the_leak_in_glibc_malloc() {
     require_root();
-    let (report, allocator, chain) = run("alloc_patterns-fp", &[], "alloc-glibc");
+    let (report, allocator, chain, nested) = run("alloc_patterns-fp", &[], "alloc-glibc");
     assert_eq!(allocator, "glibc");
+    // Each aligned_path's memalign calls malloc.
+    assert!(nested >= ITERATIONS, "{nested} nested calls");
     check(&report, chain);
 }
 
 #[test]
 fn tracks_jemalloc_through_its_symbols() {
     require_root();
-    let (report, allocator, chain) =
+    let (report, allocator, chain, _) =
         run("alloc_patterns-jemalloc", &["-ljemalloc"], "alloc-jemalloc");
     assert_eq!(allocator, "jemalloc");
     check(&report, chain);
+}
+
+/// A capture that ends while the target allocates at full tilt loses no returns: the entry
+/// probes go before the return probe, so no call seen entering is left open by the detach.
+#[test]
+fn ending_mid_run_loses_no_returns() {
+    require_root();
+    // Far more work than the capture lasts: the fixture is still allocating when it ends.
+    let fixture = start_fixture(
+        &CBuild {
+            source: "alloc_patterns",
+            output: "alloc_patterns-fp",
+            cflags: ALLOC_FLAGS,
+            libs: &[],
+        },
+        &["2000000", "60"],
+    );
+    let mut opts = options(
+        fixture.pid(),
+        Duration::from_secs(3),
+        output_dir("alloc-mid-run"),
+    );
+    opts.cpu = None;
+    opts.alloc = Some(profiler::probes::alloc::Config::default());
+    let (end, outcome) = capture(opts, || fixture.signal(libc::SIGUSR1).unwrap());
+    assert_eq!(end, profiler::session::EndReason::Duration);
+    let summary = outcome.summary.alloc.expect("alloc section");
+    assert!(summary.calls > 10_000, "{} calls", summary.calls);
+    assert!(summary.nested > 1_000, "{} nested", summary.nested);
+    assert_eq!(outcome.summary.dropped["alloc_missed_returns"], 0);
 }

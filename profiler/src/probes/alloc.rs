@@ -356,15 +356,9 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, allocator: &Allocator) -> Result<(), Pr
             continue;
         };
         let offset = allocator.offset(function);
-        let prog = load_program(ebpf, program)?;
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::SymbolOffset(symbol, offset),
-            cookie: Some(u64::from(*kind)),
-        };
-        prog.attach(point, &path, scope)
-            .map_err(attach_err(program, symbol))?;
         if *function != "free" {
-            // At the same point, so both share one breakpoint.
+            // At the same point, so both share one breakpoint; and first, so no call that
+            // the entry probe sees can return unseen.
             let ret = load_program(ebpf, alloc::RETURN_PROGRAM)?;
             ret.attach(
                 UProbeAttachLocation::SymbolOffset(symbol, offset),
@@ -373,6 +367,13 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, allocator: &Allocator) -> Result<(), Pr
             )
             .map_err(attach_err(alloc::RETURN_PROGRAM, symbol))?;
         }
+        let prog = load_program(ebpf, program)?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::SymbolOffset(symbol, offset),
+            cookie: Some(u64::from(*kind)),
+        };
+        prog.attach(point, &path, scope)
+            .map_err(attach_err(program, symbol))?;
     }
     for (program, event) in [
         (alloc::MMAP_ENTER_PROGRAM, "sys_enter_mmap"),

@@ -132,5 +132,11 @@ pub struct AllocSummary {
     pub calls: u64,
     pub tracked: u64,
     pub frees: u64,
+    /// Frees of blocks allocated before the attach (of those sampled in).
+    #[serde(default)]
+    pub unknown_frees: u64,
+    /// Allocator calls made from inside another (tracked once, as the inner call).
+    #[serde(default)]
+    pub nested: u64,
     pub leaks: LeakReport,
 }
