@@ -345,6 +345,16 @@ pub fn render(dir: &Path, summary: &Value) -> String {
                     ""
                 }
             );
+            let _ = write!(
+                body,
+                "<p>{} allocator calls, {} tracked, {} freed; {} frees of blocks allocated \
+                 before the attach; {} calls from inside the allocator.</p>",
+                num(alloc, &["calls"]),
+                num(alloc, &["tracked"]),
+                num(alloc, &["frees"]),
+                num(alloc, &["unknown_frees"]),
+                num(alloc, &["nested"]),
+            );
             let rows: Vec<Vec<String>> = alloc["leaks"]["suspects"]
                 .as_array()
                 .into_iter()
@@ -448,6 +458,7 @@ mod tests {
             "target": {"comm": "pool<1>", "pid": 7, "cmdline": "pool --x"},
             "cpu": {"samples": 10, "frequency_hz": 99, "top_self": [{"function": "hot_leaf", "weight": 9, "share": 0.9}]},
             "alloc": {"allocator": {"name": "glibc", "path": "/lib/libc.so.6"},
+                      "calls": 500, "tracked": 400, "frees": 300, "unknown_frees": 20, "nested": 100,
                       "leaks": {"live_bytes": 64, "live_count": 1, "estimate": false, "suspects": [],
                                 "memory": {"rss_baseline_kb": 1024, "rss_end_kb": 2048, "rss_growth_percent": 100.0}}},
             "dropped": {"user_stacks_full": 0}
@@ -467,6 +478,10 @@ mod tests {
             "style=\"height:390px\" src=\"data:image/svg+xml;base64,{encoded}\""
         )));
         assert!(html.contains("hot_leaf"));
+        assert!(html.contains(
+            "500 allocator calls, 400 tracked, 300 freed; 20 frees of blocks allocated before \
+             the attach; 100 calls from inside the allocator."
+        ));
         assert!(html.contains("<polyline"), "RSS chart drawn");
         assert!(html.contains("enable with <code>--offcpu</code>"));
         assert!(
