@@ -375,9 +375,10 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, allocator: &Allocator) -> Result<(), Pr
         prog.attach(point, &path, scope)
             .map_err(attach_err(program, symbol))?;
     }
+    // The exit before the entry, as with the return probes above.
     for (program, event) in [
-        (alloc::MMAP_ENTER_PROGRAM, "sys_enter_mmap"),
         (alloc::MMAP_EXIT_PROGRAM, "sys_exit_mmap"),
+        (alloc::MMAP_ENTER_PROGRAM, "sys_enter_mmap"),
         (alloc::MUNMAP_PROGRAM, "sys_enter_munmap"),
     ] {
         super::attach_tracepoint(ebpf, PROBE, program, "syscalls", event)?;
