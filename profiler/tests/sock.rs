@@ -226,11 +226,13 @@ fn pool_latency_matches_the_load_driver() {
     assert!(
         close(ours.p50_us, client.p50 as f64, 0.15, 100.0)
             && close(ours.p99_us, client.p99 as f64, 0.15, 100.0),
-        "socket-to-reply p50 {:.0} p99 {:.0} µs vs driver p50 {} p99 {} µs",
+        "socket-to-reply p50 {:.0} p99 {:.0} µs vs driver p50 {} p99 {} µs (from the \
+         scheduled send: {:?}); {p:#?}",
         ours.p50_us,
         ours.p99_us,
         client.p50,
-        client.p99
+        client.p99,
+        load.latency_us,
     );
 }
 
