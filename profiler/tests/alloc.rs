@@ -74,27 +74,22 @@ fn run(output: &str, libs: &'static [&'static str], name: &str) -> (LeakReport, 
     ] {
         assert_eq!(dropped[counter], 0, "{counter}");
     }
+    let leaks = outcome.leaks.unwrap();
     // Every block of the allocator's nested calls was retired like any other.
     assert!(
-        !report_has(&outcome.leaks, "aligned_path"),
+        !live_through(&leaks, "aligned_path"),
         "aligned_path's blocks were all freed"
     );
-    (
-        outcome.leaks.unwrap(),
-        summary.allocator.name,
-        chain,
-        summary.nested,
-    )
+    (leaks, summary.allocator.name, chain, summary.nested)
 }
 
 /// Whether any live stack, suspect or not, passes through `function`.
-fn report_has(report: &Option<LeakReport>, function: &str) -> bool {
-    report.iter().any(|r| {
-        r.suspects
-            .iter()
-            .chain(&r.largest_not_growing)
-            .any(|s| s.frames.iter().any(|f| f == function))
-    })
+fn live_through(report: &LeakReport, function: &str) -> bool {
+    report
+        .suspects
+        .iter()
+        .chain(&report.largest_not_growing)
+        .any(|s| s.frames.iter().any(|f| f == function))
 }
 
 /// The frame right before the allocating call.
@@ -128,8 +123,7 @@ fn check(report: &LeakReport, chain_size: u64) {
     );
     // Blocks freed by another thread leave nothing live.
     assert!(
-        !all.iter()
-            .any(|s| s.frames.iter().any(|f| f == "produce_block")),
+        !live_through(report, "produce_block"),
         "produce_block's blocks were all freed: {all:#?}"
     );
     let chain = all

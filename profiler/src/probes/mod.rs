@@ -113,16 +113,7 @@ pub(crate) fn map<'a, T>(
 where
     T: TryFrom<&'a aya::maps::Map, Error = MapError>,
 {
-    let raw = ebpf.map(map).ok_or_else(|| ProbeError::Map {
-        probe,
-        map,
-        source: Box::new(MapError::InvalidName { name: map.into() }),
-    })?;
-    T::try_from(raw).map_err(|source| ProbeError::Map {
-        probe,
-        map,
-        source: Box::new(source),
-    })
+    typed(ebpf.map(map), probe, map)
 }
 
 /// Looks up a map by name and converts it to a typed view that can write.
@@ -134,7 +125,15 @@ pub(crate) fn map_mut<'a, T>(
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
 {
-    let raw = ebpf.map_mut(map).ok_or_else(|| ProbeError::Map {
+    typed(ebpf.map_mut(map), probe, map)
+}
+
+/// The typed view of a map looked up by name (`raw`), or why there is none.
+fn typed<M, T>(raw: Option<M>, probe: &'static str, map: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<M, Error = MapError>,
+{
+    let raw = raw.ok_or_else(|| ProbeError::Map {
         probe,
         map,
         source: Box::new(MapError::InvalidName { name: map.into() }),
