@@ -221,11 +221,15 @@ fn pool_latency_matches_the_load_driver() {
         "{:?}",
         load.requests
     );
-    // Within 15% or 100 µs at p50 and p99: the two clocks see the same requests, and differ
-    // only by the write's and the reply's own ways through the loopback stack.
+    // p50 within 15% or 100 µs: the two clocks see the same requests. p99 (about nine replies
+    // of 900) is held to 30% or 250 µs. Ours ends when the server's send call returns, the
+    // driver's when the reply is queued to it; on two cores the driver thread that reply wakes
+    // can preempt the server before its call returns, and the driver's handling of the reply
+    // (a debug build here) then counts in our figure only. Runs where the tail reached about
+    // 1 ms came out at 954 vs 763 µs.
     assert!(
         close(ours.p50_us, client.p50 as f64, 0.15, 100.0)
-            && close(ours.p99_us, client.p99 as f64, 0.15, 100.0),
+            && close(ours.p99_us, client.p99 as f64, 0.30, 250.0),
         "socket-to-reply p50 {:.0} p99 {:.0} µs vs driver p50 {} p99 {} µs (from the \
          scheduled send: {:?}); {p:#?}",
         ours.p50_us,
