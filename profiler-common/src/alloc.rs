@@ -29,6 +29,11 @@ pub const LIVE_MAP: &str = "ALLOC_LIVE";
 pub const STACKS_MAP: &str = "ALLOC_STACKS";
 /// `ALLOC_INFLIGHT`: tid → [`InFlight`], between an allocator's entry and its return.
 pub const INFLIGHT_MAP: &str = "ALLOC_INFLIGHT";
+/// `ALLOC_ARMED`: one `u32`, 1 while the programs account. Set once every probe is attached
+/// and cleared before the last read, so allocations and frees start and stop counting at the
+/// same instant (attached one by one, a ring that reuses addresses was counted with its frees
+/// missing in the windows).
+pub const ARMED_MAP: &str = "ALLOC_ARMED";
 /// [`AllocConfig`] global.
 pub const CONFIG_GLOBAL: &str = "ALLOC_CONFIG";
 

@@ -59,8 +59,11 @@ pub const SOCK_PORT_UNREADABLE: u32 = 23;
 /// alloc: allocator calls made from inside another (glibc's `memalign` and `realloc(NULL, n)`
 /// call `malloc`): the inner call's block is the outer's, tracked once.
 pub const ALLOC_NESTED: u32 = 24;
+/// alloc: a tracked address came back from the allocator while still live: its free went
+/// through a path we do not probe. The old block is retired then, so live bytes stay true.
+pub const ALLOC_MISSED_FREES: u32 = 25;
 
-pub const COUNT: u32 = 25;
+pub const COUNT: u32 = 26;
 
 /// Names used in reports and `summary.json`, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -89,6 +92,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "sock_new_full",
     "sock_port_unreadable",
     "alloc_nested",
+    "alloc_missed_frees",
 ];
 
 /// Counters that count events rather than losses; summaries keep them apart from drops.

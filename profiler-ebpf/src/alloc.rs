@@ -10,7 +10,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_attach_cookie, bpf_probe_read_user},
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use profiler_common::{
@@ -20,7 +20,7 @@ use profiler_common::{
     stats,
 };
 
-use crate::shared::{atomic_add, count, now_ns, target_thread, user_stack};
+use crate::shared::{EEXIST, atomic_add, count, now_ns, target_thread, user_stack};
 
 #[unsafe(no_mangle)]
 static ALLOC_CONFIG: Global<AllocConfig> = Global::new(AllocConfig {
@@ -42,6 +42,24 @@ static ALLOC_STACKS: HashMap<AllocKey, StackAllocs> = HashMap::with_max_entries(
 
 #[map]
 static ALLOC_INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(16384, 0);
+
+/// 1 while the programs account (see `profiler_common::alloc::ARMED_MAP`).
+#[map]
+static ALLOC_ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn armed() -> bool {
+    ALLOC_ARMED.get(0).is_some_and(|v| *v != 0)
+}
+
+/// The target thread calling, while the programs are armed.
+#[inline(always)]
+fn accounting_thread() -> Option<(u32, u32)> {
+    if !armed() {
+        return None;
+    }
+    target_thread()
+}
 
 /// The stack pointer at a uprobe: the function's entry (the probe point leaves `rsp` alone).
 #[inline(always)]
@@ -117,7 +135,7 @@ fn cookie_kind(ctx: &ProbeContext) -> u8 {
 /// `malloc(size)`, `valloc(size)`.
 #[uprobe]
 pub fn alloc_enter_size(ctx: ProbeContext) -> u32 {
-    if let Some((_, tid)) = target_thread() {
+    if let Some((_, tid)) = accounting_thread() {
         let size: u64 = ctx.arg(0).unwrap_or(0);
         enter(entry_sp(&ctx), tid, size, 0, cookie_kind(&ctx));
     }
@@ -126,7 +144,7 @@ pub fn alloc_enter_size(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn alloc_enter_calloc(ctx: ProbeContext) -> u32 {
-    if let Some((_, tid)) = target_thread() {
+    if let Some((_, tid)) = accounting_thread() {
         let n: u64 = ctx.arg(0).unwrap_or(0);
         let size: u64 = ctx.arg(1).unwrap_or(0);
         // An overflowing request fails (NULL), so the wrapped product is never tracked.
@@ -138,18 +156,25 @@ pub fn alloc_enter_calloc(ctx: ProbeContext) -> u32 {
 /// `aligned_alloc(alignment, size)`, `memalign(alignment, size)`.
 #[uprobe]
 pub fn alloc_enter_aligned(ctx: ProbeContext) -> u32 {
-    if let Some((_, tid)) = target_thread() {
+    if let Some((_, tid)) = accounting_thread() {
         let size: u64 = ctx.arg(1).unwrap_or(0);
         enter(entry_sp(&ctx), tid, size, 0, cookie_kind(&ctx));
     }
     0
 }
 
+/// realloc hands the old block over. It is retired here, before the call: once realloc has
+/// freed it inside, another thread's malloc can get the address back and be tracked before
+/// this call's return probe runs, which would then retire the new block. (A failed realloc
+/// leaves the old block live but untracked; its later free counts as unknown.)
 #[uprobe]
 pub fn alloc_enter_realloc(ctx: ProbeContext) -> u32 {
-    if let Some((_, tid)) = target_thread() {
+    if let Some((_, tid)) = accounting_thread() {
         let old: u64 = ctx.arg(0).unwrap_or(0);
         let size: u64 = ctx.arg(1).unwrap_or(0);
+        if old != 0 {
+            retire(old, ALLOC_CONFIG.load().sample_every);
+        }
         enter(entry_sp(&ctx), tid, size, old, kind::REALLOC);
     }
     0
@@ -157,7 +182,7 @@ pub fn alloc_enter_realloc(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn alloc_enter_posix_memalign(ctx: ProbeContext) -> u32 {
-    if let Some((_, tid)) = target_thread() {
+    if let Some((_, tid)) = accounting_thread() {
         let memptr: u64 = ctx.arg(0).unwrap_or(0);
         let size: u64 = ctx.arg(2).unwrap_or(0);
         enter(entry_sp(&ctx), tid, size, memptr, kind::POSIX_MEMALIGN);
@@ -167,7 +192,7 @@ pub fn alloc_enter_posix_memalign(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
-    let Some((tgid, tid)) = target_thread() else {
+    let Some((tgid, tid)) = accounting_thread() else {
         return 0;
     };
     let Some(call) = close(tid) else {
@@ -185,14 +210,6 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
                 Ok(addr) => addr,
                 Err(_) => return 0,
             }
-        }
-        kind::REALLOC => {
-            // realloc hands the old block over: it is freed when a new one comes back, or
-            // when the size was 0.
-            if call.ptr != 0 && (ret != 0 || call.size == 0) {
-                retire(call.ptr, every);
-            }
-            ret
         }
         _ => ret,
     };
@@ -220,9 +237,22 @@ fn track<C: aya_ebpf::EbpfContext>(
     };
     let now = now_ns();
     let live = LiveAlloc { size, ts: now, key };
-    if ALLOC_LIVE.insert(addr, live, BPF_ANY as u64).is_err() {
-        count(stats::ALLOC_LIVE_FULL);
-        return;
+    match ALLOC_LIVE.insert(addr, live, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // The allocator never hands out a live block: this address's free went by unseen (a
+        // free function we do not probe). Its block is gone; retire it, then track this one.
+        Err(e) if e == -EEXIST => {
+            count(stats::ALLOC_MISSED_FREES);
+            release(addr);
+            if ALLOC_LIVE.insert(addr, live, BPF_ANY as u64).is_err() {
+                count(stats::ALLOC_LIVE_FULL);
+                return;
+            }
+        }
+        Err(_) => {
+            count(stats::ALLOC_LIVE_FULL);
+            return;
+        }
     }
     let Some(entry) = stack_entry(&key) else {
         count(stats::ALLOC_STACKS_FULL);
@@ -256,13 +286,22 @@ fn retire(addr: u64, every: u32) {
     if !sampled(addr, every) {
         return;
     }
+    if release(addr) {
+        count(stats::ALLOC_FREES);
+    } else {
+        count(stats::ALLOC_UNKNOWN_FREES);
+    }
+}
+
+/// Removes a tracked address and takes its block off its stack's live figures; false when
+/// the address was not tracked.
+#[inline(always)]
+fn release(addr: u64) -> bool {
     // SAFETY: copied out before the entry is removed.
     let Some(live) = (unsafe { ALLOC_LIVE.get(addr) }).copied() else {
-        count(stats::ALLOC_UNKNOWN_FREES);
-        return;
+        return false;
     };
     let _ = ALLOC_LIVE.remove(addr);
-    count(stats::ALLOC_FREES);
     if let Some(entry) = ALLOC_STACKS.get_ptr_mut(live.key) {
         // SAFETY: a live map value; two's complement adds subtract.
         unsafe {
@@ -276,11 +315,12 @@ fn retire(addr: u64, every: u32) {
             }
         }
     }
+    true
 }
 
 #[uprobe]
 pub fn alloc_free(ctx: ProbeContext) -> u32 {
-    if target_thread().is_none() {
+    if accounting_thread().is_none() {
         return 0;
     }
     let addr: u64 = ctx.arg(0).unwrap_or(0);
@@ -294,7 +334,7 @@ pub fn alloc_free(ctx: ProbeContext) -> u32 {
 /// allocation it returns is what counts.
 #[tracepoint]
 pub fn alloc_mmap_enter(ctx: TracePointContext) -> u32 {
-    let Some((_, tid)) = target_thread() else {
+    let Some((_, tid)) = accounting_thread() else {
         return 0;
     };
     if inside_allocator(tid) {
@@ -322,7 +362,7 @@ pub fn alloc_mmap_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn alloc_mmap_exit(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = target_thread() else {
+    let Some((tgid, tid)) = accounting_thread() else {
         return 0;
     };
     // SAFETY: a read of this thread's own entry.
@@ -346,7 +386,7 @@ pub fn alloc_mmap_exit(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn alloc_munmap(ctx: TracePointContext) -> u32 {
-    let Some((_, tid)) = target_thread() else {
+    let Some((_, tid)) = accounting_thread() else {
         return 0;
     };
     if inside_allocator(tid) {

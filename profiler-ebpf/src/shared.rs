@@ -18,7 +18,8 @@ use profiler_common::{
 
 use crate::unwind;
 
-const EEXIST: i32 = 17;
+/// `EEXIST`; map updates return it negated.
+pub const EEXIST: i32 = 17;
 
 /// The target's tgid, set by the loader.
 #[unsafe(no_mangle)]

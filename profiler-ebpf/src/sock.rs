@@ -21,10 +21,7 @@ use profiler_common::{
     stats,
 };
 
-use crate::shared::{atomic_add, count, now_ns, target_thread};
-
-/// `-EEXIST`, as map updates return it.
-const EEXIST: i32 = -17;
+use crate::shared::{EEXIST, atomic_add, count, now_ns, target_thread};
 
 #[unsafe(no_mangle)]
 static SOCK_CONFIG: Global<SockConfig> = Global::new(SockConfig {
@@ -178,7 +175,8 @@ pub fn sock_data_ready(ctx: TracePointContext) -> u32 {
     };
     match SOCK_SOCKETS.insert(sk, sock, BPF_NOEXIST as u64) {
         // Inserted meanwhile by the target's own read: that entry stands.
-        Ok(()) | Err(EEXIST) => {}
+        Ok(()) => {}
+        Err(e) if e == -EEXIST => {}
         Err(_) => count(stats::SOCK_SOCKETS_FULL),
     }
     0

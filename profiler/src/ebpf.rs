@@ -134,6 +134,7 @@ mod tests {
             sock::HISTS_MAP,
             sock::COUNTS_MAP,
             sock::ARMED_MAP,
+            alloc::ARMED_MAP,
         ] {
             assert!(
                 object.maps.contains_key(map),

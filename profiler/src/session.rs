@@ -363,11 +363,26 @@ impl Session {
     /// A snapshot of per-stack live bytes and of the target's memory.
     fn snapshot(&mut self) {
         let at = self.started.elapsed().as_secs_f64();
-        match alloc::read(&self.ebpf) {
-            Ok(stacks) => self.snapshots.record(at, &stacks),
-            Err(err) => log::warn!("alloc snapshot: {err}"),
-        }
-        if let Some(sample) = leaks::sample_memory(self.opts.pid, at) {
+        let scale = self
+            .opts
+            .alloc
+            .as_ref()
+            .map_or(1, |c| i64::from(c.sample_every.max(1)));
+        let live = match alloc::read(&self.ebpf) {
+            Ok(stacks) => {
+                self.snapshots.record(at, &stacks);
+                Some(leaks::live_totals(&stacks, scale))
+            }
+            Err(err) => {
+                log::warn!("alloc snapshot: {err}");
+                None
+            }
+        };
+        if let Some(mut sample) = leaks::sample_memory(self.opts.pid, at) {
+            if let Some((bytes, count)) = live {
+                sample.live_bytes = bytes;
+                sample.live_count = count;
+            }
             self.memory.push(sample);
         }
     }
@@ -494,6 +509,21 @@ impl Session {
             }
             _ => None,
         };
+        // Every family stops counting at one instant before anything is detached: detached one
+        // by one, a target allocating flat out had its frees (or allocations) counted alone in
+        // the window, and the last snapshot was off by a whole burst.
+        let mut disarm = Vec::new();
+        if self.allocator.is_some() {
+            disarm.push(alloc::set_armed(&mut self.ebpf, false));
+        }
+        if self.opts.sock.is_some() {
+            disarm.push(sock::set_armed(&mut self.ebpf, false));
+        }
+        for result in disarm {
+            if let Err(err) = result {
+                log::warn!("stopping the capture: {err}");
+            }
+        }
         probes::unload_all(&mut self.ebpf);
         if let Some(logger) = &mut self.logger {
             logger.flush();
@@ -561,6 +591,7 @@ impl Session {
                 &symbolizer,
                 &mut writer,
             )?;
+            notes.extend(summary.leaks.plausibility.clone());
             outcome.leaks = Some(summary.leaks.clone());
             outcome.summary.alloc = Some(summary);
         }

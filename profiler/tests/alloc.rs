@@ -182,3 +182,154 @@ fn ending_mid_run_loses_no_returns() {
     assert!(summary.nested > 1_000, "{} nested", summary.nested);
     assert_eq!(outcome.summary.dropped["alloc_missed_returns"], 0);
 }
+
+/// The ring fixtures' shape: blocks kept live, and their size.
+const RING_BLOCKS: u64 = 1000;
+const RING_SIZE: u64 = 4096;
+
+/// Captures a ring fixture under `--alloc` for `seconds`, snapshots every 500 ms, and checks
+/// the accounting against the ring's truth at every snapshot taken after the ring has turned
+/// once (blocks allocated before the attach are not tracked, so until then less is live),
+/// and at the end.
+fn check_ring(fixture: ChildGuard, name: &str, seconds: u64) {
+    let mut opts = options(
+        fixture.pid(),
+        Duration::from_secs(seconds),
+        output_dir(name),
+    );
+    opts.cpu = None;
+    opts.alloc = Some(profiler::probes::alloc::Config::default());
+    opts.interval = Some(Duration::from_millis(500));
+    let (end, outcome) = capture(opts, || {});
+    assert_eq!(end, profiler::session::EndReason::Duration);
+    let truth = (RING_BLOCKS * RING_SIZE) as f64;
+    let within = |what: &str, at: f64, bytes: i64, count: i64| {
+        assert!(
+            (bytes as f64 - truth).abs() <= truth * 0.02
+                && (count as f64 - RING_BLOCKS as f64).abs() <= RING_BLOCKS as f64 * 0.02,
+            "{name}: {what} at {at:.1}s: {bytes} B in {count} blocks, truth {truth} B in \
+             {RING_BLOCKS}"
+        );
+    };
+    let summary = outcome.summary.alloc.as_ref().expect("alloc section");
+    let samples: Vec<_> = summary_samples(&outcome);
+    let checked = samples.iter().filter(|s| s.0 >= 1.5).count();
+    assert!(checked >= (seconds as usize - 1) * 2 - 1, "{samples:?}");
+    for &(at, bytes, count) in samples.iter().filter(|s| s.0 >= 1.5) {
+        within("snapshot", at, bytes, count);
+    }
+    within(
+        "end",
+        outcome.summary.duration_secs,
+        summary.leaks.live_bytes,
+        summary.leaks.live_count,
+    );
+    // Only the blocks live at the attach can be freed unseen.
+    assert!(
+        summary.unknown_frees <= RING_BLOCKS,
+        "{name}: {} frees of blocks from before the attach, {RING_BLOCKS} existed",
+        summary.unknown_frees
+    );
+    assert!(summary.tracked > 20_000, "{} tracked", summary.tracked);
+    let dropped = &outcome.summary.dropped;
+    for counter in [
+        "alloc_missed_frees",
+        "alloc_missed_returns",
+        "alloc_live_full",
+    ] {
+        assert_eq!(dropped[counter], 0, "{name}: {counter}");
+    }
+    assert_eq!(summary.leaks.plausibility, None);
+}
+
+/// (seconds, live bytes, live count) per row of `memory_samples.csv`.
+fn summary_samples(outcome: &profiler::session::Outcome) -> Vec<(f64, i64, i64)> {
+    let csv = std::fs::read_to_string(outcome.dir.join("memory_samples.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (t, bytes, count) = (
+        column("elapsed_s"),
+        column("live_bytes"),
+        column("live_count"),
+    );
+    lines
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            (
+                fields[t].parse().unwrap(),
+                fields[bytes].parse().unwrap(),
+                fields[count].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn ring_fixture(output: &str, libs: &'static [&'static str], period_ms: &str) -> ChildGuard {
+    start_fixture(
+        &CBuild {
+            source: "alloc_ring",
+            output,
+            cflags: ALLOC_FLAGS,
+            libs,
+        },
+        &[
+            &RING_BLOCKS.to_string(),
+            "20000",
+            period_ms,
+            &RING_SIZE.to_string(),
+        ],
+    )
+}
+
+/// glibc hands a freed 4 KiB block straight back: each free must retire it before the
+/// malloc that reuses it is tracked, in every snapshot.
+#[test]
+fn ring_of_reused_addresses_on_glibc() {
+    require_root();
+    check_ring(
+        ring_fixture("alloc_ring", &[], "100"),
+        "alloc-ring-glibc",
+        4,
+    );
+}
+
+#[test]
+fn ring_of_reused_addresses_on_jemalloc() {
+    require_root();
+    check_ring(
+        ring_fixture("alloc_ring-jemalloc", &["-ljemalloc"], "100"),
+        "alloc-ring-jemalloc",
+        4,
+    );
+}
+
+/// Rust's global allocator (calloc for zeroed boxes, free on drop).
+#[test]
+fn ring_of_reused_addresses_in_rust() {
+    require_root();
+    let path = testbed::fixture::testbed_bin("fixture-alloc-ring").expect("fixture builds");
+    let mut fixture = ChildGuard::spawn(std::process::Command::new(path).args([
+        &RING_BLOCKS.to_string(),
+        "20000",
+        "100",
+        &RING_SIZE.to_string(),
+    ]))
+    .expect("fixture starts");
+    fixture
+        .wait_for_line("ready", Duration::from_secs(10))
+        .expect("fixture gets ready");
+    check_ring(fixture, "alloc-ring-rust", 4);
+}
+
+/// Attached while the ring turns flat out, and ended mid-burst: the programs start and stop
+/// accounting at one instant, so neither window leaves frees or allocations counted alone.
+#[test]
+fn ring_attached_and_ended_while_allocating_flat_out() {
+    require_root();
+    check_ring(
+        ring_fixture("alloc_ring", &[], "0"),
+        "alloc-ring-flat-out",
+        3,
+    );
+}

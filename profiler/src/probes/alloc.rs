@@ -383,7 +383,12 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, allocator: &Allocator) -> Result<(), Pr
     ] {
         super::attach_tracepoint(ebpf, PROBE, program, "syscalls", event)?;
     }
-    Ok(())
+    set_armed(ebpf, true)
+}
+
+/// Starts or stops accounting in every program at once.
+pub fn set_armed(ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
+    super::set_armed(ebpf, PROBE, alloc::ARMED_MAP, on)
 }
 
 /// Per-stack allocation totals as they stand now.

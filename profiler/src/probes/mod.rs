@@ -145,6 +145,24 @@ where
     })
 }
 
+/// Sets a family's one-slot `ARMED` array: its programs account only while it is 1, so they
+/// start together once all are attached and stop together before the last read.
+pub(crate) fn set_armed(
+    ebpf: &mut Ebpf,
+    probe: &'static str,
+    map: &'static str,
+    on: bool,
+) -> Result<(), ProbeError> {
+    let mut armed: aya::maps::Array<_, u32> = map_mut(ebpf, probe, map)?;
+    armed
+        .set(0, u32::from(on), 0)
+        .map_err(|source| ProbeError::Map {
+            probe,
+            map,
+            source: Box::new(source),
+        })
+}
+
 /// Programs that close what another opened (a return, a syscall's exit): unloaded last, so no
 /// call seen entering loses its return to the unload order. (With the return probe gone
 /// first, a target allocating flat out lost thousands of returns in the window.)

@@ -11,7 +11,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
 };
 use profiler_common::{
     hist::Hist,
@@ -98,12 +98,12 @@ pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
     ] {
         attach_tracepoint(ebpf, PROBE, program, "sock", event)?;
     }
-    let mut armed: Array<_, u32> = map_mut(ebpf, PROBE, sock::ARMED_MAP)?;
-    armed.set(0, 1, 0).map_err(|source| ProbeError::Map {
-        probe: PROBE,
-        map: sock::ARMED_MAP,
-        source: Box::new(source),
-    })
+    set_armed(ebpf, true)
+}
+
+/// Starts or stops all four programs at once.
+pub fn set_armed(ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
+    super::set_armed(ebpf, PROBE, sock::ARMED_MAP, on)
 }
 
 /// The TCP ports `pid` listens on: its socket inodes matched against the LISTEN rows of its

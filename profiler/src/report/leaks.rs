@@ -97,6 +97,18 @@ pub struct MemorySample {
     pub rss_kb: u64,
     pub pss_kb: u64,
     pub anon_kb: u64,
+    /// Anonymous memory swapped out.
+    #[serde(default)]
+    pub swap_kb: u64,
+    /// Writable private anonymous mappings (heap, arenas, anonymous mmap), resident or not:
+    /// nothing the allocator hands out lies outside them.
+    #[serde(default)]
+    pub anon_vm_kb: u64,
+    /// Tracked live bytes and allocations at the same moment (estimates when sampling).
+    #[serde(default)]
+    pub live_bytes: i64,
+    #[serde(default)]
+    pub live_count: i64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -122,6 +134,9 @@ pub struct LeakReport {
     pub suspects: Vec<AllocStack>,
     pub largest_not_growing: Vec<AllocStack>,
     pub memory: MemoryGrowth,
+    /// Set when the target's own memory contradicts the live figures (see [`plausibility`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plausibility: Option<String>,
 }
 
 pub struct Analysis<'a> {
@@ -180,6 +195,7 @@ impl Analysis<'_> {
                 stable.push(stack);
             }
         }
+        let (live_bytes, live_count) = live_totals(self.stacks, scale);
         suspects.sort_by(|a, b| b.growth_bytes_per_min.total_cmp(&a.growth_bytes_per_min));
         stable.sort_by_key(|s| std::cmp::Reverse(s.live_bytes));
         stable.truncate(LARGEST_LISTED);
@@ -189,21 +205,12 @@ impl Analysis<'_> {
             snapshots: self.snapshots.len(),
             interval_secs: self.interval_secs,
             min_age_secs: self.min_age_secs,
-            live_bytes: self
-                .stacks
-                .iter()
-                .map(|(_, s)| s.live_bytes.max(0))
-                .sum::<i64>()
-                * scale,
-            live_count: self
-                .stacks
-                .iter()
-                .map(|(_, s)| s.live_count.max(0))
-                .sum::<i64>()
-                * scale,
+            live_bytes,
+            live_count,
             suspects,
             largest_not_growing: stable,
             memory: memory_growth(self.memory),
+            plausibility: plausibility(self.memory),
         }
     }
 
@@ -221,6 +228,16 @@ impl Analysis<'_> {
             })
             .collect()
     }
+}
+
+/// Live bytes and allocations over every stack, scaled by the sampling rate.
+pub fn live_totals(stacks: &[(AllocKey, StackAllocs)], scale: i64) -> (i64, i64) {
+    stacks.iter().fold((0, 0), |(bytes, count), (_, s)| {
+        (
+            bytes + s.live_bytes.max(0) * scale,
+            count + s.live_count.max(0) * scale,
+        )
+    })
 }
 
 pub fn memory_growth(samples: &[MemorySample]) -> MemoryGrowth {
@@ -260,16 +277,74 @@ pub fn sample_memory(pid: u32, elapsed_secs: f64) -> Option<MemorySample> {
         rss_kb: field("Rss:"),
         pss_kb: field("Pss:"),
         anon_kb: field("Anonymous:"),
+        swap_kb: field("Swap:"),
+        anon_vm_kb: std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map(|maps| anon_vm_kb(&maps))
+            .unwrap_or(0),
+        ..MemorySample::default()
+    })
+}
+
+/// KiB of writable private mappings backed by no file, from `/proc/PID/maps` text.
+fn anon_vm_kb(maps: &str) -> u64 {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (range, perms) = (fields.next()?, fields.next()?);
+            let inode = fields.nth(2)?;
+            let path = fields.next().unwrap_or("");
+            let anonymous = inode == "0" && (path.is_empty() || path == "[heap]");
+            if !(anonymous && perms.starts_with("rw") && perms.ends_with('p')) {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            let size = u64::from_str_radix(end, 16).ok()? - u64::from_str_radix(start, 16).ok()?;
+            Some(size / 1024)
+        })
+        .sum()
+}
+
+/// What the target's own memory says of the tracked live bytes, at the snapshot where they
+/// stand highest above it: a warning when they exceed every writable anonymous mapping (no
+/// allocation can lie outside those, so the figure cannot be true), a caution when they are
+/// well above what is in RAM or swap (memory allocated and never touched can explain that).
+pub fn plausibility(samples: &[MemorySample]) -> Option<String> {
+    let kib = |b: i64| b.max(0) as u64 / 1024;
+    let worst = samples
+        .iter()
+        .filter(|s| s.live_bytes > 0)
+        .max_by_key(|s| kib(s.live_bytes).saturating_sub(s.anon_kb + s.swap_kb))?;
+    let live = kib(worst.live_bytes);
+    let at = worst.elapsed_secs;
+    if worst.anon_vm_kb > 0 && live > worst.anon_vm_kb {
+        return Some(format!(
+            "warning: tracked live allocations ({live} KiB at {at:.0}s) exceed all of the              target's writable anonymous memory ({} KiB): these figures cannot be true              (frees went unseen); do not rely on them",
+            worst.anon_vm_kb
+        ));
+    }
+    let in_memory = worst.anon_kb + worst.swap_kb;
+    (live > 2 * in_memory + 8 * 1024).then(|| {
+        format!(
+            "caution: tracked live allocations ({live} KiB at {at:.0}s) are well above the              target's anonymous memory in RAM and swap ({in_memory} KiB): allocated memory              never touched explains this (large calloc or reserved buffers); frees the              profiler did not see would too"
+        )
     })
 }
 
 pub fn memory_csv(samples: &[MemorySample]) -> String {
-    let mut out = String::from("elapsed_s,rss_kb,pss_kb,anon_kb\n");
+    let mut out =
+        String::from("elapsed_s,rss_kb,pss_kb,anon_kb,swap_kb,anon_vm_kb,live_bytes,live_count\n");
     for s in samples {
         let _ = writeln!(
             out,
-            "{:.1},{},{},{}",
-            s.elapsed_secs, s.rss_kb, s.pss_kb, s.anon_kb
+            "{:.1},{},{},{},{},{},{},{}",
+            s.elapsed_secs,
+            s.rss_kb,
+            s.pss_kb,
+            s.anon_kb,
+            s.swap_kb,
+            s.anon_vm_kb,
+            s.live_bytes,
+            s.live_count
         );
     }
     out
@@ -297,6 +372,9 @@ pub fn render(report: &LeakReport, suspects: usize) -> String {
     } else {
         String::new()
     };
+    if let Some(said) = &report.plausibility {
+        let _ = writeln!(out, "{said}");
+    }
     let _ = writeln!(
         out,
         "live: {} in {} allocations{est}; {} snapshots every {:.0}s",
@@ -418,12 +496,61 @@ mod tests {
         assert!(g.over_10_percent);
         // Shorter than a minute: from the first sample.
         assert_eq!(memory_growth(&samples[..2]).rss_baseline_kb, 1000);
-        assert!(memory_csv(&samples).starts_with("elapsed_s,rss_kb,pss_kb,anon_kb\n0.0,1000,"));
+        assert!(memory_csv(&samples).starts_with(
+            "elapsed_s,rss_kb,pss_kb,anon_kb,swap_kb,anon_vm_kb,live_bytes,live_count\n0.0,1000,"
+        ));
     }
 
     #[test]
     fn reads_own_smaps_rollup() {
         let s = sample_memory(std::process::id(), 1.0).unwrap();
         assert!(s.rss_kb > 0 && s.pss_kb > 0);
+        assert!(s.anon_vm_kb >= s.anon_kb, "{s:?}");
+    }
+
+    #[test]
+    fn anonymous_writable_mappings_only() {
+        let maps = "\
+55d0c0000000-55d0c0021000 rw-p 00000000 00:00 0                          [heap]
+7f0000000000-7f0000400000 rw-p 00000000 00:00 0 
+7f0000400000-7f0000800000 ---p 00000000 00:00 0 
+7f0000800000-7f0000801000 rw-p 00002000 fe:01 1234                       /usr/lib/libc.so.6
+7f0000900000-7f0000901000 rw-s 00000000 00:01 77                         /dev/zero (deleted)
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
+";
+        assert_eq!(anon_vm_kb(maps), 132 + 4096);
+    }
+
+    fn sample(t: f64, anon_kb: u64, anon_vm_kb: u64, live_bytes: i64) -> MemorySample {
+        MemorySample {
+            elapsed_secs: t,
+            anon_kb,
+            anon_vm_kb,
+            live_bytes,
+            ..MemorySample::default()
+        }
+    }
+
+    #[test]
+    fn live_bytes_the_target_cannot_hold_are_called_out() {
+        // The ring of 1000 x 4 KiB blocks, counted right.
+        let right = [
+            sample(0.0, 4140, 8000, 0),
+            sample(1.0, 4140, 8000, 4_096_000),
+        ];
+        assert_eq!(plausibility(&right), None);
+        // The same ring with one burst's frees unseen: 82 MiB "live".
+        let wrong = [
+            sample(1.0, 4140, 8000, 4_096_000),
+            sample(2.0, 4140, 8000, 86_016_000),
+        ];
+        let said = plausibility(&wrong).unwrap();
+        assert!(
+            said.starts_with("warning:") && said.contains("at 2s"),
+            "{said}"
+        );
+        // 64 MiB calloc'd and never touched: possible, so a caution, not a warning.
+        let untouched = [sample(1.0, 2000, 80_000, 64 << 20)];
+        assert!(plausibility(&untouched).unwrap().starts_with("caution:"));
     }
 }
