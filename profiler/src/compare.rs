@@ -1,9 +1,10 @@
 //! `profiler compare OLD NEW` and named baselines: what changed between two captures, a
 //! differential flamegraph, and regression gates with a verdict CI can act on.
 //!
-//! Each run is an output directory. Summaries are read as JSON values, not typed structs, so an
-//! archive written by an older release still compares: a figure one side lacks skips its gate
-//! (and says so) instead of failing the comparison.
+//! Each run is an output directory, read through [`RunDir`] (the types that wrote it). A
+//! figure a gate needs that one run has and the other lacks is an error naming what is
+//! missing, and a comparison where every gate was skipped is an error too: a verdict of
+//! "pass" always rests on at least one figure.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -14,11 +15,14 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::report::{
-    flamegraph::{self, Labels},
-    folded,
+use crate::{
+    report::{
+        flamegraph::{self, Labels},
+        folded,
+        latency::PortLatency,
+    },
+    rundir::{RunDir, RunDirError},
 };
 
 /// Thresholds a release must stay within; a baseline's `gates.json` overrides them.
@@ -60,12 +64,8 @@ impl Default for Gates {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError {
-    #[error("{} has no summary.json: not a profiler output directory", dir.display())]
-    NotARun {
-        dir: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Run(#[from] RunDirError),
     #[error("cannot read {}", path.display())]
     Read {
         path: PathBuf,
@@ -78,6 +78,25 @@ pub enum CompareError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "the {gate} gate needs {what}: {} has it but {} does not, so the runs cannot be \
+         compared on it (capture both the same way, or drop the gate)",
+        has.display(),
+        lacks.display()
+    )]
+    Missing {
+        gate: String,
+        what: &'static str,
+        has: PathBuf,
+        lacks: PathBuf,
+    },
+    #[error(
+        "{} and {} share no figure any gate reads (latency, throughput, CPU, RSS, leak \
+         suspects): nothing was compared",
+        old.display(),
+        new.display()
+    )]
+    NothingCompared { old: PathBuf, new: PathBuf },
     #[error("no baseline named {name} under {}: save one with `profiler baseline save {name} DIR`", dir.display())]
     NoBaseline { name: String, dir: PathBuf },
     #[error("baseline {name} exists at {}: pass --force to replace it", dir.display())]
@@ -86,67 +105,21 @@ pub enum CompareError {
 
 /// One output directory's figures.
 struct Run {
-    dir: PathBuf,
-    summary: Value,
+    run: RunDir,
     cpu: Option<Vec<(Vec<String>, u64)>>,
-    /// The load driver's JSON report, when the run directory holds one.
-    load: Option<Value>,
-}
-
-fn read_json(path: &Path) -> Result<Value, CompareError> {
-    let text = fs::read_to_string(path).map_err(|source| CompareError::Read {
-        path: path.into(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| CompareError::Read {
-        path: path.into(),
-        source: io::Error::other(e),
-    })
 }
 
 fn load_run(dir: &Path) -> Result<Run, CompareError> {
-    let summary_path = dir.join("summary.json");
-    if !summary_path.is_file() {
-        return Err(CompareError::NotARun {
-            dir: dir.into(),
-            source: io::Error::from(io::ErrorKind::NotFound),
-        });
-    }
-    let summary = read_json(&summary_path)?;
-    let cpu = match fs::File::open(dir.join("cpu.folded")) {
-        Ok(file) => {
-            Some(
-                folded::parse(BufReader::new(file)).map_err(|source| CompareError::Read {
-                    path: dir.join("cpu.folded"),
-                    source,
-                })?,
-            )
-        }
+    let run = RunDir::open(dir)?;
+    let path = run.file("cpu.folded");
+    let cpu = match fs::File::open(&path) {
+        Ok(file) => Some(
+            folded::parse(BufReader::new(file))
+                .map_err(|source| CompareError::Read { path, source })?,
+        ),
         Err(_) => None,
     };
-    // The load driver's report: `load.json`, else the standard profile's, else the first.
-    let load = match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .filter_map(|e| Some((e.path(), e.file_name().into_string().ok()?)))
-            .filter(|(_, n)| n.starts_with("load") && n.ends_with(".json"))
-            .min_by_key(|(_, n)| {
-                (
-                    n != "load.json",
-                    !n.starts_with("loadtest_standard"),
-                    n.clone(),
-                )
-            })
-            .map(|(p, _)| read_json(&p))
-            .transpose()?,
-        Err(_) => None,
-    };
-    Ok(Run {
-        dir: dir.into(),
-        summary,
-        cpu,
-        load,
-    })
+    Ok(Run { run, cpu })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -156,7 +129,7 @@ pub struct GateResult {
     pub new: Option<f64>,
     pub change_percent: Option<f64>,
     pub limit: String,
-    /// "pass", "fail" or "skipped" (a side lacks the figure).
+    /// "pass", "fail" or "skipped" (neither run has the figure).
     pub result: String,
 }
 
@@ -195,102 +168,137 @@ pub struct Comparison {
     pub outputs: Vec<String>,
 }
 
-fn path<'a>(value: &'a Value, keys: &[&str]) -> Option<&'a Value> {
-    keys.iter().try_fold(value, |v, k| v.get(k))
+/// The latency percentiles gates and tables read.
+#[derive(Debug, Clone, Copy)]
+enum Percentile {
+    P50,
+    P95,
+    P99,
 }
 
-fn number(value: &Value, keys: &[&str]) -> Option<f64> {
-    path(value, keys)?.as_f64()
+impl Percentile {
+    fn name(self) -> &'static str {
+        match self {
+            Self::P50 => "p50",
+            Self::P95 => "p95",
+            Self::P99 => "p99",
+        }
+    }
 }
+
+/// What the latency and throughput gates read: the load driver's report, else `sock`.
+const LATENCY_SOURCE: &str = "a load report (load.json) or a `--sock` capture";
 
 impl Run {
     fn rss_kb(&self) -> Option<f64> {
-        number(&self.summary, &["target", "usage", "rss_kb"])
-            .or_else(|| number(&self.summary, &["alloc", "leaks", "memory", "rss_end_kb"]))
+        let summary = &self.run.summary;
+        summary
+            .target
+            .usage
+            .as_ref()
+            .map(|u| u.rss_kb as f64)
+            .or_else(|| {
+                let memory = &summary.alloc.as_ref()?.leaks.memory;
+                (memory.rss_end_kb > 0).then_some(memory.rss_end_kb as f64)
+            })
     }
 
     fn cpu_percent(&self) -> Option<f64> {
-        number(&self.summary, &["target", "usage", "cpu_percent"])
-    }
-
-    /// The target's listening ports as the `sock` family saw them.
-    fn served_ports(&self) -> Vec<&Value> {
-        path(&self.summary, &["sock", "ports"])
-            .and_then(Value::as_array)
-            .map(|ports| {
-                ports
-                    .iter()
-                    .filter(|p| p.get("listening").and_then(Value::as_bool) == Some(true))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Latency percentile (`p50`, `p95`, `p99`) in µs: the load driver's client-side view when
-    /// the run holds its report, else the kernel's socket-to-reply view of the busiest port.
-    fn latency_us(&self, percentile: &str) -> Option<f64> {
-        let key = format!("{percentile}_us");
-        self.load
+        self.run
+            .summary
+            .target
+            .usage
             .as_ref()
-            .and_then(|l| number(l, &["latency_us", percentile]))
-            .or_else(|| {
-                let busiest = self
-                    .served_ports()
-                    .into_iter()
-                    .max_by_key(|p| p.get("requests").and_then(Value::as_u64).unwrap_or(0))?;
-                number(busiest, &["socket_to_reply", &key])
+            .map(|u| u.cpu_percent)
+    }
+
+    /// The port that served the most requests, as the `sock` family saw it.
+    fn busiest_port(&self) -> Option<&PortLatency> {
+        let sock = self.run.summary.sock.as_ref()?;
+        sock.ports
+            .iter()
+            .filter(|p| p.requests > 0)
+            .max_by_key(|p| p.requests)
+    }
+
+    /// Latency percentile in µs: the load driver's client-side view when the run holds its
+    /// report, else the kernel's socket-to-reply view of the busiest port.
+    fn latency_us(&self, percentile: Percentile) -> Option<f64> {
+        let from_load = self.run.load.as_ref().and_then(|l| l.latency_us).map(|l| {
+            (match percentile {
+                Percentile::P50 => l.p50,
+                Percentile::P95 => l.p95,
+                Percentile::P99 => l.p99,
+            }) as f64
+        });
+        from_load.or_else(|| {
+            let s = &self.busiest_port()?.socket_to_reply;
+            Some(match percentile {
+                Percentile::P50 => s.p50_us,
+                Percentile::P95 => s.p95_us,
+                Percentile::P99 => s.p99_us,
             })
+        })
     }
 
     /// Requests (or shares) answered per second.
     fn throughput(&self) -> Option<f64> {
-        self.load
-            .as_ref()
-            .and_then(|l| number(l, &["achieved_rate_per_s"]))
-            .or_else(|| {
-                let rates: Vec<f64> = self
-                    .served_ports()
-                    .iter()
-                    .filter_map(|p| number(p, &["socket_to_reply", "rate_per_s"]))
-                    .collect();
-                (!rates.is_empty()).then(|| rates.iter().sum())
-            })
+        if let Some(load) = &self.run.load {
+            return Some(load.achieved_rate_per_s);
+        }
+        let sock = self.run.summary.sock.as_ref()?;
+        let served: Vec<f64> = sock
+            .ports
+            .iter()
+            .filter(|p| p.requests > 0)
+            .map(|p| p.socket_to_reply.rate_per_s)
+            .collect();
+        (!served.is_empty()).then(|| served.iter().sum())
     }
 
-    fn leak_suspects(&self) -> BTreeSet<String> {
-        path(&self.summary, &["alloc", "leaks", "suspects"])
-            .and_then(Value::as_array)
-            .map(|suspects| {
-                suspects
-                    .iter()
-                    .filter_map(|s| s.get("frames")?.as_array())
-                    .map(|frames| {
-                        frames
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(";")
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// Leak suspects' stacks; `None` when the run tracked no allocations.
+    fn leak_suspects(&self) -> Option<BTreeSet<String>> {
+        let alloc = self.run.summary.alloc.as_ref()?;
+        Some(
+            alloc
+                .leaks
+                .suspects
+                .iter()
+                .map(|s| s.frames.join(";"))
+                .collect(),
+        )
     }
 
     fn lock_waits(&self) -> BTreeMap<String, f64> {
-        path(&self.summary, &["futex", "locks"])
-            .and_then(Value::as_array)
-            .map(|locks| {
-                locks
-                    .iter()
-                    .filter_map(|l| {
-                        Some((
-                            l.get("name")?.as_str()?.to_string(),
-                            l.get("total_wait_us")?.as_f64()?,
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.run
+            .summary
+            .futex
+            .iter()
+            .flat_map(|f| &f.locks)
+            .map(|l| (l.name.clone(), l.total_wait_us))
+            .collect()
+    }
+}
+
+/// A gate's two figures, or an error when only one run has its figure.
+fn figures<'a>(
+    gate: &str,
+    what: &'static str,
+    old: &'a Run,
+    new: &'a Run,
+    figure: impl Fn(&Run) -> Option<f64>,
+) -> Result<(Option<f64>, Option<f64>), CompareError> {
+    let (o, n) = (figure(old), figure(new));
+    let missing = |has: &Run, lacks: &Run| CompareError::Missing {
+        gate: gate.into(),
+        what,
+        has: has.run.dir.clone(),
+        lacks: lacks.run.dir.clone(),
+    };
+    match (o, n) {
+        (Some(_), None) => Err(missing(old, new)),
+        (None, Some(_)) => Err(missing(new, old)),
+        _ => Ok((o, n)),
     }
 }
 
@@ -384,67 +392,118 @@ pub fn compare(
     fs::create_dir_all(out).map_err(write_err(out))?;
     let mut outputs = Vec::new();
 
+    let latency_gate = |percentile: Percentile| -> Result<GateResult, CompareError> {
+        let name = format!("{} latency", percentile.name());
+        let (o, n) = figures(&name, LATENCY_SOURCE, &old_run, &new_run, |r| {
+            r.latency_us(percentile)
+        })?;
+        Ok(gate(
+            &name,
+            o,
+            n,
+            gates.latency_up_percent,
+            gates.latency_up_min_us,
+            false,
+        ))
+    };
+    let (p95, p99) = (
+        latency_gate(Percentile::P95)?,
+        latency_gate(Percentile::P99)?,
+    );
+    let (old_rate, new_rate) = figures(
+        "throughput",
+        LATENCY_SOURCE,
+        &old_run,
+        &new_run,
+        Run::throughput,
+    )?;
+    let usage = "the target's CPU and memory at the end (it exited before the capture ended?)";
+    let (old_rss, new_rss) = figures("RSS", usage, &old_run, &new_run, Run::rss_kb)?;
+    let (old_cpu, new_cpu) = figures("CPU", usage, &old_run, &new_run, Run::cpu_percent)?;
     let mut results = vec![
-        gate(
-            "p95 latency",
-            old_run.latency_us("p95"),
-            new_run.latency_us("p95"),
-            gates.latency_up_percent,
-            gates.latency_up_min_us,
-            false,
-        ),
-        gate(
-            "p99 latency",
-            old_run.latency_us("p99"),
-            new_run.latency_us("p99"),
-            gates.latency_up_percent,
-            gates.latency_up_min_us,
-            false,
-        ),
+        p95,
+        p99,
         gate(
             "throughput",
-            old_run.throughput(),
-            new_run.throughput(),
+            old_rate,
+            new_rate,
             gates.throughput_down_percent,
             0.0,
             true,
         ),
         gate(
             "RSS",
-            old_run.rss_kb(),
-            new_run.rss_kb(),
+            old_rss,
+            new_rss,
             gates.rss_up_percent,
             gates.rss_up_min_kb,
             false,
         ),
         gate(
             "CPU",
-            old_run.cpu_percent(),
-            new_run.cpu_percent(),
+            old_cpu,
+            new_cpu,
             gates.cpu_up_percent,
             gates.cpu_up_min_points,
             false,
         ),
     ];
-    let old_leaks = old_run.leak_suspects();
-    let new_leaks: Vec<String> = new_run
-        .leak_suspects()
-        .into_iter()
-        .filter(|s| !old_leaks.contains(s))
-        .collect();
-    results.push(GateResult {
-        name: "new leak suspects".into(),
-        old: Some(0.0),
-        new: Some(new_leaks.len() as f64),
-        change_percent: None,
-        limit: "none".into(),
-        result: if gates.fail_on_new_leak_suspects && !new_leaks.is_empty() {
-            "fail"
-        } else {
-            "pass"
+    let new_leaks: Vec<String> = match (old_run.leak_suspects(), new_run.leak_suspects()) {
+        (Some(old_leaks), Some(new_leaks)) => {
+            let grown: Vec<String> = new_leaks
+                .into_iter()
+                .filter(|s| !old_leaks.contains(s))
+                .collect();
+            results.push(GateResult {
+                name: "new leak suspects".into(),
+                old: Some(0.0),
+                new: Some(grown.len() as f64),
+                change_percent: None,
+                limit: "none".into(),
+                result: if gates.fail_on_new_leak_suspects && !grown.is_empty() {
+                    "fail"
+                } else {
+                    "pass"
+                }
+                .into(),
+            });
+            grown
         }
-        .into(),
-    });
+        (None, None) => {
+            results.push(GateResult {
+                name: "new leak suspects".into(),
+                old: None,
+                new: None,
+                change_percent: None,
+                limit: "none".into(),
+                result: "skipped".into(),
+            });
+            Vec::new()
+        }
+        (Some(_), None) | (None, Some(_)) if !gates.fail_on_new_leak_suspects => Vec::new(),
+        (Some(_), None) => {
+            return Err(CompareError::Missing {
+                gate: "new leak suspects".into(),
+                what: "an `--alloc` capture",
+                has: old_run.run.dir.clone(),
+                lacks: new_run.run.dir.clone(),
+            });
+        }
+        (None, Some(_)) => {
+            return Err(CompareError::Missing {
+                gate: "new leak suspects".into(),
+                what: "an `--alloc` capture",
+                has: new_run.run.dir.clone(),
+                lacks: old_run.run.dir.clone(),
+            });
+        }
+    };
+    if results.iter().all(|g| g.result == "skipped") {
+        return Err(CompareError::NothingCompared {
+            old: old.into(),
+            new: new.into(),
+        });
+    }
 
     let cpu_functions = match (&old_run.cpu, &new_run.cpu) {
         // A new capture with no CPU sample (an idle target, a short capture) has nothing to
@@ -474,8 +533,8 @@ pub fn compare(
                 .collect();
             let title = format!(
                 "cpu: {} vs {}",
-                old_run.dir.display(),
-                new_run.dir.display()
+                old_run.run.dir.display(),
+                new_run.run.dir.display()
             );
             let labels = Labels {
                 title: &title,
@@ -492,10 +551,10 @@ pub fn compare(
         _ => Vec::new(),
     };
 
-    let latency = ["p50", "p95", "p99"]
-        .iter()
+    let latency = [Percentile::P50, Percentile::P95, Percentile::P99]
+        .into_iter()
         .map(|p| Change {
-            name: (*p).into(),
+            name: p.name().into(),
             old: old_run.latency_us(p),
             new: new_run.latency_us(p),
         })
@@ -676,7 +735,7 @@ pub fn check_baseline(
     out: &Path,
 ) -> Result<Comparison, CompareError> {
     let dir = baselines_dir(results).join(name);
-    if !dir.join("summary.json").is_file() {
+    if !dir.join(crate::rundir::SUMMARY).is_file() {
         return Err(CompareError::NoBaseline {
             name: name.into(),
             dir: baselines_dir(results),
@@ -691,8 +750,11 @@ pub fn read_gates(path: &Path) -> Result<Gates, CompareError> {
     if !path.exists() {
         return Ok(Gates::default());
     }
-    let value = read_json(path)?;
-    serde_json::from_value(value).map_err(|e| CompareError::Read {
+    let text = fs::read_to_string(path).map_err(|source| CompareError::Read {
+        path: path.into(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| CompareError::Read {
         path: path.into(),
         source: io::Error::other(e),
     })
@@ -701,6 +763,12 @@ pub fn read_gates(path: &Path) -> Result<Gates, CompareError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::{
+        latency::{LatencyReport, Percentiles},
+        leaks::AllocStack,
+        locks::LockReport,
+        summary::{AllocSummary, FutexSummary, SCHEMA_VERSION, Summary, TargetUsage},
+    };
 
     fn result_of(c: &Comparison, name: &str) -> String {
         c.gates
@@ -710,65 +778,114 @@ mod tests {
             .unwrap_or_default()
     }
 
-    fn run_dir(root: &Path, name: &str, summary: Value, folded: &str) -> PathBuf {
+    fn run_dir(root: &Path, name: &str, summary: &Summary, folded: &str) -> PathBuf {
         let dir = root.join(name);
         fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
+        fs::write(
+            dir.join("summary.json"),
+            serde_json::to_string(summary).unwrap(),
+        )
+        .unwrap();
         fs::write(dir.join("cpu.folded"), folded).unwrap();
         dir
     }
 
+    fn bare() -> Summary {
+        Summary {
+            schema_version: SCHEMA_VERSION,
+            ..Summary::default()
+        }
+    }
+
+    fn summary(rss: u64, cpu: f64, p99: f64, suspects: &[&[&str]]) -> Summary {
+        let mut s = bare();
+        s.target.usage = Some(TargetUsage {
+            cpu_seconds: 1.0,
+            cpu_percent: cpu,
+            rss_kb: rss,
+        });
+        let port = |port, requests, p99_us, rate_per_s| PortLatency {
+            port,
+            requests,
+            socket_to_reply: Percentiles {
+                p50_us: 100.0_f64.min(p99_us),
+                p95_us: 200.0_f64.min(p99_us),
+                p99_us,
+                rate_per_s,
+                ..Percentiles::default()
+            },
+            ..PortLatency::default()
+        };
+        s.sock = Some(LatencyReport {
+            duration_secs: 5.0,
+            ports: vec![port(3333, 5000, p99, 1000.0), port(8080, 0, 0.0, 0.0)],
+            untracked_ports: Vec::new(),
+        });
+        s.futex = Some(FutexSummary {
+            locks: vec![LockReport {
+                name: "SHARE_LOG".into(),
+                total_wait_us: 500.0,
+                ..LockReport::default()
+            }],
+            ..FutexSummary::default()
+        });
+        let mut alloc = AllocSummary::default();
+        alloc.leaks.suspects = suspects
+            .iter()
+            .map(|frames| AllocStack {
+                frames: frames.iter().map(|f| f.to_string()).collect(),
+                ..AllocStack::default()
+            })
+            .collect();
+        s.alloc = Some(alloc);
+        s
+    }
+
     #[test]
     fn load_reports_win_over_kernel_figures() {
-        let root =
-            std::env::temp_dir().join(format!("profiler-compare-load-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let dir = run_dir(&root, "run", summary(1, 1.0, 1000.0, &[]), "t;x 1\n");
+        let root = tempfile::tempdir().unwrap();
+        let dir = run_dir(root.path(), "run", &summary(1, 1.0, 1000.0, &[]), "t;x 1\n");
         let report = |p99: u64| {
-            serde_json::json!({"latency_us": {"p50": 300, "p95": 900, "p99": p99}, "achieved_rate_per_s": 17.5})
-                .to_string()
+            let mut report = crate::load::report::tests::sample();
+            let latency = report.latency_us.as_mut().unwrap();
+            latency.p99 = p99;
+            report.achieved_rate_per_s = 17.5;
+            serde_json::to_string(&report).unwrap()
         };
         fs::write(dir.join("loadtest_smoke_1.json"), report(111)).unwrap();
         fs::write(dir.join("loadtest_standard_1.json"), report(222)).unwrap();
         let run = load_run(&dir).unwrap();
         assert_eq!(
-            run.latency_us("p99"),
+            run.latency_us(Percentile::P99),
             Some(222.0),
             "the standard profile's report"
         );
         assert_eq!(run.throughput(), Some(17.5));
         fs::write(dir.join("load.json"), report(333)).unwrap();
-        assert_eq!(load_run(&dir).unwrap().latency_us("p99"), Some(333.0));
-        fs::remove_dir_all(&root).unwrap();
-    }
-
-    fn summary(rss: u64, cpu: f64, p99: f64, suspects: &[&[&str]]) -> Value {
-        serde_json::json!({
-            "schema_version": 1,
-            "target": {"usage": {"rss_kb": rss, "cpu_percent": cpu, "cpu_seconds": 1.0}},
-            "sock": {"ports": [
-                {"port": 3333, "listening": true, "requests": 5000,
-                 "socket_to_reply": {"p50_us": 100.0, "p95_us": 200.0, "p99_us": p99, "rate_per_s": 1000.0}},
-                {"port": 45000, "listening": false, "requests": 9,
-                 "socket_to_reply": {"p50_us": 1.0, "p95_us": 1.0, "p99_us": 1.0, "rate_per_s": 1.0}}
-            ]},
-            "futex": {"locks": [{"name": "SHARE_LOG", "total_wait_us": 500.0}]},
-            "alloc": {"leaks": {"suspects": suspects.iter().map(|f| serde_json::json!({"frames": f})).collect::<Vec<_>>()}}
-        })
+        assert_eq!(
+            load_run(&dir).unwrap().latency_us(Percentile::P99),
+            Some(333.0)
+        );
+        // Without a load report, the busiest port the kernel saw.
+        fs::remove_file(dir.join("load.json")).unwrap();
+        fs::remove_file(dir.join("loadtest_smoke_1.json")).unwrap();
+        fs::remove_file(dir.join("loadtest_standard_1.json")).unwrap();
+        let run = load_run(&dir).unwrap();
+        assert_eq!(run.latency_us(Percentile::P99), Some(1000.0));
+        assert_eq!(run.throughput(), Some(1000.0));
     }
 
     #[test]
     fn a_capture_without_cpu_samples_still_compares() {
-        let root =
-            std::env::temp_dir().join(format!("profiler-compare-empty-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
         let old = run_dir(
-            &root,
+            root,
             "old",
-            summary(100, 1.0, 1000.0, &[]),
+            &summary(100, 1.0, 1000.0, &[]),
             "t;main;work 3\n",
         );
-        let idle = run_dir(&root, "idle", summary(100, 1.0, 1000.0, &[]), "");
+        let idle = run_dir(root, "idle", &summary(100, 1.0, 1000.0, &[]), "");
         let c = compare(&old, &idle, &root.join("cmp1"), &Gates::default()).unwrap();
         assert_eq!(c.verdict, "pass", "{}", render(&c));
         assert!(c.cpu_functions.is_empty());
@@ -777,43 +894,34 @@ mod tests {
         assert_eq!(c.cpu_functions[0].function, "work");
         let svg = fs::read_to_string(root.join("cmp2/diff.svg")).unwrap();
         assert!(svg.contains("work"));
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn passes_within_gates_and_fails_past_them() {
-        let root = std::env::temp_dir().join(format!("profiler-compare-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
         let folded = "t;main;work 90\nt;main;idle 10\n";
-        let old = run_dir(&root, "old", summary(100_000, 50.0, 1000.0, &[]), folded);
-        let same = run_dir(&root, "same", summary(105_000, 52.0, 1050.0, &[]), folded);
+        let old = run_dir(root, "old", &summary(100_000, 50.0, 1000.0, &[]), folded);
+        let same = run_dir(root, "same", &summary(105_000, 52.0, 1050.0, &[]), folded);
         let c = compare(&old, &same, &root.join("cmp1"), &Gates::default()).unwrap();
         assert_eq!(c.verdict, "pass", "{}", render(&c));
         assert!(root.join("cmp1/diff.svg").is_file());
 
         let worse_folded = "t;main;work 50\nt;main;slow_path 40\nt;main;idle 10\n";
         let worse = run_dir(
-            &root,
+            root,
             "worse",
-            summary(130_000, 50.0, 1200.0, &[&["main", "leaky", "malloc"]]),
+            &summary(130_000, 50.0, 1200.0, &[&["main", "leaky", "malloc"]]),
             worse_folded,
         );
         let c = compare(&old, &worse, &root.join("cmp2"), &Gates::default()).unwrap();
         assert_eq!(c.verdict, "regression");
-        let result = |name: &str| {
-            c.gates
-                .iter()
-                .find(|g| g.name == name)
-                .unwrap()
-                .result
-                .clone()
-        };
-        assert_eq!(result("p99 latency"), "fail", "{}", render(&c));
-        assert_eq!(result("throughput"), "pass");
-        assert_eq!(result("RSS"), "fail");
-        assert_eq!(result("CPU"), "pass");
-        assert_eq!(result("p95 latency"), "pass");
-        assert_eq!(result("new leak suspects"), "fail");
+        assert_eq!(result_of(&c, "p99 latency"), "fail", "{}", render(&c));
+        assert_eq!(result_of(&c, "throughput"), "pass");
+        assert_eq!(result_of(&c, "RSS"), "fail");
+        assert_eq!(result_of(&c, "CPU"), "pass");
+        assert_eq!(result_of(&c, "p95 latency"), "pass");
+        assert_eq!(result_of(&c, "new leak suspects"), "fail");
         assert_eq!(c.new_leak_suspects, vec!["main;leaky;malloc"]);
         assert_eq!(c.cpu_functions[0].function, "slow_path");
         assert!((c.cpu_functions[0].change - 0.4).abs() < 1e-9);
@@ -824,11 +932,11 @@ mod tests {
         assert_eq!(json.verdict, "regression");
 
         // Below the floors a large percentage is noise: 0.3% -> 0.6% of a core, p99 +60 µs.
-        let quiet = run_dir(&root, "quiet", summary(100_000, 0.3, 100.0, &[]), folded);
-        let noisy = run_dir(&root, "noisy", summary(100_500, 0.6, 160.0, &[]), folded);
+        let quiet = run_dir(root, "quiet", &summary(100_000, 0.3, 100.0, &[]), folded);
+        let noisy = run_dir(root, "noisy", &summary(100_500, 0.6, 160.0, &[]), folded);
         let c = compare(&quiet, &noisy, &root.join("cmp4"), &Gates::default()).unwrap();
         assert_eq!(c.verdict, "pass", "{}", render(&c));
-        let busy = run_dir(&root, "busy", summary(100_500, 3.8, 400.0, &[]), folded);
+        let busy = run_dir(root, "busy", &summary(100_500, 3.8, 400.0, &[]), folded);
         let c = compare(&quiet, &busy, &root.join("cmp5"), &Gates::default()).unwrap();
         assert_eq!(result_of(&c, "CPU"), "fail", "{}", render(&c));
         assert_eq!(result_of(&c, "p99 latency"), "fail", "{}", render(&c));
@@ -846,37 +954,64 @@ mod tests {
                 .verdict,
             "pass"
         );
-        fs::remove_dir_all(&root).unwrap();
     }
 
+    /// Runs with no data never pass: an empty summary is not a run, a figure one side lacks
+    /// is named, and a comparison with every gate skipped is an error.
     #[test]
-    fn missing_figures_skip_their_gates() {
-        let root =
-            std::env::temp_dir().join(format!("profiler-compare-skip-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let bare = serde_json::json!({"schema_version": 1});
-        let a = run_dir(&root, "a", bare.clone(), "t;x 1\n");
-        let b = run_dir(&root, "b", bare, "t;x 1\n");
-        let c = compare(&a, &b, &root.join("out"), &Gates::default()).unwrap();
-        assert_eq!(c.verdict, "pass");
+    fn runs_without_figures_never_pass() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let full = run_dir(root, "full", &summary(100, 1.0, 1000.0, &[]), "t;x 1\n");
+        let empty = root.join("empty");
+        fs::create_dir_all(&empty).unwrap();
+        fs::write(empty.join("summary.json"), "{}").unwrap();
+        let err = compare(&full, &empty, &root.join("out"), &Gates::default()).unwrap_err();
         assert!(
-            c.gates
-                .iter()
-                .filter(|g| g.name != "new leak suspects")
-                .all(|g| g.result == "skipped")
+            matches!(err, CompareError::Run(RunDirError::NoSchema { .. })),
+            "{err}"
         );
+
+        // Neither run has a single figure: nothing was compared.
+        let a = run_dir(root, "a", &bare(), "t;x 1\n");
+        let b = run_dir(root, "b", &bare(), "t;x 1\n");
+        let err = compare(&a, &b, &root.join("out"), &Gates::default()).unwrap_err();
+        assert!(matches!(err, CompareError::NothingCompared { .. }), "{err}");
+
+        // One side lacks what a gate reads: named, whichever side it is.
+        let mut no_sock = summary(100, 1.0, 1000.0, &[]);
+        no_sock.sock = None;
+        let no_sock = run_dir(root, "no-sock", &no_sock, "t;x 1\n");
+        for (old, new) in [(&full, &no_sock), (&no_sock, &full)] {
+            let err = compare(old, new, &root.join("out"), &Gates::default()).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(&err, CompareError::Missing { lacks, .. } if lacks == &no_sock)
+                    && text.contains("p95 latency")
+                    && text.contains("--sock"),
+                "{text}"
+            );
+        }
+        let mut no_alloc = summary(100, 1.0, 1000.0, &[]);
+        no_alloc.alloc = None;
+        let no_alloc = run_dir(root, "no-alloc", &no_alloc, "t;x 1\n");
+        let err = compare(&full, &no_alloc, &root.join("out"), &Gates::default()).unwrap_err();
+        assert!(err.to_string().contains("--alloc"), "{err}");
+        // Neither has allocations: that gate alone is skipped.
+        let c = compare(&no_alloc, &no_alloc, &root.join("out"), &Gates::default()).unwrap();
+        assert_eq!(result_of(&c, "new leak suspects"), "skipped");
+        assert_eq!(c.verdict, "pass");
         assert!(matches!(
             compare(&a, &root.join("nope"), &root.join("out"), &Gates::default()),
-            Err(CompareError::NotARun { .. })
+            Err(CompareError::Run(RunDirError::NotARun { .. }))
         ));
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn baselines_save_and_check() {
-        let root = std::env::temp_dir().join(format!("profiler-baseline-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let run = run_dir(&root, "run", summary(100_000, 50.0, 1000.0, &[]), "t;x 1\n");
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let run = run_dir(root, "run", &summary(100_000, 50.0, 1000.0, &[]), "t;x 1\n");
         let results = root.join("results");
         let saved = save_baseline(&results, "v1", &run, false).unwrap();
         assert!(saved.join("gates.json").is_file() && saved.join("cpu.folded").is_file());
@@ -890,6 +1025,10 @@ mod tests {
             check_baseline(&results, "nope", &run, &root.join("check")),
             Err(CompareError::NoBaseline { .. })
         ));
-        fs::remove_dir_all(&root).unwrap();
+        // An empty run cannot become a baseline either.
+        let empty = root.join("empty");
+        fs::create_dir_all(&empty).unwrap();
+        fs::write(empty.join("summary.json"), "{}").unwrap();
+        assert!(save_baseline(&results, "v2", &empty, false).is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod preflight;
 pub mod probes;
 pub mod procmaps;
 pub mod report;
+pub mod rundir;
 pub mod session;
 pub mod stacks;
 pub mod symbolize;

@@ -134,7 +134,7 @@ const LIBRARIES: &[(&str, &str)] = &[
 ];
 
 /// The allocator found, and the symbol probed for each function.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocator {
     /// "glibc", "jemalloc", "tcmalloc", "mimalloc", "static" (linked into the main binary),
     /// or "custom" (--allocator).

@@ -54,7 +54,7 @@ impl Percentiles {
 }
 
 /// One listening port of the target.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PortLatency {
     pub port: u16,
     /// Requests replied to: the steady state (each has a service time) and the first requests
@@ -80,7 +80,7 @@ pub struct PortLatency {
     pub first_request: Percentiles,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LatencyReport {
     pub duration_secs: f64,
     /// Busiest port first.

@@ -76,7 +76,7 @@ pub fn growth(series: &[(f64, f64)]) -> (f64, bool) {
     (slope, keeps_growing)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AllocStack {
     /// Root first; the allocating call (`malloc`, `mmap`, …) is the last frame.
     pub frames: Vec<String>,
@@ -121,7 +121,7 @@ pub struct MemoryGrowth {
     pub over_10_percent: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LeakReport {
     /// One allocation in this many was tracked; above 1, byte and count figures are estimates.
     pub sample_every: u32,

@@ -21,7 +21,7 @@ pub struct LockStack {
     pub wait_us: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LockReport {
     pub address: String,
     pub name: String,

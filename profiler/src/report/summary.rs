@@ -14,7 +14,7 @@ use crate::{
 /// Bumped whenever a field changes meaning or is removed (adding fields does not bump it).
 pub const SCHEMA_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
     pub schema_version: u32,
     pub profiler_version: String,
@@ -47,7 +47,7 @@ pub struct Summary {
     pub outputs: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TargetSummary {
     pub pid: u32,
     pub comm: String,
@@ -117,7 +117,7 @@ pub struct StackWeight {
     pub weight: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FutexSummary {
     pub waits: u64,
     pub wakes: u64,
@@ -125,7 +125,7 @@ pub struct FutexSummary {
     pub locks: Vec<LockReport>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AllocSummary {
     pub allocator: Allocator,
     /// Allocator calls seen, tracked (sampled in) and freed.

@@ -1,0 +1,174 @@
+//! The run directory: what one capture writes, read back through the same types that wrote it.
+//!
+//! `summary.json` is the index of a run. Its `schema_version` is checked before anything else:
+//! a file without one is not a summary, and a newer version than this build knows is refused
+//! rather than half read. Older versions read through serde defaults on fields added since.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::{
+    load::LoadReport,
+    report::summary::{SCHEMA_VERSION, Summary},
+};
+
+/// The run's index.
+pub const SUMMARY: &str = "summary.json";
+/// The load driver's report written beside a capture (the release checklist does).
+pub const LOAD: &str = "load.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    #[error("{} has no {SUMMARY}: not a profiler output directory", dir.display())]
+    NotARun { dir: PathBuf },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a valid {what}", path.display())]
+    Parse {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{} has no schema_version: not a profiler summary", path.display())]
+    NoSchema { path: PathBuf },
+    #[error(
+        "{} has schema version {found}, newer than this profiler reads ({SCHEMA_VERSION}): \
+         read it with a newer profiler",
+        path.display()
+    )]
+    Newer { path: PathBuf, found: u32 },
+}
+
+/// One capture's output directory, read.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub dir: PathBuf,
+    pub summary: Summary,
+    /// The load driver's report, when the directory holds one: `load.json`, else the
+    /// standard profile's `loadtest_standard_*.json`, else the first `loadtest_*.json`.
+    pub load: Option<LoadReport>,
+}
+
+impl RunDir {
+    pub fn open(dir: &Path) -> Result<Self, RunDirError> {
+        let path = dir.join(SUMMARY);
+        if !path.is_file() {
+            return Err(RunDirError::NotARun { dir: dir.into() });
+        }
+        let summary = read_summary(&path)?;
+        let load = load_report_path(dir)
+            .map(|path| read_json(&path, "load report"))
+            .transpose()?;
+        Ok(Self {
+            dir: dir.into(),
+            summary,
+            load,
+        })
+    }
+
+    /// A file of the run.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// Reads a summary, checking its schema version first.
+pub fn read_summary(path: &Path) -> Result<Summary, RunDirError> {
+    #[derive(Deserialize)]
+    struct Version {
+        schema_version: Option<u32>,
+    }
+    let text = read(path)?;
+    let parse = |source| RunDirError::Parse {
+        path: path.into(),
+        what: SUMMARY,
+        source,
+    };
+    let version: Version = serde_json::from_str(&text).map_err(parse)?;
+    match version.schema_version {
+        None => Err(RunDirError::NoSchema { path: path.into() }),
+        Some(found) if found > SCHEMA_VERSION => Err(RunDirError::Newer {
+            path: path.into(),
+            found,
+        }),
+        Some(_) => serde_json::from_str(&text).map_err(parse),
+    }
+}
+
+fn read(path: &Path) -> Result<String, RunDirError> {
+    fs::read_to_string(path).map_err(|source| RunDirError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &'static str,
+) -> Result<T, RunDirError> {
+    serde_json::from_str(&read(path)?).map_err(|source| RunDirError::Parse {
+        path: path.into(),
+        what,
+        source,
+    })
+}
+
+fn load_report_path(dir: &Path) -> Option<PathBuf> {
+    fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.path(), e.file_name().into_string().ok()?)))
+        .filter(|(_, n)| n.starts_with("load") && n.ends_with(".json"))
+        .min_by_key(|(_, n)| (n != LOAD, !n.starts_with("loadtest_standard"), n.clone()))
+        .map(|(p, _)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_is_checked_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SUMMARY);
+        fs::write(&path, "{}").unwrap();
+        assert!(matches!(
+            RunDir::open(dir.path()),
+            Err(RunDirError::NoSchema { .. })
+        ));
+        fs::write(
+            &path,
+            format!("{{\"schema_version\": {}}}", SCHEMA_VERSION + 1),
+        )
+        .unwrap();
+        let err = RunDir::open(dir.path()).unwrap_err();
+        assert!(matches!(err, RunDirError::Newer { .. }), "{err}");
+        // Required fields missing: a parse error naming the file, not a run full of zeros.
+        fs::write(&path, "{\"schema_version\": 1}").unwrap();
+        assert!(matches!(
+            RunDir::open(dir.path()),
+            Err(RunDirError::Parse { .. })
+        ));
+        let summary = Summary {
+            schema_version: SCHEMA_VERSION,
+            ..Summary::default()
+        };
+        fs::write(&path, serde_json::to_string(&summary).unwrap()).unwrap();
+        let run = RunDir::open(dir.path()).unwrap();
+        assert_eq!(run.summary.schema_version, SCHEMA_VERSION);
+        assert!(run.load.is_none());
+        assert!(matches!(
+            RunDir::open(&dir.path().join("nope")),
+            Err(RunDirError::NotARun { .. })
+        ));
+    }
+}
