@@ -29,6 +29,13 @@ pub const PORTS_MAP: &str = "SOCK_PORTS";
 pub const HISTS_MAP: &str = "SOCK_HISTS";
 /// `SOCK_COUNTS`: per-CPU array of `u64`, [`count_index`]-ed.
 pub const COUNTS_MAP: &str = "SOCK_COUNTS";
+/// `SOCK_SEND_ENTRY`: tid → when the thread's current write-type syscall began (ns), so a
+/// reply is timed from the start of the call that sends it, not from its return.
+pub const SEND_ENTRY_MAP: &str = "SOCK_SEND_ENTRY";
+/// `syscalls:sys_enter_{write,writev,sendto,sendmsg}`: stamps [`SEND_ENTRY_MAP`].
+pub const SEND_ENTER_PROGRAM: &str = "sock_send_enter";
+/// The syscalls a reply goes out through, whose entries [`SEND_ENTER_PROGRAM`] stamps.
+pub const SEND_SYSCALLS: [&str; 4] = ["write", "writev", "sendto", "sendmsg"];
 /// `SOCK_ARMED`: one `u32`, set to 1 by userspace once every program is attached.
 pub const ARMED_MAP: &str = "SOCK_ARMED";
 /// [`SockConfig`] global.
@@ -59,7 +66,11 @@ pub mod counter {
     /// Requests whose arrival was not seen (queued before the socket was known): they have a
     /// service time but no socket-to-reply time.
     pub const UNSEEN: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// When this CPU first and last saw a reply on the port (ns, monotonic; 0: never), so
+    /// rates are over the span requests were served, not the whole capture.
+    pub const FIRST_REPLY_NS: u32 = 2;
+    pub const LAST_REPLY_NS: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Entries of `SOCK_HISTS`.

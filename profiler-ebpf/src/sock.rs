@@ -54,6 +54,9 @@ static SOCK_HISTS: PerCpuArray<Hist> = PerCpuArray::with_max_entries(HISTS, 0);
 #[map]
 static SOCK_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTS, 0);
 
+#[map]
+static SOCK_SEND_ENTRY: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+
 /// 1 once userspace has attached all four programs: until then each one alone would see half a
 /// request (an arrival with no read, a read with no arrival) and leave it half done.
 #[map]
@@ -273,11 +276,59 @@ fn socket(sk: u64, skc_num: u32) -> Option<*mut SockState> {
     SOCK_SOCKETS.get_ptr_mut(sk)
 }
 
-/// The socket of a read or write by the target, and whether it moved data. Any call counts as
-/// the target picking a new connection up, even one that found nothing to read yet.
+/// Stamps the start of a target thread's write-type syscall: `sock_send_length` fires when
+/// the data has gone, inside the call and after the peer was woken (on loopback the client
+/// can receive and run before it), so the reply is timed from the call's start.
+#[tracepoint]
+pub fn sock_send_enter(_ctx: TracePointContext) -> u32 {
+    let Some((_, tid)) = target_thread() else {
+        return 0;
+    };
+    if !armed() {
+        return 0;
+    }
+    let _ = SOCK_SEND_ENTRY.insert(tid, now_ns(), BPF_ANY as u64);
+    0
+}
+
+/// When the reply being sent by `tid` began: its syscall's entry, unless that stamp is from
+/// another call (older than the request's read, when the reply went out another way such as
+/// sendfile or io_uring), then `now`.
 #[inline(always)]
-fn target_io(ctx: &TracePointContext) -> Option<(*mut SockState, bool)> {
-    target_thread()?;
+fn reply_start(tid: u32, read_ns: u64, now: u64) -> u64 {
+    // SAFETY: copied out at once; only this thread writes its entry.
+    match unsafe { SOCK_SEND_ENTRY.get(tid) }.copied() {
+        Some(entered) if read_ns <= entered && entered <= now => entered,
+        _ => now,
+    }
+}
+
+/// Widens the port's span of replies on this CPU to `now`.
+#[inline(always)]
+fn replied_at(port_index: u32, now: u64) {
+    if port_index >= MAX_PORTS {
+        return;
+    }
+    if let Some(first) = SOCK_COUNTS.get_ptr_mut(count_index(port_index, counter::FIRST_REPLY_NS)) {
+        // SAFETY: this CPU's slot; a softirq program on this CPU never writes it.
+        unsafe {
+            if *first == 0 {
+                *first = now;
+            }
+        }
+    }
+    if let Some(last) = SOCK_COUNTS.get_ptr_mut(count_index(port_index, counter::LAST_REPLY_NS)) {
+        // SAFETY: as above.
+        unsafe { *last = now };
+    }
+}
+
+/// The socket of a read or write by the target, the thread, and whether it moved data. Any
+/// call counts as the target picking a new connection up, even one that found nothing to read
+/// yet.
+#[inline(always)]
+fn target_io(ctx: &TracePointContext) -> Option<(*mut SockState, u32, bool)> {
+    let (_, tid) = target_thread()?;
     if !armed() {
         return None;
     }
@@ -288,12 +339,12 @@ fn target_io(ctx: &TracePointContext) -> Option<(*mut SockState, bool)> {
     if protocol != IPPROTO_TCP {
         return None;
     }
-    Some((socket(sk, config.skc_num)?, ret > 0))
+    Some((socket(sk, config.skc_num)?, tid, ret > 0))
 }
 
 #[tracepoint]
 pub fn sock_recv(ctx: TracePointContext) -> u32 {
-    let Some((sock, true)) = target_io(&ctx) else {
+    let Some((sock, _, true)) = target_io(&ctx) else {
         return 0;
     };
     let now = now_ns();
@@ -318,16 +369,17 @@ pub fn sock_recv(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sock_send(ctx: TracePointContext) -> u32 {
-    let Some((sock, true)) = target_io(&ctx) else {
+    let Some((sock, tid, true)) = target_io(&ctx) else {
         return 0;
     };
-    let now = now_ns();
     // SAFETY: as in sock_recv.
     unsafe {
         let port_index = (*sock).port_index;
         match (*sock).state {
             state::READ => {
                 count(stats::SOCK_REQUESTS);
+                let now = reply_start(tid, (*sock).read_ns, now_ns());
+                replied_at(port_index, now);
                 let arrived = (*sock).arrived_ns;
                 if (*sock).first != 0 {
                     // Apart from the steady state; its arrival was held in SOCK_NEW, or the

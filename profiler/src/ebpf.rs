@@ -100,6 +100,7 @@ mod tests {
             sock::RECV_PROGRAM,
             sock::SEND_PROGRAM,
             sock::STATE_PROGRAM,
+            sock::SEND_ENTER_PROGRAM,
         ];
         for program in programs {
             assert!(
@@ -134,6 +135,7 @@ mod tests {
             sock::HISTS_MAP,
             sock::COUNTS_MAP,
             sock::ARMED_MAP,
+            sock::SEND_ENTRY_MAP,
             alloc::ARMED_MAP,
         ] {
             assert!(

@@ -89,7 +89,25 @@ pub fn kernel_config(_config: &Config) -> Result<SockConfig, ProbeError> {
 }
 
 pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
-    // The programs do nothing until all four are attached and armed together.
+    // The programs do nothing until all are attached and armed together.
+    let enter: &mut aya::programs::TracePoint =
+        super::program_mut(ebpf, PROBE, sock::SEND_ENTER_PROGRAM)?;
+    enter.load().map_err(|source| ProbeError::Load {
+        probe: PROBE,
+        program: sock::SEND_ENTER_PROGRAM,
+        source: Box::new(source),
+    })?;
+    for syscall in sock::SEND_SYSCALLS {
+        let event = format!("sys_enter_{syscall}");
+        enter
+            .attach("syscalls", &event)
+            .map_err(|source| ProbeError::Attach {
+                probe: PROBE,
+                program: sock::SEND_ENTER_PROGRAM,
+                target: format!("syscalls:{event}"),
+                source: Box::new(source),
+            })?;
+    }
     for (program, event) in [
         (sock::STATE_PROGRAM, "inet_sock_set_state"),
         (sock::DATA_READY_PROGRAM, "sk_data_ready"),
@@ -202,6 +220,8 @@ pub struct PortData {
     pub first_request: Merged,
     pub pushes: u64,
     pub unseen: u64,
+    /// The first and last reply on the port (ns, monotonic), when there was one.
+    pub replies_between: Option<(u64, u64)>,
 }
 
 /// Every tracked port's histograms and counters, summed over CPUs.
@@ -222,12 +242,25 @@ pub fn read(ebpf: &Ebpf, ports: &Ports) -> Result<Vec<PortData>, ProbeError> {
         }
         Ok(merged)
     };
-    let summed = |index: u32| -> Result<u64, ProbeError> {
+    let per_cpu = |index: u32| -> Result<Vec<u64>, ProbeError> {
         Ok(counts
             .get(&index, 0)
             .map_err(fail(sock::COUNTS_MAP))?
             .iter()
-            .sum())
+            .copied()
+            .collect())
+    };
+    let summed = |index: u32| -> Result<u64, ProbeError> { Ok(per_cpu(index)?.iter().sum()) };
+    // Each CPU keeps its own first and last reply: the earliest first, the latest last.
+    let span = |i: u32| -> Result<Option<(u64, u64)>, ProbeError> {
+        let first = per_cpu(count_index(i, counter::FIRST_REPLY_NS))?
+            .into_iter()
+            .filter(|&ns| ns != 0)
+            .min();
+        let last = per_cpu(count_index(i, counter::LAST_REPLY_NS))?
+            .into_iter()
+            .max();
+        Ok(first.zip(last))
     };
     ports
         .indices
@@ -241,6 +274,7 @@ pub fn read(ebpf: &Ebpf, ports: &Ports) -> Result<Vec<PortData>, ProbeError> {
                 first_request: merged(hist_index(i, kind::FIRST_REQUEST))?,
                 pushes: summed(count_index(i, counter::PUSHES))?,
                 unseen: summed(count_index(i, counter::UNSEEN))?,
+                replies_between: span(i)?,
             })
         })
         .collect()

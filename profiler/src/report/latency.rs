@@ -78,6 +78,11 @@ pub struct PortLatency {
     /// apart because it is connection setup, not the steady state.
     #[serde(default)]
     pub first_request: Percentiles,
+    /// Seconds over which replies went out: from the first reply to the last, plus one mean
+    /// gap (so `requests / served_secs` is the rate while serving). The capture's length when
+    /// fewer than two replies were seen. Reply rates are over this span, not the capture.
+    #[serde(default)]
+    pub served_secs: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -94,16 +99,21 @@ impl LatencyReport {
     pub fn new(data: &[PortData], duration_secs: f64, untracked_ports: Vec<u16>) -> Self {
         let mut ports: Vec<PortLatency> = data
             .iter()
-            .map(|p| PortLatency {
-                port: p.port,
-                requests: p.service.count() + p.first_request.count(),
-                pushes: p.pushes,
-                unseen: p.unseen,
-                connections: p.new_connection.count(),
-                socket_to_reply: Percentiles::of(&p.socket_to_reply, duration_secs),
-                service: Percentiles::of(&p.service, duration_secs),
-                new_connection: Percentiles::of(&p.new_connection, duration_secs),
-                first_request: Percentiles::of(&p.first_request, duration_secs),
+            .map(|p| {
+                let requests = p.service.count() + p.first_request.count();
+                let served = served_secs(p.replies_between, requests, duration_secs);
+                PortLatency {
+                    port: p.port,
+                    requests,
+                    pushes: p.pushes,
+                    unseen: p.unseen,
+                    connections: p.new_connection.count(),
+                    socket_to_reply: Percentiles::of(&p.socket_to_reply, served),
+                    service: Percentiles::of(&p.service, served),
+                    new_connection: Percentiles::of(&p.new_connection, duration_secs),
+                    first_request: Percentiles::of(&p.first_request, served),
+                    served_secs: served,
+                }
             })
             .collect();
         ports.sort_by_key(|p| (std::cmp::Reverse(p.requests), p.port));
@@ -112,6 +122,18 @@ impl LatencyReport {
             ports,
             untracked_ports,
         }
+    }
+}
+
+/// The span replies went out over: first to last reply plus one mean gap between them, so that
+/// `requests / span` is the serving rate; the capture's length with fewer than two replies.
+pub fn served_secs(between: Option<(u64, u64)>, requests: u64, capture_secs: f64) -> f64 {
+    match between {
+        Some((first, last)) if requests >= 2 && last > first => {
+            let span = (last - first) as f64 / 1e9;
+            span * requests as f64 / (requests - 1) as f64
+        }
+        _ => capture_secs,
     }
 }
 
@@ -132,12 +154,21 @@ pub fn text(report: &LatencyReport) -> String {
         out.push_str("no listening TCP port of the target was seen\n");
     }
     for p in &report.ports {
+        // Older summaries have no span: the capture's length, as they were written.
+        let served = if p.served_secs > 0.0 {
+            p.served_secs
+        } else {
+            report.duration_secs
+        };
         let _ = writeln!(
             out,
-            "port {}: {} requests ({:.1}/s), {} new connections, {} pushes (not paired), {} unseen arrivals",
+            "port {}: {} requests ({:.1}/s over the {:.1}s they were served, of {:.1}s), {} new \
+             connections, {} pushes (not paired), {} unseen arrivals",
             p.port,
             p.requests,
-            p.requests as f64 / report.duration_secs.max(1e-9),
+            p.requests as f64 / served.max(1e-9),
+            served,
+            report.duration_secs,
             p.connections,
             p.pushes,
             p.unseen
@@ -428,6 +459,7 @@ mod tests {
             first_request: merged(&[300]),
             pushes: 7,
             unseen: 1,
+            replies_between: None,
         }
     }
 
@@ -453,12 +485,33 @@ mod tests {
         }
         let text = text(&report);
         assert!(
-            text.starts_with("port 3333: 1001 requests (100.1/s)"),
+            text.starts_with("port 3333: 1001 requests (100.1/s over the 10.0s"),
             "{text}"
         );
         assert!(text.contains("99%"), "{text}");
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(json["ports"][0]["socket_to_reply"]["count"], 1000);
+    }
+
+    /// 1001 replies within 2.5 s of a 25 s capture are served at 400/s, not 40/s.
+    #[test]
+    fn rates_are_over_the_span_requests_were_served() {
+        let values: Vec<u64> = (1..=1000).collect();
+        let mut data = port(&values);
+        data.replies_between = Some((5_000_000_000, 7_500_000_000));
+        let report = LatencyReport::new(&[data], 25.0, vec![]);
+        let p = &report.ports[0];
+        assert!((p.served_secs - 2.5 * 1001.0 / 1000.0).abs() < 1e-9);
+        assert!((p.socket_to_reply.rate_per_s - 1000.0 / p.served_secs).abs() < 1e-9);
+        let text = text(&report);
+        assert!(
+            text.starts_with(
+                "port 3333: 1001 requests (400.0/s over the 2.5s they were served, of 25.0s)"
+            ),
+            "{text}"
+        );
+        assert_eq!(served_secs(Some((10, 10)), 1, 25.0), 25.0);
+        assert_eq!(served_secs(None, 500, 25.0), 25.0);
     }
 
     #[test]

@@ -87,6 +87,9 @@ const OUR_PROGRAMS: &[&str] = &[
     profiler_common::sock::RECV_PROGRAM,
     profiler_common::sock::SEND_PROGRAM,
     profiler_common::sock::STATE_PROGRAM,
+    profiler_common::sock::SEND_ENTER_PROGRAM,
+    profiler_common::alloc::MMAP_EXIT_PROGRAM,
+    profiler_common::alloc::MUNMAP_PROGRAM,
 ];
 
 pub fn assert_no_programs_loaded() {
