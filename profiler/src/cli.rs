@@ -91,8 +91,9 @@ pub struct AttachArgs {
     /// Process to profile (its pid as the host sees it).
     #[arg(short, long)]
     pub pid: u32,
-    /// How long to capture, e.g. 30s or 2m [default: until Ctrl-C or the target exits].
-    #[arg(short, long, value_parser = humantime::parse_duration)]
+    /// How long to capture, e.g. 30s, 2m or 90 (seconds) [default: until Ctrl-C or the target
+    /// exits].
+    #[arg(short, long, value_parser = positive_duration)]
     pub duration: Option<Duration>,
     /// Every family but alloc (which costs more): cpu, offcpu, futex and sock, on one
     /// timeline into one output directory. Add --alloc for allocations too.
@@ -137,6 +138,10 @@ pub struct AttachArgs {
     /// Where to write reports [default: results/<comm>-<pid>-<UTC timestamp>/].
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Replace the reports of an earlier run in --output (refused otherwise, so no stale
+    /// report sits beside the new ones).
+    #[arg(long)]
+    pub overwrite: bool,
     /// How to walk user stacks: .eh_frame tables where binaries have them (auto), frame
     /// pointers only (fp), or tables only (dwarf).
     #[arg(long, value_enum, default_value_t = Unwind::Auto)]
@@ -191,8 +196,26 @@ impl AttachArgs {
             unwind: self.unwind.into(),
             verbose,
             progress: !self.quiet,
+            overwrite: self.overwrite,
         }
     }
+}
+
+/// A duration on the command line: `30s`, `2m`, `1m30s`, `500ms`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string());
+    }
+    humantime::parse_duration(text).map_err(|err| format!("{err} (e.g. 30s, 2m, 500ms)"))
+}
+
+/// A duration that must be more than zero.
+pub fn positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -269,5 +292,16 @@ mod tests {
         assert!(Cli::try_parse_from(["profiler", "attach", "--pid", "x"]).is_err());
         assert!(Cli::try_parse_from(["profiler", "attach", "--pid", "1", "-d", "soon"]).is_err());
         assert!(Cli::try_parse_from(["profiler", "attach", "--pid", "1", "-F", "0"]).is_err());
+        for zero in ["0", "0s", "0ms"] {
+            let err = Cli::try_parse_from(["profiler", "attach", "--pid", "1", "-d", zero])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("more than zero"), "{zero}: {err}");
+        }
+        let cli = Cli::try_parse_from(["profiler", "attach", "--pid", "1", "-d", "90"]).unwrap();
+        let Command::Attach(args) = cli.command else {
+            panic!("attach")
+        };
+        assert_eq!(args.duration, Some(Duration::from_secs(90)));
     }
 }

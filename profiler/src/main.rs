@@ -1,6 +1,9 @@
 use std::{
     process::ExitCode,
-    sync::{Arc, atomic::AtomicBool},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use anyhow::Context as _;
@@ -43,12 +46,7 @@ fn main() -> ExitCode {
 
 fn attach(args: AttachArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second Ctrl-C exits at once; the kernel detaches our programs when we exit.
-        signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
-            .context("installing signal handlers")?;
-        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
-    }
+    watch_interrupts(stop.clone())?;
     let opts = args.into_options(verbose);
     let mut session = Session::start(opts.clone())?;
     let target = session.target();
@@ -67,6 +65,27 @@ fn attach(args: AttachArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     println!("{}", outcome.terminal);
     println!("\nreports in {}", outcome.dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first Ctrl-C or SIGTERM ends the capture, which still writes every output; a second
+/// one exits at once, without them, and says so (the kernel detaches our programs as we exit).
+fn watch_interrupts(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if stop.swap(true, Ordering::SeqCst) {
+                    eprintln!("\nsecond interrupt: exiting now, without writing the outputs");
+                    std::process::exit(128 + signal);
+                }
+                eprintln!("\nstopping: writing the outputs (interrupt again to exit without them)");
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
 }
 
 fn unwind_tables(args: &UnwindTablesArgs) -> anyhow::Result<ExitCode> {

@@ -17,12 +17,24 @@ pub enum PreflightError {
     Privileges,
     #[error("pid {pid} not found")]
     PidNotFound { pid: u32 },
-    #[error("output directory {} is not writable: choose another with --output", dir.display())]
+    #[error("pid {pid} ({comm}) is a kernel thread: it has no user space to profile")]
+    KernelThread { pid: u32, comm: String },
+    #[error("cannot write into output directory {}: choose another with --output", dir.display())]
     OutputNotWritable {
         dir: PathBuf,
         #[source]
         source: io::Error,
     },
+    #[error(
+        "{} is on {fs}, a kernel interface, not storage: choose a directory on a disk with --output",
+        dir.display()
+    )]
+    OutputNotStorage { dir: PathBuf, fs: &'static str },
+    #[error(
+        "{} holds an earlier run ({file}): choose another --output, or pass --overwrite to replace its reports",
+        dir.display()
+    )]
+    OutputHoldsRun { dir: PathBuf, file: String },
     #[error(
         "tracefs is not mounted at /sys/kernel/tracing and mounting it failed: run `sudo mount -t tracefs tracefs /sys/kernel/tracing`"
     )]
@@ -78,6 +90,9 @@ pub fn check_target(pid: u32) -> Result<Target, PreflightError> {
     let comm = fs::read_to_string(proc.join("comm"))
         .map(|c| c.trim_end().to_string())
         .unwrap_or_default();
+    if fs::read_to_string(proc.join("stat")).is_ok_and(|stat| is_kernel_thread(&stat)) {
+        return Err(PreflightError::KernelThread { pid, comm });
+    }
     let cmdline = fs::read(proc.join("cmdline"))
         .map(|raw| {
             raw.split(|&b| b == 0)
@@ -95,17 +110,121 @@ pub fn check_target(pid: u32) -> Result<Target, PreflightError> {
     })
 }
 
-/// Creates `dir` if needed and proves we can write into it.
-pub fn prepare_output(dir: &Path) -> Result<(), PreflightError> {
-    let fail = |source| PreflightError::OutputNotWritable {
-        dir: dir.to_path_buf(),
-        source,
-    };
-    fs::create_dir_all(dir).map_err(fail)?;
-    let probe = dir.join(".profiler-write-test");
-    fs::write(&probe, b"").map_err(fail)?;
-    fs::remove_file(&probe).map_err(fail)?;
-    Ok(())
+/// `PF_KTHREAD` in the flags of `/proc/PID/stat` (the 9th field).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+fn is_kernel_thread(stat: &str) -> bool {
+    // Fields after the parenthesised comm start at the 3rd (state).
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6))
+        .and_then(|flags| flags.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// Kernel interfaces that look like directories but hold no files of ours.
+fn pseudo_filesystem(dir: &Path) -> Option<&'static str> {
+    // The nearest existing ancestor decides: a directory not made yet lands on its filesystem.
+    let existing = dir.ancestors().find(|p| p.exists())?;
+    let magic = rustix::fs::statfs(existing).ok()?.f_type as u64;
+    Some(match magic {
+        0x9fa0 => "procfs",
+        0x6265_6572 => "sysfs",
+        0x2702_1997 => "cgroup2",
+        0x0027_e0eb => "cgroup",
+        0x7472_6163 => "tracefs",
+        0x6462_6720 => "debugfs",
+        0xcafe_4a11 => "bpffs",
+        0x1cd1 => "devpts",
+        0x7363_6673 => "securityfs",
+        _ => return None,
+    })
+}
+
+/// The output directory a capture writes to, prepared: created if it did not exist (and
+/// removed again if the capture fails before writing anything), refused if it holds another
+/// run's reports unless those may be replaced.
+#[derive(Debug)]
+pub struct OutputDir {
+    path: PathBuf,
+    /// We made it (and every missing parent from `made_from` down): undo that on failure.
+    made_from: Option<PathBuf>,
+    kept: bool,
+}
+
+impl OutputDir {
+    /// Creates `dir` if needed and proves we can write into it. `reports` are the file names a
+    /// run writes; a directory holding any of them is refused, unless `overwrite`, which
+    /// removes them so no stale report sits beside the new run's.
+    pub fn prepare(dir: &Path, reports: &[&str], overwrite: bool) -> Result<Self, PreflightError> {
+        if let Some(fs) = pseudo_filesystem(dir) {
+            return Err(PreflightError::OutputNotStorage {
+                dir: dir.to_path_buf(),
+                fs,
+            });
+        }
+        let fail = |source| PreflightError::OutputNotWritable {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        for name in reports {
+            let file = dir.join(name);
+            if !file.exists() {
+                continue;
+            }
+            if !overwrite {
+                return Err(PreflightError::OutputHoldsRun {
+                    dir: dir.to_path_buf(),
+                    file: (*name).to_string(),
+                });
+            }
+            fs::remove_file(&file).map_err(fail)?;
+        }
+        let made_from = dir
+            .ancestors()
+            .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+            .last()
+            .map(Path::to_path_buf);
+        fs::create_dir_all(dir).map_err(fail)?;
+        let output = Self {
+            path: dir.to_path_buf(),
+            made_from,
+            kept: false,
+        };
+        let probe = dir.join(".profiler-write-test");
+        fs::write(&probe, b"").map_err(fail)?;
+        fs::remove_file(&probe).map_err(fail)?;
+        Ok(output)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The capture is under way: the directory stays whatever happens next.
+    pub fn keep(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for OutputDir {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        if let Some(top) = &self.made_from {
+            // Only what we made, and only while it holds nothing.
+            let mut dir = self.path.as_path();
+            loop {
+                if fs::remove_dir(dir).is_err() || dir == top {
+                    break;
+                }
+                match dir.parent() {
+                    Some(parent) => dir = parent,
+                    None => break,
+                }
+            }
+        }
+    }
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -199,15 +318,72 @@ mod tests {
     }
 
     #[test]
-    fn output_dir_must_be_writable() {
-        let dir = std::env::temp_dir().join(format!("profiler-preflight-{}", std::process::id()));
-        prepare_output(&dir.join("nested")).expect("creatable");
-        let file = dir.join("a-file");
+    fn output_dir_must_be_writable_storage() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b");
+        let mut out = OutputDir::prepare(&dir, &["summary.json"], false).expect("creatable");
+        out.keep();
+        drop(out);
+        assert!(dir.is_dir());
+        let file = root.path().join("a-file");
         fs::write(&file, b"x").unwrap();
         // A path under a regular file can never be created.
-        let err = prepare_output(&file.join("sub")).unwrap_err();
-        assert!(err.to_string().contains("not writable"), "{err}");
-        fs::remove_dir_all(&dir).unwrap();
+        let err = OutputDir::prepare(&file.join("sub"), &[], false).unwrap_err();
+        assert!(err.to_string().contains("cannot write into"), "{err}");
+        for proc in ["/proc/sys", "/proc/sys/new-dir", "/sys/kernel"] {
+            let err = OutputDir::prepare(Path::new(proc), &[], false).unwrap_err();
+            assert!(
+                matches!(err, PreflightError::OutputNotStorage { .. }),
+                "{proc}: {err}"
+            );
+        }
+    }
+
+    /// A capture that fails before writing leaves no directory it made behind; one it did
+    /// not make stays.
+    #[test]
+    fn a_failed_capture_leaves_no_directory_it_made() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("results/run-1");
+        drop(OutputDir::prepare(&dir, &[], false).unwrap());
+        assert!(!root.path().join("results").exists());
+        fs::create_dir_all(&dir).unwrap();
+        drop(OutputDir::prepare(&dir, &[], false).unwrap());
+        assert!(dir.is_dir(), "it was there before");
+    }
+
+    /// An earlier run's reports are refused, or removed with --overwrite; other files stay.
+    #[test]
+    fn an_earlier_run_is_not_mixed_with_a_new_one() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        fs::write(dir.join("summary.json"), "{}").unwrap();
+        fs::write(dir.join("offcpu.svg"), "<svg/>").unwrap();
+        fs::write(dir.join("load.json"), "{}").unwrap();
+        let reports = ["summary.json", "offcpu.svg", "cpu.svg"];
+        let err = OutputDir::prepare(dir, &reports, false).unwrap_err();
+        assert!(
+            matches!(err, PreflightError::OutputHoldsRun { .. })
+                && err.to_string().contains("--overwrite"),
+            "{err}"
+        );
+        OutputDir::prepare(dir, &reports, true).unwrap().keep();
+        assert!(!dir.join("summary.json").exists() && !dir.join("offcpu.svg").exists());
+        assert!(dir.join("load.json").exists(), "not a report of ours");
+    }
+
+    #[test]
+    fn kernel_threads_have_no_user_space() {
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 9 0 0";
+        assert!(is_kernel_thread(kthreadd));
+        let own = fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(!is_kernel_thread(&own));
+        if Path::new("/proc/2/stat").exists() {
+            assert!(matches!(
+                check_target(2),
+                Err(PreflightError::KernelThread { .. })
+            ));
+        }
     }
 
     #[test]

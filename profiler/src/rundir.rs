@@ -21,6 +21,31 @@ pub const SUMMARY: &str = "summary.json";
 /// The load driver's report written beside a capture (the release checklist does).
 pub const LOAD: &str = "load.json";
 
+/// Every report a capture may write. A directory holding any of them holds a run, which a new
+/// capture must not be mixed into.
+pub const REPORTS: &[&str] = &[
+    SUMMARY,
+    "report.html",
+    "profile.pb.gz",
+    "cpu.folded",
+    "cpu.svg",
+    "offcpu.folded",
+    "offcpu.svg",
+    "locks.txt",
+    "locks.folded",
+    "locks.svg",
+    "alloc.folded",
+    "alloc.svg",
+    "leaks.txt",
+    "leaks.json",
+    "memory_samples.csv",
+    "latency.txt",
+    "latency.json",
+    "latency.hgrm",
+    "latency.svg",
+    "latency_timeseries.csv",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
     #[error("{} has no {SUMMARY}: not a profiler output directory", dir.display())]

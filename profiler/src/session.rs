@@ -78,6 +78,8 @@ pub struct AttachOptions {
     pub verbose: bool,
     /// Draw a live progress line on stderr.
     pub progress: bool,
+    /// Replace an earlier run's reports in `output` instead of refusing.
+    pub overwrite: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +132,8 @@ pub struct Session {
     opts: AttachOptions,
     target: Target,
     out_dir: PathBuf,
+    /// Kept once attached; until then a failure removes the directory if we made it.
+    _output: preflight::OutputDir,
     ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     maps: ProcessMaps,
@@ -230,7 +234,8 @@ impl Session {
             .output
             .clone()
             .unwrap_or_else(|| default_output_dir(&target, started_at));
-        preflight::prepare_output(&out_dir)?;
+        let mut output =
+            preflight::OutputDir::prepare(&out_dir, crate::rundir::REPORTS, opts.overwrite)?;
         let pidfd =
             pidfd_open(opts.pid).map_err(|_| PreflightError::PidNotFound { pid: opts.pid })?;
         // Tracepoint layouts first: a kernel without them fails here, before anything loads.
@@ -333,10 +338,12 @@ impl Session {
             }
         }
         let opts_pid = opts.pid;
+        output.keep();
         Ok(Self {
             opts,
             target,
             out_dir,
+            _output: output,
             ebpf,
             logger,
             maps,
@@ -524,6 +531,8 @@ impl Session {
                 log::warn!("stopping the capture: {err}");
             }
         }
+        // Our programs leave kallsyms when unloaded: their names are taken first.
+        let bpf_symbols = crate::symbolize::BpfSymbols::snapshot();
         probes::unload_all(&mut self.ebpf);
         if let Some(logger) = &mut self.logger {
             logger.flush();
@@ -539,7 +548,7 @@ impl Session {
             self.latency_snapshot();
         }
         let counters = read_stats(&self.ebpf);
-        let symbolizer = Symbolizer::new();
+        let symbolizer = Symbolizer::new().with_bpf(bpf_symbols);
         let mut notes = std::mem::take(&mut self.notes);
         if end == EndReason::TargetExited {
             notes.push(format!(

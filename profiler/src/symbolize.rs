@@ -28,6 +28,65 @@ pub struct Symbolizer {
     blaze: Blaze,
     /// Start of our own `[vdso]`: every process of one kernel maps the same vdso image.
     own_vdso: Option<u64>,
+    /// JIT-compiled BPF programs (ours among them), as kallsyms listed them while loaded.
+    bpf: BpfSymbols,
+}
+
+/// The `[bpf]` entries of `/proc/kallsyms` (`bpf_prog_<tag>_<name>`, trampolines, dispatchers):
+/// kallsyms lists a program only while it is loaded, and blazesym's kernel source names
+/// addresses past every vmlinux symbol after the last one (`__stop_runtime_ptr_…`). Taken
+/// while our programs are loaded, so samples inside them are named as ours.
+#[derive(Debug, Clone, Default)]
+pub struct BpfSymbols {
+    /// (start, name), sorted by start.
+    symbols: Vec<(u64, String)>,
+}
+
+/// Longest a JIT image is taken to be past its symbol when no other symbol bounds it.
+const MAX_BPF_IMAGE: u64 = 256 * 1024;
+
+impl BpfSymbols {
+    /// Reads them from the live kernel; empty when kallsyms hides addresses (not root, or
+    /// `net.core.bpf_jit_kallsyms` off).
+    pub fn snapshot() -> Self {
+        std::fs::read_to_string("/proc/kallsyms")
+            .map(|text| Self::parse(&text))
+            .unwrap_or_default()
+    }
+
+    fn parse(kallsyms: &str) -> Self {
+        let mut symbols: Vec<(u64, String)> = kallsyms
+            .lines()
+            .filter(|line| line.ends_with("[bpf]"))
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let addr = u64::from_str_radix(fields.next()?, 16).ok()?;
+                let name = fields.nth(1)?;
+                (addr != 0).then(|| (addr, name.to_string()))
+            })
+            .collect();
+        symbols.sort();
+        Self { symbols }
+    }
+
+    pub fn len(&self) -> usize {
+        self.symbols.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.symbols.is_empty()
+    }
+
+    /// The program `addr` lies in: the nearest symbol at or below it, bounded by the next one.
+    pub fn find(&self, addr: u64) -> Option<&str> {
+        let at = self.symbols.partition_point(|(start, _)| *start <= addr);
+        let (start, name) = self.symbols.get(at.checked_sub(1)?)?;
+        let end = self
+            .symbols
+            .get(at)
+            .map_or(start + MAX_BPF_IMAGE, |(next, _)| *next);
+        (addr < end.min(start + MAX_BPF_IMAGE)).then_some(name.as_str())
+    }
 }
 
 impl Default for Symbolizer {
@@ -51,7 +110,17 @@ impl Symbolizer {
                     .find(|line| line.path == "[vdso]")
                     .map(|line| line.start)
             });
-        Self { blaze, own_vdso }
+        Self {
+            blaze,
+            own_vdso,
+            bpf: BpfSymbols::default(),
+        }
+    }
+
+    /// Names kernel addresses inside BPF programs from `bpf` first.
+    pub fn with_bpf(mut self, bpf: BpfSymbols) -> Self {
+        self.bpf = bpf;
+        self
     }
 
     /// Names user-space addresses of the process whose mappings are `maps`.
@@ -132,11 +201,14 @@ impl Symbolizer {
             .iter()
             .enumerate()
             .map(|(i, &addr)| {
-                let names = resolved
-                    .as_ref()
-                    .and_then(|s| s.get(i))
-                    .and_then(names_of)
-                    .unwrap_or_else(|| vec![format!("[kernel]+{addr:#x}")]);
+                let names = match self.bpf.find(addr) {
+                    Some(program) => vec![program.to_string()],
+                    None => resolved
+                        .as_ref()
+                        .and_then(|s| s.get(i))
+                        .and_then(names_of)
+                        .unwrap_or_else(|| vec![format!("[kernel]+{addr:#x}")]),
+                };
                 (
                     addr,
                     names
@@ -189,6 +261,37 @@ mod tests {
         let names = Symbolizer::new().user(&maps, &[exe.end - 1]);
         assert_eq!(names[&(exe.end - 1)].len(), 1);
         assert!(!names[&(exe.end - 1)][0].is_empty());
+    }
+
+    #[test]
+    fn bpf_programs_are_named_from_kallsyms() {
+        let kallsyms = "\
+ffffffff81000000 T _stext
+ffffffffa0001000 t bpf_prog_6deef7357e7b4530_cpu_sample\t[bpf]
+ffffffffa0001800 t bpf_prog_0123456789abcdef_offcpu_switch\t[bpf]
+ffffffffc0000000 t some_module_fn\t[ext4]
+";
+        let bpf = BpfSymbols::parse(kallsyms);
+        assert_eq!(bpf.len(), 2);
+        assert_eq!(
+            bpf.find(0xffff_ffff_a000_1010),
+            Some("bpf_prog_6deef7357e7b4530_cpu_sample")
+        );
+        assert_eq!(
+            bpf.find(0xffff_ffff_a000_1900),
+            Some("bpf_prog_0123456789abcdef_offcpu_switch")
+        );
+        assert_eq!(bpf.find(0xffff_ffff_a000_0fff), None);
+        assert_eq!(bpf.find(0xffff_ffff_a000_1800 + MAX_BPF_IMAGE), None);
+        let names = Symbolizer::new()
+            .with_bpf(bpf)
+            .kernel(&[0xffff_ffff_a000_1010]);
+        assert_eq!(
+            names[&0xffff_ffff_a000_1010],
+            vec![format!(
+                "bpf_prog_6deef7357e7b4530_cpu_sample{KERNEL_SUFFIX}"
+            )]
+        );
     }
 
     #[test]

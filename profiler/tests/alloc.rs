@@ -136,7 +136,7 @@ fn check(report: &LeakReport, chain_size: u64) {
 
 #[test]
 fn finds_the_leak_in_glibc_malloc() {
-    require_root();
+    require_root!();
     let (report, allocator, chain, nested) = run("alloc_patterns-fp", &[], "alloc-glibc");
     assert_eq!(allocator, "glibc");
     // Each aligned_path's memalign calls malloc.
@@ -146,7 +146,7 @@ fn finds_the_leak_in_glibc_malloc() {
 
 #[test]
 fn tracks_jemalloc_through_its_symbols() {
-    require_root();
+    require_root!();
     let (report, allocator, chain, _) =
         run("alloc_patterns-jemalloc", &["-ljemalloc"], "alloc-jemalloc");
     assert_eq!(allocator, "jemalloc");
@@ -157,7 +157,7 @@ fn tracks_jemalloc_through_its_symbols() {
 /// probes go before the return probe, so no call seen entering is left open by the detach.
 #[test]
 fn ending_mid_run_loses_no_returns() {
-    require_root();
+    require_root!();
     // Far more work than the capture lasts: the fixture is still allocating when it ends.
     let fixture = start_fixture(
         &CBuild {
@@ -286,7 +286,7 @@ fn ring_fixture(output: &str, libs: &'static [&'static str], period_ms: &str) ->
 /// malloc that reuses it is tracked, in every snapshot.
 #[test]
 fn ring_of_reused_addresses_on_glibc() {
-    require_root();
+    require_root!();
     check_ring(
         ring_fixture("alloc_ring", &[], "100"),
         "alloc-ring-glibc",
@@ -296,7 +296,7 @@ fn ring_of_reused_addresses_on_glibc() {
 
 #[test]
 fn ring_of_reused_addresses_on_jemalloc() {
-    require_root();
+    require_root!();
     check_ring(
         ring_fixture("alloc_ring-jemalloc", &["-ljemalloc"], "100"),
         "alloc-ring-jemalloc",
@@ -307,7 +307,7 @@ fn ring_of_reused_addresses_on_jemalloc() {
 /// Rust's global allocator (calloc for zeroed boxes, free on drop).
 #[test]
 fn ring_of_reused_addresses_in_rust() {
-    require_root();
+    require_root!();
     let path = testbed::fixture::testbed_bin("fixture-alloc-ring").expect("fixture builds");
     let mut fixture = ChildGuard::spawn(std::process::Command::new(path).args([
         &RING_BLOCKS.to_string(),
@@ -326,10 +326,51 @@ fn ring_of_reused_addresses_in_rust() {
 /// accounting at one instant, so neither window leaves frees or allocations counted alone.
 #[test]
 fn ring_attached_and_ended_while_allocating_flat_out() {
-    require_root();
+    require_root!();
     check_ring(
         ring_fixture("alloc_ring", &[], "0"),
         "alloc-ring-flat-out",
         3,
+    );
+}
+
+/// Samples taken while the target runs our uprobe programs (a cpu-clock sample can interrupt
+/// them) carry our programs' names from kallsyms, `bpf_prog_<tag>_<name>`, so the probes' own
+/// cost shows as ours; once unloaded, kallsyms had named them after the last vmlinux symbol.
+#[test]
+fn samples_inside_our_programs_are_named_as_ours() {
+    require_root!();
+    let fixture = ring_fixture("alloc_ring", &[], "0");
+    let mut opts = options(
+        fixture.pid(),
+        Duration::from_secs(3),
+        output_dir("alloc-own-frames"),
+    );
+    opts.cpu = Some(profiler::probes::cpu::Config { frequency: 999 });
+    opts.alloc = Some(profiler::probes::alloc::Config::default());
+    let (_, outcome) = capture(opts, || {});
+    let stacks = folded(&outcome, "cpu.folded");
+    let ours: u64 = stacks
+        .iter()
+        .filter(|(frames, _)| {
+            frames.iter().any(|f| {
+                f.starts_with("bpf_prog_")
+                    && f.ends_with("_[k]")
+                    && (f.contains("_alloc_") || f.contains("_step"))
+            })
+        })
+        .map(|(_, n)| n)
+        .sum();
+    let total: u64 = stacks.iter().map(|(_, n)| n).sum();
+    assert!(
+        ours >= 3,
+        "{ours} of {total} samples inside our programs; stacks: {:#?}",
+        &stacks[..stacks.len().min(20)]
+    );
+    assert!(
+        !stacks
+            .iter()
+            .any(|(frames, _)| frames.iter().any(|f| f.contains("__stop_runtime"))),
+        "a BPF frame named after the last vmlinux symbol"
     );
 }

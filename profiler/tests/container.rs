@@ -32,7 +32,7 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn profiles_a_target_whose_binary_exists_only_in_its_namespace() {
-    require_root();
+    require_root!();
     let fixture = build_c(&CBuild {
         source: "cpu_burn",
         output: "cpu_burn-fp",

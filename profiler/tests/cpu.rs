@@ -20,7 +20,7 @@ const FIXTURE: CBuild<'static> = CBuild {
 
 #[test]
 fn samples_every_thread_with_whole_call_chains() {
-    require_root();
+    require_root!();
     let mut fixture = start_fixture(&FIXTURE, &[]);
     let pid = fixture.pid();
     let opts = options(pid, Duration::from_secs(3), output_dir("cpu-chains"));
@@ -93,7 +93,7 @@ fn samples_every_thread_with_whole_call_chains() {
 
 #[test]
 fn target_exit_ends_capture_and_keeps_symbols() {
-    require_root();
+    require_root!();
     // The fixture exits by itself after 2 s; we ask for 20.
     let fixture = start_fixture(&FIXTURE, &["2"]);
     let opts = options(
@@ -126,7 +126,7 @@ fn profiler_bin() -> Command {
 
 #[test]
 fn missing_pid_fails_with_one_line_and_attaches_nothing() {
-    require_root();
+    require_root!();
     // Pids never reach this value (pid_max is at most 2^22).
     let out = profiler_bin()
         .args(["attach", "--pid", "99999999", "--duration", "1s"])
@@ -140,7 +140,7 @@ fn missing_pid_fails_with_one_line_and_attaches_nothing() {
 
 #[test]
 fn unwritable_output_fails_before_attaching() {
-    require_root();
+    require_root!();
     let fixture = start_fixture(&FIXTURE, &[]);
     // Root can write anywhere a directory can exist; under a regular file none can.
     let file = output_dir("cpu-unwritable");
@@ -168,7 +168,7 @@ fn unwritable_output_fails_before_attaching() {
 
 #[test]
 fn sigterm_stops_capture_and_writes_outputs_within_2s() {
-    require_root();
+    require_root!();
     let fixture = start_fixture(&FIXTURE, &[]);
     let dir = output_dir("cpu-sigterm");
     let profiler = ChildGuard::spawn(

@@ -48,7 +48,7 @@ fn value(lines: &[String], key: &str) -> u64 {
 
 #[test]
 fn names_the_hot_glibc_lock_and_matches_its_waits() {
-    require_root();
+    require_root!();
     let fixture = start_fixture(&LOCK_CONTEND, &["2"]);
     let (locks, own_ns, lines) = contend(fixture, "futex-glibc");
     let top = &locks[0];
@@ -101,7 +101,7 @@ fn names_the_hot_glibc_lock_and_matches_its_waits() {
 
 #[test]
 fn catches_rust_std_mutex_wait_bitset() {
-    require_root();
+    require_root!();
     let bin = testbed::fixture::testbed_bin("fixture-rust-mutex").unwrap();
     let mut fixture = ChildGuard::spawn(Command::new(&bin).arg("2")).unwrap();
     fixture
@@ -133,7 +133,7 @@ fn catches_rust_std_mutex_wait_bitset() {
 /// first. The contended mutex must still lead the table, with the parks listed as waits.
 #[test]
 fn contended_pool_ranks_its_mutex_above_idle_parks() {
-    require_root();
+    require_root!();
     let pool = Server::start("testbed-pool", &["--contend", "--contend-us", "2000"]).unwrap();
     let mut load = LoadOptions::new(
         format!("stratum://{}", pool.addr).parse().unwrap(),

@@ -8,7 +8,7 @@ use common::*;
 
 #[test]
 fn sleep_time_is_accounted_to_the_sleeping_function() {
-    require_root();
+    require_root!();
     let mut fixture = start_fixture(
         &CBuild {
             source: "sleepy",

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ChildGuard, assert_no_programs_loaded, require_root};
+use common::{ChildGuard, assert_no_programs_loaded};
 use serde_json::Value;
 
 /// Every request through `slow_path`, 2 ms on the CPU each: at the standard profile's 17
@@ -131,7 +131,7 @@ fn samples_in(capture: &Path, function: &str) -> u64 {
 
 #[test]
 fn two_releases_archive_and_a_regression_fails_the_gate() {
-    require_root();
+    require_root!();
     let results = tempfile::tempdir().unwrap();
     let results = results.path();
 

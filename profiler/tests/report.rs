@@ -35,7 +35,7 @@ fn chromium(page: &Path, extra: &[&str]) -> std::process::Output {
 
 #[test]
 fn report_page_loads_clean_with_every_section() {
-    require_root();
+    require_root!();
     let fixture = start_fixture(
         &CBuild {
             source: "lock_contend",

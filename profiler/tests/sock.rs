@@ -54,7 +54,7 @@ fn close(ours_us: f64, theirs_us: f64, share: f64, floor_us: f64) -> bool {
 /// socket-to-reply adds the time a request queued behind the others.
 #[test]
 fn echo_service_time_is_the_fixture_work() {
-    require_root();
+    require_root!();
     let path = build_c(&ECHO).expect("fixture builds");
     let mut fixture = ChildGuard::spawn(&mut std::process::Command::new(path)).unwrap();
     let ready = fixture
@@ -176,7 +176,7 @@ fn capture_while<T: Send + 'static>(
 /// notifies widened the gap between the two tails, once to 774 vs 943 µs at p99.)
 #[test]
 fn pool_latency_matches_the_load_driver() {
-    require_root();
+    require_root!();
     let pool = Server::start("testbed-pool", &["--job-interval", "10"]).unwrap();
     let port = pool.addr.port();
     // The standard profile as it is (100 miners, 10 shares/min each, 60 s): about 900 submits,
@@ -279,7 +279,7 @@ fn slow_run(every: &str) -> (PortLatency, u64, u64, u64) {
 /// Every Nth request sleeps 20 ms in `slow_path`: the tail shows it, the median does not.
 #[test]
 fn slow_path_shows_in_the_tail() {
-    require_root();
+    require_root!();
     // One request in 100 is exactly the share p99 sits on: whether p99 lands on a slow one
     // depends on which requests the slow paths hit (the pool counts both handshake lines, the
     // profiler reads them as one request). Every slow path is in the tail all the same.
@@ -321,7 +321,7 @@ fn slow_path_shows_in_the_tail() {
 /// can lack it), and no connection is mistaken for a new one.
 #[test]
 fn attaching_mid_run_times_existing_connections() {
-    require_root();
+    require_root!();
     let pool = Server::start("testbed-pool", &[]).unwrap();
     let port = pool.addr.port();
     let mut load = LoadOptions::new(

@@ -52,7 +52,7 @@ fn capture_cpu_burn(mode: UnwindMode, name: &str) -> Vec<(Vec<String>, u64)> {
 
 #[test]
 fn whole_chains_through_a_binary_without_frame_pointers() {
-    require_root();
+    require_root!();
     for (mode, name) in [
         (UnwindMode::Dwarf, "unwind-dwarf"),
         (UnwindMode::Auto, "unwind-auto"),
@@ -77,7 +77,7 @@ fn whole_chains_through_a_binary_without_frame_pointers() {
 
 #[test]
 fn frame_pointers_alone_lose_the_chain() {
-    require_root();
+    require_root!();
     // The control: the same fixture walked with frame pointers must come out broken, or the
     // test above would prove nothing.
     let stacks = capture_cpu_burn(UnwindMode::FramePointer, "unwind-fp-control");
@@ -122,7 +122,7 @@ fn memset_callers(mode: UnwindMode, name: &str) -> (u64, u64) {
 
 #[test]
 fn caller_of_a_libc_function_survives() {
-    require_root();
+    require_root!();
     let (kept, total) = memset_callers(UnwindMode::Auto, "unwind-libc-auto");
     assert!(total >= 100, "only {total} samples in memset");
     assert!(
@@ -190,7 +190,7 @@ fn user_frames(stacks: Vec<(Vec<String>, u64)>) -> Vec<(Vec<String>, u64)> {
 
 #[test]
 fn top_stacks_agree_with_perf_dwarf() {
-    require_root();
+    require_root!();
     let fixture = start_fixture(&CPU_BURN_NOFP, &[]);
     let dir = output_dir("unwind-perf");
     std::fs::create_dir_all(&dir).unwrap();
@@ -218,7 +218,7 @@ fn top_stacks_agree_with_perf_dwarf() {
 
 #[test]
 fn library_loaded_after_attach_is_unwound_within_a_second() {
-    require_root();
+    require_root!();
     let plugin = build_c(&CBuild {
         source: "plugin",
         output: "libplugin-nofp.so",
@@ -312,7 +312,7 @@ fn offcpu_callers(
 
 #[test]
 fn offcpu_callers_of_nanosleep_and_mutex_lock_survive() {
-    require_root();
+    require_root!();
     for (fixture_mode, libc_frame) in [("sleep", "nanosleep"), ("lock", "pthread_mutex_lock")] {
         let (kept, total) = offcpu_callers(
             UnwindMode::Auto,

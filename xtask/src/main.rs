@@ -80,6 +80,13 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         cmd.arg("--");
     }
     cmd.arg("--test-threads=1");
+    // The kernel tests load eBPF programs: here they must run, never skip.
+    cmd.env("PROFILER_TESTS_REQUIRE_ROOT", "1");
+    if !util::is_root() {
+        eprintln!(
+            "cargo xtask test loads eBPF programs, which needs root: running the tests with sudo"
+        );
+    }
     util::as_root(&mut cmd);
     util::run(&mut cmd)
 }
