@@ -160,7 +160,7 @@ fn unwritable_output_fails_before_attaching() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("is not writable"), "{stderr}");
+    assert!(stderr.contains("cannot write into output directory"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert_no_programs_loaded();
     std::fs::remove_file(&file).unwrap();
