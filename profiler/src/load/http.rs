@@ -5,17 +5,16 @@
 use std::{sync::Arc, time::Instant};
 
 use http_body_util::{BodyExt, Full};
-use hyper::{Request, body::Bytes, client::conn::http1, header};
+use hyper::{Request, StatusCode, body::Bytes, client::conn::http1, header};
 use hyper_util::rt::TokioIo;
 use rand::{SeedableRng, rngs::SmallRng};
 use tokio::net::TcpStream;
 
 use super::{
     client::{
-        Plan, RECONNECT_BACKOFF, STOP_DRAIN, StopSignal, TIMER_SLACK, early, sleep_or_stop,
-        timed_from,
+        Away, Plan, RECONNECT_BACKOFF, STOP_DRAIN, Slots, StopSignal, TIMER_SLACK, early,
+        sleep_or_stop, timed_from,
     },
-    schedule::Schedule,
     stats::{ErrorClass, Live, Outcome},
 };
 
@@ -76,12 +75,20 @@ impl RequestSpec {
 enum Ended {
     /// The schedule ran out, or a stop came.
     Done,
-    /// The connection broke, its error already counted; reconnect.
+    /// We dropped the connection, its error already counted (timeout, unreadable response).
     Broken,
+    /// The server closed it: between requests (idle keep-alive, or after `Connection: close`),
+    /// which HTTP allows and we reconnect from at once (`expected`); or with a request in
+    /// flight, which cuts that request, or before answering any, which is no keep-alive at all
+    /// (then we back off). `last` is the last response it sent.
+    Closed {
+        expected: bool,
+        last: Option<String>,
+    },
 }
 
 /// One keep-alive connection's client: connects at its ramp-up slot, sends until the plan ends,
-/// reconnects when the connection breaks.
+/// reconnects when the connection breaks or the server closes it.
 pub async fn connection(
     plan: Arc<Plan>,
     index: usize,
@@ -93,7 +100,7 @@ pub async fn connection(
     }
     let recorder = plan.recorder.clone();
     let mut rng = SmallRng::from_rng(&mut rand::rng());
-    let mut schedule = None;
+    let mut slots = Slots::default();
     let mut ever_connected = false;
     while Instant::now() < plan.end && !stop.is_stopped() {
         let began = Instant::now();
@@ -111,9 +118,12 @@ pub async fn connection(
         };
         let Some((mut sender, conn)) = handshake else {
             recorder.error(ErrorClass::Connect);
-            let retry = (Instant::now() + RECONNECT_BACKOFF).min(plan.end);
+            let now = Instant::now();
+            slots.ensure(began + plan.phase(&mut rng), &plan);
+            slots.away(now, Away::Driver, &recorder);
+            let retry = (now + RECONNECT_BACKOFF).min(plan.end);
             if !sleep_or_stop(retry, &mut stop).await {
-                return;
+                break;
             }
             continue;
         };
@@ -122,58 +132,92 @@ pub async fn connection(
         // hyper's connection future does the socket I/O; it ends when the sender is dropped.
         let io = tokio::spawn(conn);
         let ready = Instant::now();
-        let schedule = schedule.get_or_insert_with(|| {
-            Schedule::new(ready + plan.phase(&mut rng), plan.interval, plan.end)
-        });
-        Live::add(&recorder.live.missed, schedule.skip_until(ready));
-        let ended = exchange_all(&plan, &spec, &mut sender, schedule, &mut stop).await;
+        slots.ensure(ready + plan.phase(&mut rng), &plan);
+        slots.pass(ready, &recorder);
+        let ended = exchange_all(&plan, &spec, &mut sender, &mut slots, &mut stop).await;
         drop(sender);
         io.abort();
         recorder.disconnected();
+        let now = Instant::now();
         match ended {
-            Ended::Done => return,
+            Ended::Done => break,
             Ended::Broken => {
-                let retry = (Instant::now() + RECONNECT_BACKOFF).min(plan.end);
+                slots.left(now, Away::Driver, &recorder);
+                let retry = (now + RECONNECT_BACKOFF).min(plan.end);
                 if !sleep_or_stop(retry, &mut stop).await {
-                    return;
+                    break;
+                }
+            }
+            Ended::Closed { expected, last } => {
+                recorder.closed_by_server(expected, last.as_deref());
+                slots.left(now, Away::ServerClosed { expected }, &recorder);
+                // After a keep-alive close the next request goes out on a new connection at
+                // once; a server that closes unasked is given a pause.
+                if !expected {
+                    let retry = (now + RECONNECT_BACKOFF).min(plan.end);
+                    if !sleep_or_stop(retry, &mut stop).await {
+                        break;
+                    }
                 }
             }
         }
     }
+    slots.finish(stop.is_stopped(), &recorder);
+}
+
+/// What a response says for the report of a close that follows it.
+fn describe(status: StatusCode, closing: bool) -> String {
+    let mut said = format!("HTTP {}", status.as_u16());
+    if closing {
+        said.push_str(", Connection: close");
+    }
+    said
 }
 
 async fn exchange_all(
     plan: &Plan,
     spec: &RequestSpec,
     sender: &mut http1::SendRequest<Full<Bytes>>,
-    schedule: &mut Schedule,
+    slots: &mut Slots,
     stop: &mut StopSignal,
 ) -> Ended {
     let recorder = &plan.recorder;
     let live = &recorder.live;
+    let mut last = None;
     loop {
-        let Some(next) = schedule.peek() else {
+        let Some(next) = slots.get().and_then(|schedule| schedule.peek()) else {
             return Ended::Done;
         };
         if !sleep_or_stop(early(next), stop).await {
+            slots.stop(Instant::now());
             return Ended::Done;
         }
-        // Every send time already due goes now, one after another, each timed from its own.
-        while let Some(scheduled) = schedule.due(Instant::now() + TIMER_SLACK) {
+        loop {
             if stop.is_stopped() {
+                slots.stop(Instant::now());
                 return Ended::Done;
             }
+            // Before taking a send time: a keep-alive connection the server closed while idle
+            // is no failure, and the request goes out on a new one.
             if sender.ready().await.is_err() {
-                // The server closed the connection between requests.
-                Live::add(&live.missed, 1);
-                recorder.error(ErrorClass::Connect);
-                return Ended::Broken;
+                return Ended::Closed {
+                    expected: last.is_some(),
+                    last,
+                };
             }
+            // Every send time already due goes now, one after another, each timed from its own.
+            let Some(scheduled) = slots
+                .get()
+                .and_then(|schedule| schedule.due(Instant::now() + TIMER_SLACK))
+            else {
+                break;
+            };
             let request = match spec.build() {
                 Ok(request) => request,
                 Err(_) => {
                     // The path or host cannot form a request: nothing to retry.
                     recorder.error(ErrorClass::Protocol);
+                    Live::add(&live.unsent, 1);
                     return Ended::Done;
                 }
             };
@@ -184,21 +228,33 @@ async fn exchange_all(
             let exchange = async {
                 let response = sender.send_request(request).await?;
                 let status = response.status();
+                let closing = response
+                    .headers()
+                    .get(header::CONNECTION)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
                 response.into_body().collect().await?;
-                Ok::<_, hyper::Error>(status)
+                Ok::<_, hyper::Error>((status, closing))
             };
+            tokio::pin!(exchange);
             let result = tokio::select! {
-                result = tokio::time::timeout_at(deadline.into(), exchange) => result,
-                () = async {
-                    stop.stopped().await;
-                    tokio::time::sleep(STOP_DRAIN).await;
-                } => {
-                    Live::add(&live.unanswered, 1);
-                    return Ended::Done;
+                result = tokio::time::timeout_at(deadline.into(), &mut exchange) => result,
+                () = stop.stopped() => {
+                    // Nothing after the stop is scheduled; this reply gets the drain's grace.
+                    let now = Instant::now();
+                    slots.stop(now);
+                    let drain = now + STOP_DRAIN;
+                    match tokio::time::timeout_at(deadline.min(drain).into(), &mut exchange).await {
+                        Err(_) if drain < deadline => {
+                            Live::add(&live.unanswered, 1);
+                            return Ended::Done;
+                        }
+                        result => result,
+                    }
                 }
             };
             match result {
-                Ok(Ok(status)) => {
+                Ok(Ok((status, closing))) => {
                     let received = Instant::now();
                     let latency = received.saturating_duration_since(from);
                     // Timed to our read: hyper does not hand us the kernel's receive stamp.
@@ -213,19 +269,30 @@ async fn exchange_all(
                             Outcome::Rejected(&format!("status {}", status.as_u16())),
                         );
                     }
+                    last = Some(describe(status, closing));
+                    if closing {
+                        return Ended::Closed {
+                            expected: true,
+                            last,
+                        };
+                    }
                 }
-                Ok(Err(err)) => {
+                Ok(Err(err)) if err.is_parse() || err.is_parse_status() => {
                     Live::add(&live.unanswered, 1);
-                    recorder.error(if err.is_parse() || err.is_parse_status() {
-                        ErrorClass::Protocol
-                    } else {
-                        ErrorClass::Connect
-                    });
+                    recorder.error(ErrorClass::Protocol);
                     return Ended::Broken;
+                }
+                Ok(Err(_)) => {
+                    // Closed or reset with our request in flight.
+                    recorder.cut_by_close(1, false);
+                    return Ended::Closed {
+                        expected: false,
+                        last,
+                    };
                 }
                 Err(_) => {
                     // The response may still come, but HTTP/1.1 cannot skip it: start afresh.
-                    recorder.error(ErrorClass::Timeout);
+                    recorder.timed_out();
                     return Ended::Broken;
                 }
             }

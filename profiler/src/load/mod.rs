@@ -7,6 +7,14 @@
 //! hdrhistograms; the report shows outcomes, percentiles, connection figures, errors by class,
 //! and the driver's own CPU use.
 //!
+//! Every scheduled send time ends in exactly one of: a reply, a timeout, unanswered (the run was
+//! cut short), cut by a server close, unsent (the client had no connection through its own
+//! failure), or unsent while the server had closed the connection. A run fails (exit status 2)
+//! when an SLO is missed or when failures (errors, timeouts, unanswered and unsent requests,
+//! HTTP non-2xx, closes the protocol did not announce) exceed `--max-error-rate` of the
+//! scheduled requests. A server's closes are told from failed connects; stratum's
+//! `client.reconnect` is followed (on loopback only).
+//!
 //! From code: build [`LoadOptions`] (e.g. `LoadOptions::new(target, Profile::Smoke)`, then set
 //! fields) and call [`run_options`], which returns a [`LoadReport`] and writes it under
 //! `output_dir` if set. [`bench_stress`] runs the stress profile and sums it up as a
@@ -45,15 +53,24 @@ pub use self::{
     http::HttpMethod,
     profile::{Profile, ProfileSettings},
     report::{
-        Connections, DriverUsage, Errors, LoadReport, Percentiles, Requests, Settings, round_to,
+        CloseExample, Connections, DriverUsage, Errors, Failures, LoadReport, Percentiles,
+        Requests, Settings, round_to,
     },
     slo::{Slo, SloMetric, SloResult},
     stratum::Credentials,
     target::{Target, TargetError},
 };
 
-/// Exit status of `profiler load` when an `--slo` bound was missed.
-pub const SLO_MISSED: u8 = 2;
+/// Exit status of `profiler load` for a failed run: an `--slo` bound missed, or failures over
+/// `--max-error-rate`. Usage errors, and a run in which no connection ever succeeded, exit 1.
+pub const RUN_FAILED: u8 = 2;
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
 
 /// `profiler load` on the command line. Becomes [`LoadOptions`] before anything runs.
 #[derive(Debug, Clone, clap::Args)]
@@ -97,6 +114,17 @@ pub struct LoadArgs {
     /// one makes the exit status 2.
     #[arg(long = "slo", value_name = "METRIC=BOUND")]
     pub slos: Vec<Slo>,
+    /// Failures allowed before the run fails (exit status 2), as a fraction of the scheduled
+    /// requests, e.g. 0.01 for 1 %. Failures: errors (connect, timeout, protocol), unanswered
+    /// and unsent requests, HTTP non-2xx replies, connections the server closed without
+    /// announcing it (stratum: no client.reconnect first) and the requests those closes cost.
+    /// Stratum rejections (low difficulty, stale, duplicate) are not failures.
+    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = parse_rate)]
+    pub max_error_rate: f64,
+    /// Stratum: note a run in which no share was accepted. Turn off against a pool at real
+    /// difficulty, where random nonces are rejected for low difficulty as expected.
+    #[arg(long, value_enum, value_name = "on|off", default_value = "on")]
+    pub accept_check: Switch,
     /// Where the loadtest_<profile>_<timestamp>.txt and .json reports go.
     #[arg(long, value_name = "DIR", default_value = "results")]
     pub output_dir: PathBuf,
@@ -109,6 +137,15 @@ pub struct LoadArgs {
     /// Driver runtime threads [default: one per core].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a fraction from 0 to 1 (e.g. 0.01 for 1 %)"
+        )),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -155,6 +192,8 @@ impl LoadArgs {
             password: self.password,
         };
         options.slos = self.slos;
+        options.max_error_rate = self.max_error_rate;
+        options.accept_check = self.accept_check == Switch::On;
         options.output_dir = (!self.no_files).then_some(self.output_dir);
         options.progress = !self.quiet;
         options.threads = self.threads;
@@ -204,6 +243,10 @@ pub struct LoadOptions {
     pub body: Bytes,
     pub credentials: Credentials,
     pub slos: Vec<Slo>,
+    /// Failures allowed, as a fraction of scheduled requests, before the run fails.
+    pub max_error_rate: f64,
+    /// Stratum: note a run with no accepted share.
+    pub accept_check: bool,
     /// Write `loadtest_<profile>_<timestamp>.{txt,json}` here (`None`: no files).
     pub output_dir: Option<PathBuf>,
     /// A live progress line on stderr.
@@ -237,6 +280,8 @@ impl LoadOptions {
                 password: "x".to_string(),
             },
             slos: Vec::new(),
+            max_error_rate: 0.0,
+            accept_check: true,
             output_dir: None,
             progress: false,
             threads: None,
@@ -263,6 +308,12 @@ impl LoadOptions {
         }
         if self.timeout.is_zero() {
             return bad("--timeout must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.max_error_rate) {
+            return bad(format!(
+                "--max-error-rate must be a fraction from 0 to 1, got {}",
+                self.max_error_rate
+            ));
         }
         let rate = self.offered_rate();
         if !(rate.is_finite() && rate > 0.0) {
@@ -323,8 +374,9 @@ pub enum LoadError {
     },
 }
 
-/// `profiler load`: runs, prints the report, writes its files; exit status 2 when an SLO is
-/// missed.
+/// `profiler load`: runs, prints the report, writes its files; exit status 2 when the run failed
+/// (an SLO missed, or failures over `--max-error-rate`), an error (1) when no connection ever
+/// succeeded.
 pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let options = args.into_options()?;
     let report = run_options(options)?;
@@ -338,10 +390,10 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
             report.target
         );
     }
-    Ok(if report.slo_passed {
+    Ok(if report.passed {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(SLO_MISSED)
+        ExitCode::from(RUN_FAILED)
     })
 }
 
@@ -512,6 +564,50 @@ fn build_report(options: &LoadOptions, recorder: &Recorder, measured: Measured) 
     let accepted = Live::get(&live.accepted);
     let latency = recorder.latency();
     let slo = slo::evaluate(&options.slos, latency.as_ref());
+    let slo_passed = slo.iter().all(|r| r.passed);
+    let protocol = options.target.protocol();
+    let requests = Requests {
+        scheduled: Live::get(&live.scheduled),
+        sent: Live::get(&live.sent),
+        replies,
+        accepted,
+        rejected: Live::get(&live.rejected),
+        rejected_by_reason: recorder.reasons(),
+        timed_out: Live::get(&live.timed_out),
+        unsent: Live::get(&live.unsent),
+        unsent_while_closed: Live::get(&live.unsent_while_closed),
+        cut_by_close: Live::get(&live.cut_by_close),
+        lost_to_closes: Live::get(&live.lost_to_closes),
+        unanswered: Live::get(&live.unanswered),
+        late_replies: Live::get(&live.late_replies),
+        unstamped: Live::get(&live.unstamped),
+    };
+    let connections = Connections {
+        clients_connected: Live::get(&live.clients_connected),
+        established: Live::get(&live.established),
+        peak_concurrent: Live::get(&live.peak_connections),
+        closed_by_server: Live::get(&live.closed_by_server),
+        closed_unexpectedly: Live::get(&live.closed_unexpectedly),
+        close_examples: recorder.close_examples(),
+        reconnect_requests: Live::get(&live.reconnect_requests),
+        reconnects_not_followed: Live::get(&live.reconnects_not_followed),
+    };
+    let errors = Errors {
+        connect: Live::get(&live.connect_errors),
+        timeout: Live::get(&live.timeouts),
+        protocol: Live::get(&live.protocol_errors),
+    };
+    let failures = Failures::count(
+        protocol,
+        &requests,
+        &errors,
+        &connections,
+        options.max_error_rate,
+    );
+    let mut notes = Vec::new();
+    if protocol == "stratum" && options.accept_check {
+        notes.extend(report::accept_note(&requests, recorder.difficulty()));
+    }
     let elapsed_s = measured.elapsed.as_secs_f64();
     let cpu_s = measured.cpu.as_secs_f64();
     let cores = cpu::cores();
@@ -520,7 +616,7 @@ fn build_report(options: &LoadOptions, recorder: &Recorder, measured: Measured) 
         schema_version: report::SCHEMA_VERSION,
         profile: options.profile.name().to_string(),
         target: options.target.to_string(),
-        protocol: options.target.protocol().to_string(),
+        protocol: protocol.to_string(),
         started_at: measured.started_at,
         settings: Settings {
             miners: options.miners,
@@ -531,36 +627,20 @@ fn build_report(options: &LoadOptions, recorder: &Recorder, measured: Measured) 
             timeout_s: round_to(options.timeout.as_secs_f64(), 3),
             method: matches!(options.target, Target::Http { .. })
                 .then(|| options.method.as_str().to_string()),
+            max_error_rate: options.max_error_rate,
+            accept_check: options.accept_check,
         },
         elapsed_s: round_to(elapsed_s, 3),
         stopped_early: measured.stopped_early,
-        requests: Requests {
-            sent: Live::get(&live.sent),
-            replies,
-            accepted,
-            rejected: Live::get(&live.rejected),
-            rejected_by_reason: recorder.reasons(),
-            missed: Live::get(&live.missed),
-            unanswered: Live::get(&live.unanswered),
-            late_replies: Live::get(&live.late_replies),
-            unstamped: Live::get(&live.unstamped),
-        },
+        requests,
         achieved_rate_per_s: round_to(replies as f64 / measured.window, 3),
         accepted_rate_per_s: round_to(accepted as f64 / measured.window, 3),
         latency_us: latency,
         sent_latency_us: recorder.sent_latency(),
         connect_us: recorder.connect_time(),
         handshake_us: recorder.handshake_time(),
-        connections: Connections {
-            clients_connected: Live::get(&live.clients_connected),
-            established: Live::get(&live.established),
-            peak_concurrent: Live::get(&live.peak_connections),
-        },
-        errors: Errors {
-            connect: Live::get(&live.connect_errors),
-            timeout: Live::get(&live.timeouts),
-            protocol: Live::get(&live.protocol_errors),
-        },
+        connections,
+        errors,
         driver: DriverUsage {
             cpu_s: round_to(cpu_s, 3),
             cpu_cores: round_to(cpu_cores, 4),
@@ -568,8 +648,11 @@ fn build_report(options: &LoadOptions, recorder: &Recorder, measured: Measured) 
             cores,
             threads: measured.threads,
         },
-        slo_passed: slo.iter().all(|r| r.passed),
+        slo_passed,
         slo,
+        passed: slo_passed && failures.passed,
+        failures,
+        notes,
         files: Vec::new(),
     }
 }
@@ -612,7 +695,7 @@ async fn progress(plan: Arc<Plan>, duration: Duration, threads: usize) {
             .map(|p| report::format_us(p.p99))
             .unwrap_or_else(|| "-".to_string());
         let line = format!(
-            "[{:>5.0}/{:.0} s] clients {}/{} | sent {} ({:.1}/s) | accepted {} rejected {} | errors connect {} timeout {} protocol {} | p99 {p99} | driver cpu {:.0} % of a core ({threads} threads)",
+            "[{:>5.0}/{:.0} s] clients {}/{} | sent {} ({:.1}/s) | accepted {} rejected {} | errors connect {} timeout {} protocol {} | closed by server {} | p99 {p99} | driver cpu {:.0} % of a core ({threads} threads)",
             (now - plan.start).as_secs_f64(),
             duration.as_secs_f64(),
             Live::get(&live.connections),
@@ -624,6 +707,7 @@ async fn progress(plan: Arc<Plan>, duration: Duration, threads: usize) {
             Live::get(&live.connect_errors),
             Live::get(&live.timeouts),
             Live::get(&live.protocol_errors),
+            Live::get(&live.closed_by_server),
             (cpu - last_cpu).as_secs_f64() / dt * 100.0,
         );
         if interactive {
@@ -774,6 +858,31 @@ mod tests {
         ] {
             let err = options(args).unwrap().check().unwrap_err();
             assert!(matches!(err, LoadError::Options(_)), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn error_rate_and_accept_check_flags() {
+        let o = options(&["stratum://127.0.0.1:3333"]).unwrap();
+        assert_eq!(o.max_error_rate, 0.0, "any failure fails a run by default");
+        assert!(o.accept_check);
+        let o = options(&[
+            "stratum://127.0.0.1:3333",
+            "--max-error-rate",
+            "0.01",
+            "--accept-check",
+            "off",
+        ])
+        .unwrap();
+        assert_eq!(o.max_error_rate, 0.01);
+        assert!(!o.accept_check);
+        for bad in ["1.5", "-0.1", "1%", "NaN"] {
+            let flag = format!("--max-error-rate={bad}");
+            let parsed = Cli::try_parse_from(["load", "stratum://h:1", &flag]);
+            let Err(err) = parsed else {
+                panic!("{bad} was accepted")
+            };
+            assert!(err.to_string().contains("fraction from 0 to 1"), "{err}");
         }
     }
 

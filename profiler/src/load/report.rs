@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::slo::SloResult;
 
-/// Bumped when a field changes meaning or goes away.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bumped when a field changes meaning or goes away. 2: `errors.connect` counts failed connects
+/// only (server closes moved to `connections.closed_by_server`); `requests.missed` became
+/// `requests.unsent`, which now also counts the send times of clients that never connected.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Latency figures in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -74,11 +76,26 @@ pub struct Settings {
     pub timeout_s: f64,
     /// HTTP method (`None` for stratum).
     pub method: Option<String>,
+    /// Failures allowed, as a fraction of scheduled requests (`--max-error-rate`).
+    #[serde(default)]
+    pub max_error_rate: f64,
+    /// Stratum: a run with no accepted share gets a note (`--accept-check`).
+    #[serde(default = "yes")]
+    pub accept_check: bool,
 }
 
-/// Timed requests: shares (stratum) or HTTP requests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+fn yes() -> bool {
+    true
+}
+
+/// Timed requests: shares (stratum) or HTTP requests. Every scheduled send time ends in exactly
+/// one of `replies`, `timed_out`, `unanswered`, `cut_by_close`, `unsent` and
+/// `unsent_while_closed` (see [`Requests::accounted`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Requests {
+    /// Send times before the end of the run (or the stop), over all clients.
+    #[serde(default)]
+    pub scheduled: u64,
     pub sent: u64,
     /// Replies matched to a request sent in this run.
     pub replies: u64,
@@ -88,9 +105,27 @@ pub struct Requests {
     pub rejected: u64,
     /// Why: `low-difficulty`, `stale`, `duplicate`, ... or `status 503`.
     pub rejected_by_reason: BTreeMap<String, u64>,
-    /// Send times that passed while a client had no connection.
-    pub missed: u64,
-    /// Still waiting when a connection dropped or the run was cut short.
+    /// No reply within the timeout.
+    #[serde(default)]
+    pub timed_out: u64,
+    /// Send times that passed while a client had no connection for a reason on its side: a
+    /// failed connect, a connection it dropped (timeout, unreadable reply), a refused login, or
+    /// no connection ever.
+    #[serde(alias = "missed")]
+    pub unsent: u64,
+    /// Send times that passed while a client was away because the server had closed its
+    /// connection (waiting out a `client.reconnect`, or the reconnection backoff).
+    #[serde(default)]
+    pub unsent_while_closed: u64,
+    /// In flight when the server closed the connection.
+    #[serde(default)]
+    pub cut_by_close: u64,
+    /// Of `cut_by_close` and `unsent_while_closed`, those lost to closes the protocol did not
+    /// announce (`connections.closed_unexpectedly`): failures.
+    #[serde(default)]
+    pub lost_to_closes: u64,
+    /// Sent and still waiting when the run was cut short, or answered with bytes we could not
+    /// read.
     pub unanswered: u64,
     /// Arrived after their request had timed out (counted as timeouts, not replies).
     pub late_replies: u64,
@@ -100,23 +135,153 @@ pub struct Requests {
     pub unstamped: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+impl Requests {
+    /// What became of the scheduled send times, summed: equals `scheduled` in every run.
+    pub fn accounted(&self) -> u64 {
+        self.replies
+            + self.timed_out
+            + self.unanswered
+            + self.cut_by_close
+            + self.unsent
+            + self.unsent_while_closed
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Connections {
     /// Clients that connected at least once (of `settings.miners`).
     pub clients_connected: u64,
     /// Connections established, reconnections included.
     pub established: u64,
     pub peak_concurrent: u64,
+    /// Established connections the server ended: it closed them, or asked us to leave with
+    /// `client.reconnect`.
+    #[serde(default)]
+    pub closed_by_server: u64,
+    /// Of those, the ones the protocol did not announce, which count as failures: stratum with
+    /// no `client.reconnect` first; HTTP with a request in flight (an idle keep-alive
+    /// connection may be closed at any time).
+    #[serde(default)]
+    pub closed_unexpectedly: u64,
+    /// What the server said last before a close: the first few distinct messages, each with
+    /// the number of closes that followed it.
+    #[serde(default)]
+    pub close_examples: Vec<CloseExample>,
+    /// `client.reconnect` messages received.
+    #[serde(default)]
+    pub reconnect_requests: u64,
+    /// Of those, the ones naming a host off loopback: the miner reconnected to the run's target
+    /// instead.
+    #[serde(default)]
+    pub reconnects_not_followed: u64,
+}
+
+/// The last message received before a server closed a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseExample {
+    /// The line (stratum) or status (HTTP), shortened; or that nothing came.
+    pub last: String,
+    /// Closes that followed this same message.
+    pub closes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Errors {
-    /// Connecting failed, or the server dropped an established connection.
+    /// The connect itself failed (a server closing an established connection is
+    /// `connections.closed_by_server`).
     pub connect: u64,
-    /// No reply within the timeout.
+    /// No reply within the timeout (requests and handshakes).
     pub timeout: u64,
-    /// Unreadable replies, or replies saying our request was malformed.
+    /// Unreadable replies, or replies saying our request was malformed (JSON-RPC errors).
     pub protocol: u64,
+}
+
+/// What counts against `--max-error-rate`: failed requests and failed connections, each once.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Failures {
+    /// Nonzero counts by kind: `non-2xx` (HTTP), `timeouts`, `protocol-errors`,
+    /// `connect-errors`, `unanswered`, `unsent`, `closed-by-server` (closes not announced),
+    /// `lost-to-closes` (requests those closes cut or kept from being sent).
+    pub by_kind: BTreeMap<String, u64>,
+    pub total: u64,
+    /// `total / requests.scheduled`, at most 1.
+    pub rate: f64,
+    /// `rate <= settings.max_error_rate`.
+    pub passed: bool,
+}
+
+impl Failures {
+    /// Stratum rejections (low difficulty, stale, duplicate ...) are the protocol at work and
+    /// do not count; an HTTP reply other than 2xx does.
+    pub fn count(
+        protocol: &str,
+        requests: &Requests,
+        errors: &Errors,
+        connections: &Connections,
+        max_rate: f64,
+    ) -> Self {
+        let kinds = [
+            (
+                "non-2xx",
+                if protocol == "http" {
+                    requests.rejected
+                } else {
+                    0
+                },
+            ),
+            ("timeouts", errors.timeout),
+            ("protocol-errors", errors.protocol),
+            ("connect-errors", errors.connect),
+            ("unanswered", requests.unanswered),
+            ("unsent", requests.unsent),
+            ("closed-by-server", connections.closed_unexpectedly),
+            ("lost-to-closes", requests.lost_to_closes),
+        ];
+        let by_kind: BTreeMap<String, u64> = kinds
+            .into_iter()
+            .filter(|&(_, n)| n > 0)
+            .map(|(kind, n)| (kind.to_string(), n))
+            .collect();
+        let total = by_kind.values().sum::<u64>();
+        let rate = match (total, requests.scheduled) {
+            (0, _) => 0.0,
+            (_, 0) => 1.0,
+            (failed, scheduled) => (failed as f64 / scheduled as f64).min(1.0),
+        };
+        Self {
+            by_kind,
+            total,
+            passed: rate <= max_rate,
+            rate: round_to(rate, 6),
+        }
+    }
+}
+
+/// The note for a stratum run in which no share was accepted, unless the check is off.
+pub fn accept_note(requests: &Requests, difficulty: Option<f64>) -> Option<String> {
+    if requests.accepted > 0 || requests.replies == 0 {
+        return None;
+    }
+    let reasons: Vec<String> = requests
+        .rejected_by_reason
+        .iter()
+        .map(|(why, n)| format!("{why} {n}"))
+        .collect();
+    let set = difficulty
+        .map(|d| format!(" (it set difficulty {d})"))
+        .unwrap_or_default();
+    Some(format!(
+        "no share accepted (0 of {} replies; {}): the driver submits random nonces, which meet \
+         difficulty D about once in D x 2^32 tries, so a pool at real difficulty{set} accepts \
+         none. Latency and errors still hold. Against such a pool pass --accept-check off; \
+         testbed-pool's default difficulty accepts half of random nonces.",
+        requests.replies,
+        if reasons.is_empty() {
+            "no reason given".to_string()
+        } else {
+            reasons.join(", ")
+        },
+    ))
 }
 
 impl Errors {
@@ -176,6 +341,16 @@ pub struct LoadReport {
     pub slo: Vec<SloResult>,
     /// Every objective met (true when none were set).
     pub slo_passed: bool,
+    /// Failures against `settings.max_error_rate`.
+    #[serde(default)]
+    pub failures: Failures,
+    /// Every objective met and failures within the allowed rate: `profiler load` exits 0 then,
+    /// 2 otherwise.
+    #[serde(default)]
+    pub passed: bool,
+    /// What an operator should know about this run, e.g. why no share was accepted.
+    #[serde(default)]
+    pub notes: Vec<String>,
     /// Where the report was written, if it was.
     #[serde(skip)]
     pub files: Vec<PathBuf>,
@@ -203,6 +378,18 @@ fn percent(part: u64, whole: u64) -> String {
     } else {
         format!("{:.1} %", part as f64 * 100.0 / whole as f64)
     }
+}
+
+/// A fraction as a percentage with no needless digits: `0 %`, `0.05 %`, `37.5 %`, `100 %`.
+fn rate_percent(rate: f64) -> String {
+    let percent = rate * 100.0;
+    let text = if percent >= 1.0 {
+        format!("{percent:.1}")
+    } else {
+        format!("{percent:.3}")
+    };
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text} %")
 }
 
 fn latency_line(p: &Percentiles) -> String {
@@ -269,14 +456,21 @@ impl LoadReport {
         let _ = writeln!(out, "{units}");
         let _ = writeln!(
             out,
-            "  submitted  {:>9}   {:.1}/s achieved",
-            r.sent, self.achieved_rate_per_s
+            "  scheduled  {:>9}   sent {}, unsent {}, unanswered {}, timed out {} (late replies {})",
+            r.scheduled, r.sent, r.unsent, r.unanswered, r.timed_out, r.late_replies
         );
         let _ = writeln!(
             out,
-            "  replies    {:>9}   timed out {}, unanswered {}, late {}, missed sends {}",
-            r.replies, self.errors.timeout, r.unanswered, r.late_replies, r.missed
+            "  replies    {:>9}   {:.1}/s achieved",
+            r.replies, self.achieved_rate_per_s
         );
+        if r.cut_by_close + r.unsent_while_closed > 0 {
+            let _ = writeln!(
+                out,
+                "  server closes: cut in flight {}, unsent while closed {} ({} of them lost to unexpected closes)",
+                r.cut_by_close, r.unsent_while_closed, r.lost_to_closes
+            );
+        }
         let (ok, refused) = if self.protocol == "stratum" {
             ("accepted", "rejected")
         } else {
@@ -355,6 +549,32 @@ impl LoadReport {
                 format_us(p.max)
             );
         }
+        if c.closed_by_server + c.reconnect_requests > 0 {
+            let stratum = if self.protocol == "stratum" {
+                format!(
+                    "without client.reconnect first; client.reconnect received {}{}",
+                    c.reconnect_requests,
+                    if c.reconnects_not_followed > 0 {
+                        format!(
+                            " ({} named a host off loopback: reconnected to the target instead)",
+                            c.reconnects_not_followed
+                        )
+                    } else {
+                        String::new()
+                    }
+                )
+            } else {
+                "with a request in flight".to_string()
+            };
+            let _ = writeln!(
+                out,
+                "  CLOSED BY THE SERVER {}, {} of them {stratum}",
+                c.closed_by_server, c.closed_unexpectedly,
+            );
+            for example in &c.close_examples {
+                let _ = writeln!(out, "    {} x after: {}", example.closes, example.last);
+            }
+        }
         let _ = writeln!(out);
         let e = &self.errors;
         let _ = writeln!(
@@ -388,6 +608,33 @@ impl LoadReport {
                 result.objective,
                 if result.passed { "PASS" } else { "FAIL" }
             );
+        }
+        let f = &self.failures;
+        let allowed = format!("allowed {}", rate_percent(s.max_error_rate));
+        if f.total == 0 {
+            let _ = writeln!(
+                out,
+                "failures        PASS  0 of {} scheduled ({allowed})",
+                r.scheduled
+            );
+        } else {
+            let kinds: Vec<String> = f
+                .by_kind
+                .iter()
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "failures        {}  {} = {} of {} scheduled ({allowed}): {}",
+                if f.passed { "PASS" } else { "FAIL" },
+                f.total,
+                rate_percent(f.rate),
+                r.scheduled,
+                kinds.join(", ")
+            );
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "note            {note}");
         }
         out
     }
@@ -478,10 +725,13 @@ pub(crate) mod tests {
                 ramp_up_s: 10.0,
                 timeout_s: 10.0,
                 method: None,
+                max_error_rate: 0.0,
+                accept_check: true,
             },
             elapsed_s: 61.2,
             stopped_early: false,
             requests: Requests {
+                scheduled: 1000,
                 sent: 1000,
                 replies: 1000,
                 accepted: 503,
@@ -491,10 +741,7 @@ pub(crate) mod tests {
                     ("stale".to_string(), 7),
                 ]
                 .into(),
-                missed: 0,
-                unanswered: 0,
-                late_replies: 0,
-                unstamped: 0,
+                ..Requests::default()
             },
             achieved_rate_per_s: 16.6,
             accepted_rate_per_s: 8.4,
@@ -509,6 +756,7 @@ pub(crate) mod tests {
                 clients_connected: 100,
                 established: 100,
                 peak_concurrent: 100,
+                ..Connections::default()
             },
             errors: Errors::default(),
             driver: DriverUsage {
@@ -520,6 +768,12 @@ pub(crate) mod tests {
             },
             slo_passed: slo.iter().all(|r| r.passed),
             slo,
+            failures: Failures {
+                passed: true,
+                ..Failures::default()
+            },
+            passed: false,
+            notes: Vec::new(),
             files: Vec::new(),
         }
     }
@@ -537,10 +791,158 @@ pub(crate) mod tests {
             "errors          connect 0   timeout 0   protocol 0",
             "p99<=5ms       PASS",
             "max<=1ms       FAIL  (actual 5.00 ms)",
+            "scheduled       1000   sent 1000, unsent 0, unanswered 0, timed out 0 (late replies 0)",
+            "failures        PASS  0 of 1000 scheduled (allowed 0 %)",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
         assert!(!text.contains("WARNING"));
+        assert!(!text.contains("CLOSED BY THE SERVER"), "no close, no line");
+    }
+
+    /// An outage: a server answering 500, then gone. Every kind of failure is named with its
+    /// count, and the rate is over the scheduled requests.
+    #[test]
+    fn failures_name_what_failed_and_how_many() {
+        let mut report = sample();
+        report.protocol = "http".into();
+        report.requests = Requests {
+            scheduled: 3200,
+            sent: 1300,
+            replies: 1290,
+            rejected: 1290,
+            rejected_by_reason: [("status 500".to_string(), 1290)].into(),
+            cut_by_close: 10,
+            lost_to_closes: 10,
+            unsent: 1900,
+            ..Requests::default()
+        };
+        assert_eq!(report.requests.accounted(), report.requests.scheduled);
+        report.errors.connect = 30;
+        report.connections.closed_by_server = 10;
+        report.connections.closed_unexpectedly = 10;
+        report.connections.close_examples = vec![CloseExample {
+            last: "HTTP 500".into(),
+            closes: 10,
+        }];
+        let failures = Failures::count(
+            "http",
+            &report.requests,
+            &report.errors,
+            &report.connections,
+            0.0,
+        );
+        assert_eq!(failures.total, 1290 + 30 + 1900 + 10 + 10);
+        assert_eq!(failures.by_kind["non-2xx"], 1290);
+        assert_eq!(failures.by_kind["unsent"], 1900);
+        assert_eq!(failures.by_kind["closed-by-server"], 10);
+        assert!(
+            !failures.by_kind.contains_key("timeouts"),
+            "only nonzero kinds"
+        );
+        assert!(!failures.passed);
+        assert_eq!(
+            failures.rate, 1.0,
+            "more failures than requests is still 100 %"
+        );
+        report.failures = failures;
+        let text = report.render_text();
+        for expected in [
+            "failures        FAIL  3240 = 100 % of 3200 scheduled (allowed 0 %): closed-by-server 10, connect-errors 30, lost-to-closes 10, non-2xx 1290, unsent 1900",
+            "CLOSED BY THE SERVER 10, 10 of them with a request in flight",
+            "    10 x after: HTTP 500",
+            "server closes: cut in flight 10, unsent while closed 0 (10 of them lost to unexpected closes)",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        // The same rejections from a stratum pool are the protocol at work.
+        let stratum = Failures::count(
+            "stratum",
+            &report.requests,
+            &Errors::default(),
+            &Connections::default(),
+            0.0,
+        );
+        assert_eq!(
+            stratum.by_kind.keys().collect::<Vec<_>>(),
+            ["lost-to-closes", "unsent"]
+        );
+        // A rate allows a share of the scheduled requests.
+        let mut few = Requests {
+            scheduled: 1000,
+            replies: 995,
+            unsent: 5,
+            ..Requests::default()
+        };
+        let allowed = |requests: &Requests, rate| {
+            Failures::count(
+                "stratum",
+                requests,
+                &Errors::default(),
+                &Connections::default(),
+                rate,
+            )
+        };
+        assert!(allowed(&few, 0.005).passed);
+        assert!(!allowed(&few, 0.004).passed);
+        few.unsent = 0;
+        assert!(allowed(&few, 0.0).passed);
+        assert_eq!(allowed(&few, 0.0).rate, 0.0);
+    }
+
+    #[test]
+    fn no_accepted_share_gets_a_note_saying_why() {
+        let mut requests = sample().requests;
+        assert_eq!(
+            accept_note(&requests, Some(1.0)),
+            None,
+            "some were accepted"
+        );
+        requests.rejected += requests.accepted;
+        requests.accepted = 0;
+        requests.rejected_by_reason = [("low-difficulty".to_string(), 1000)].into();
+        let note = accept_note(&requests, Some(65536.0)).unwrap();
+        assert!(
+            note.contains("0 of 1000 replies; low-difficulty 1000"),
+            "{note}"
+        );
+        assert!(note.contains("random nonces"), "{note}");
+        assert!(note.contains("difficulty 65536"), "{note}");
+        assert!(note.contains("--accept-check off"), "{note}");
+        requests.replies = 0;
+        assert_eq!(
+            accept_note(&requests, None),
+            None,
+            "no reply, nothing to say"
+        );
+    }
+
+    /// A schema-1 report still reads: `missed` is `unsent`, new fields default.
+    #[test]
+    fn schema_1_reports_still_read() {
+        let mut json: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        let requests = json["requests"].as_object_mut().unwrap();
+        for new in [
+            "scheduled",
+            "timed_out",
+            "unsent_while_closed",
+            "cut_by_close",
+            "lost_to_closes",
+        ] {
+            requests.remove(new);
+        }
+        let unsent = requests.remove("unsent").unwrap();
+        requests.insert("missed".into(), unsent);
+        json.as_object_mut().unwrap().remove("failures");
+        json["settings"]
+            .as_object_mut()
+            .unwrap()
+            .remove("accept_check");
+        json["schema_version"] = 1.into();
+        let back: LoadReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back.requests.unsent, 0);
+        assert!(back.settings.accept_check);
+        assert_eq!(back.failures, Failures::default());
     }
 
     #[test]
@@ -569,6 +971,15 @@ pub(crate) mod tests {
             ..report.latency_us.unwrap()
         };
         assert!(!broken.is_ordered());
+    }
+
+    #[test]
+    fn rates_read_naturally() {
+        assert_eq!(rate_percent(0.0), "0 %");
+        assert_eq!(rate_percent(0.0005), "0.05 %");
+        assert_eq!(rate_percent(0.01), "1 %");
+        assert_eq!(rate_percent(0.67914), "67.9 %");
+        assert_eq!(rate_percent(1.0), "100 %");
     }
 
     #[test]

@@ -52,6 +52,16 @@ impl Schedule {
         skipped
     }
 
+    /// Send times taken so far (sent or skipped).
+    pub fn taken(&self) -> u64 {
+        self.next
+    }
+
+    /// No send time is at or after this.
+    pub fn end(&self) -> Instant {
+        self.end
+    }
+
     /// Ends the schedule early (Ctrl-C).
     pub fn stop(&mut self, now: Instant) {
         self.end = self.end.min(now);
@@ -104,6 +114,8 @@ mod tests {
             Some(t0 + Duration::from_secs(5))
         );
         assert_eq!(schedule.peek(), None);
+        assert_eq!(schedule.taken(), 6);
+        assert_eq!(schedule.end(), t0 + Duration::from_millis(5500));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 
-use super::report::Percentiles;
+use super::report::{CloseExample, Percentiles};
 
 /// Longest latency a histogram holds (an hour, in microseconds); longer values are clamped.
 const MAX_US: u64 = 3_600_000_000;
@@ -31,7 +31,7 @@ pub enum Outcome<'a> {
 /// Error classes of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// Connecting failed, or the server dropped an established connection.
+    /// Connecting failed (a server closing an established connection is counted apart).
     Connect,
     /// No reply within the timeout.
     Timeout,
@@ -39,16 +39,30 @@ pub enum ErrorClass {
     Protocol,
 }
 
-/// Counters shared by every client task.
+/// Counters shared by every client task. Every scheduled send time ends in exactly one of
+/// `replies`, `timed_out`, `unanswered`, `cut_by_close`, `unsent` and `unsent_while_closed`.
 #[derive(Debug, Default)]
 pub struct Live {
+    /// Send times before the end of the run (or the stop), counted as each client finishes.
+    pub scheduled: AtomicU64,
     pub sent: AtomicU64,
     pub replies: AtomicU64,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
-    /// Send times that passed while the client had no connection.
-    pub missed: AtomicU64,
-    /// Requests still waiting when their connection dropped or the run was cut short.
+    /// Requests that got no reply within the timeout.
+    pub timed_out: AtomicU64,
+    /// Send times that passed while the client had no connection for a reason of its own side:
+    /// a failed connect, a connection it dropped (timeout, protocol error), a refused login.
+    pub unsent: AtomicU64,
+    /// Send times that passed while the client was away because the server had closed its
+    /// connection (or asked it to reconnect elsewhere).
+    pub unsent_while_closed: AtomicU64,
+    /// Requests in flight when the server closed their connection.
+    pub cut_by_close: AtomicU64,
+    /// Of `cut_by_close` and `unsent_while_closed`, those lost to a close the protocol did not
+    /// announce: these count as failures.
+    pub lost_to_closes: AtomicU64,
+    /// Requests still waiting when the run was cut short, or whose reply we could not read.
     pub unanswered: AtomicU64,
     /// Replies that came after their request had already timed out.
     pub late_replies: AtomicU64,
@@ -63,6 +77,15 @@ pub struct Live {
     pub established: AtomicU64,
     /// Clients (miners) that connected at least once.
     pub clients_connected: AtomicU64,
+    /// Established connections the server ended (closed, or asked us to leave).
+    pub closed_by_server: AtomicU64,
+    /// Of those, the ones the protocol did not announce: stratum with no `client.reconnect`
+    /// first, HTTP with a request in flight.
+    pub closed_unexpectedly: AtomicU64,
+    /// `client.reconnect` messages received.
+    pub reconnect_requests: AtomicU64,
+    /// Of those, the ones naming a place off loopback, which we do not follow.
+    pub reconnects_not_followed: AtomicU64,
 }
 
 impl Live {
@@ -75,10 +98,18 @@ impl Live {
     }
 }
 
+/// Distinct things a server said last before closing, kept for the report with their counts.
+pub const CLOSE_EXAMPLES: usize = 5;
+/// Longest example kept, in characters.
+const CLOSE_EXAMPLE_CHARS: usize = 200;
+
 /// Everything the clients record into, shared through an `Arc`.
 #[derive(Debug)]
 pub struct Recorder {
     pub live: Live,
+    close_examples: Mutex<Vec<CloseExample>>,
+    /// The last `mining.set_difficulty` seen, for the note on a run with no accepted share.
+    difficulty: Mutex<Option<f64>>,
     latency: Mutex<Histogram<u64>>,
     /// The same replies timed from the actual write, without the sender's own lateness.
     sent_latency: Mutex<Histogram<u64>>,
@@ -102,6 +133,8 @@ impl Default for Recorder {
     fn default() -> Self {
         Self {
             live: Live::default(),
+            close_examples: Mutex::new(Vec::new()),
+            difficulty: Mutex::new(None),
             latency: Mutex::new(histogram()),
             sent_latency: Mutex::new(histogram()),
             connect: Mutex::new(histogram()),
@@ -145,6 +178,80 @@ impl Recorder {
             },
             1,
         );
+    }
+
+    /// A request that got no reply within the timeout.
+    pub fn timed_out(&self) {
+        Live::add(&self.live.timed_out, 1);
+        self.error(ErrorClass::Timeout);
+    }
+
+    /// The server ended an established connection; `last` is the last thing it said before.
+    pub fn closed_by_server(&self, expected: bool, last: Option<&str>) {
+        Live::add(&self.live.closed_by_server, 1);
+        if !expected {
+            Live::add(&self.live.closed_unexpectedly, 1);
+        }
+        let said = match last {
+            Some(line) => {
+                let line = line.trim();
+                let mut short: String = line.chars().take(CLOSE_EXAMPLE_CHARS).collect();
+                if short.len() < line.len() {
+                    short.push('…');
+                }
+                short
+            }
+            None => "(nothing received before the close)".to_string(),
+        };
+        let mut examples = self
+            .close_examples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(example) = examples.iter_mut().find(|e| e.last == said) {
+            example.closes += 1;
+        } else if examples.len() < CLOSE_EXAMPLES {
+            examples.push(CloseExample {
+                last: said,
+                closes: 1,
+            });
+        }
+    }
+
+    /// `n` requests in flight when the server closed their connection.
+    pub fn cut_by_close(&self, n: u64, expected: bool) {
+        Live::add(&self.live.cut_by_close, n);
+        if !expected {
+            Live::add(&self.live.lost_to_closes, n);
+        }
+    }
+
+    /// `n` send times passed while away after a server close.
+    pub fn unsent_while_closed(&self, n: u64, expected: bool) {
+        Live::add(&self.live.unsent_while_closed, n);
+        if !expected {
+            Live::add(&self.live.lost_to_closes, n);
+        }
+    }
+
+    pub fn close_examples(&self) -> Vec<CloseExample> {
+        self.close_examples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_difficulty(&self, difficulty: f64) {
+        *self
+            .difficulty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(difficulty);
+    }
+
+    pub fn difficulty(&self) -> Option<f64> {
+        *self
+            .difficulty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A new connection, `took` from the start of `connect` to established.
@@ -249,5 +356,38 @@ mod tests {
         assert_eq!(Live::get(&live.clients_connected), 2);
         assert_eq!(recorder.connect_time().unwrap().count, 3);
         assert!(recorder.handshake_time().is_none());
+    }
+
+    #[test]
+    fn closes_keep_a_few_short_examples_and_split_the_lost_requests() {
+        let recorder = Recorder::default();
+        recorder.closed_by_server(true, Some("{\"method\":\"client.reconnect\"}\n"));
+        recorder.closed_by_server(false, None);
+        let long = "x".repeat(1000);
+        for _ in 0..10 {
+            recorder.closed_by_server(false, Some(&long));
+        }
+        recorder.cut_by_close(3, true);
+        recorder.cut_by_close(2, false);
+        recorder.unsent_while_closed(4, false);
+        let live = &recorder.live;
+        assert_eq!(Live::get(&live.closed_by_server), 12);
+        assert_eq!(Live::get(&live.closed_unexpectedly), 11);
+        assert_eq!(Live::get(&live.cut_by_close), 5);
+        assert_eq!(Live::get(&live.unsent_while_closed), 4);
+        assert_eq!(Live::get(&live.lost_to_closes), 6);
+        for n in 0..10 {
+            recorder.closed_by_server(false, Some(&format!("HTTP 50{n}")));
+        }
+        let examples = recorder.close_examples();
+        assert_eq!(examples.len(), CLOSE_EXAMPLES, "bounded");
+        assert_eq!(examples[0].last, "{\"method\":\"client.reconnect\"}");
+        assert_eq!(examples[1].last, "(nothing received before the close)");
+        assert_eq!(examples[2].last.chars().count(), CLOSE_EXAMPLE_CHARS + 1);
+        assert_eq!(
+            examples[2].closes, 10,
+            "the same message is counted, not repeated"
+        );
+        assert_eq!(examples[3].last, "HTTP 500");
     }
 }

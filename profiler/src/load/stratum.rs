@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     io,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -18,10 +19,9 @@ use tokio::{
 
 use super::{
     client::{
-        Plan, RECONNECT_BACKOFF, STOP_DRAIN, StopSignal, TIMER_SLACK, early, sleep_or_stop,
-        sleep_until_opt, timed_from,
+        Away, Plan, RECONNECT_BACKOFF, STOP_DRAIN, Slots, StopSignal, TIMER_SLACK, early,
+        sleep_or_stop, sleep_until_opt, timed_from,
     },
-    schedule::Schedule,
     stamped::Stamped,
     stats::{ErrorClass, Live, Outcome},
 };
@@ -59,16 +59,78 @@ impl Work {
 enum Ended {
     /// The schedule ran out (or a stop came) and every reply is in or accounted for.
     Done,
-    /// The connection broke; count a connect error and reconnect.
-    Dropped,
-    /// The connection is no use, its error already counted; reconnect.
+    /// The TCP connect failed.
+    ConnectFailed,
+    /// The pool closed the connection, or asked us to leave with `client.reconnect` (then
+    /// `reconnect` says where to and when); `last` is the last line it sent before.
+    Closed {
+        reconnect: Option<Reconnect>,
+        last: Option<String>,
+    },
+    /// We dropped the connection ourselves, its error already counted (handshake timeout,
+    /// unreadable stream); reconnect.
     Broken,
     /// The pool refused us for good (subscribe or authorize failed).
     Refused,
 }
 
+/// Where `client.reconnect` sends a miner, and after how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reconnect {
+    /// `None`: the run's target.
+    to: Option<SocketAddr>,
+    wait: Duration,
+    /// A host off loopback that the pool named: not followed, since the driver must not be
+    /// steered at machines the operator did not name.
+    not_followed: Option<String>,
+}
+
+/// Longest `client.reconnect` wait obeyed.
+const MAX_RECONNECT_WAIT_S: f64 = 3600.0;
+
+impl Reconnect {
+    /// From `client.reconnect`'s params `[host, port, wait_seconds]`, each optional (numbers
+    /// may come as strings); `current` is where the miner is connected. No host means the same
+    /// host; no port, the same port; no wait, at once.
+    fn from_params(params: &Value, current: SocketAddr) -> Self {
+        let number = |value: Option<&Value>| {
+            value.and_then(|v| v.as_f64().or_else(|| v.as_str()?.trim().parse().ok()))
+        };
+        let host = params
+            .get(0)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|host| !host.is_empty());
+        let port = number(params.get(1))
+            .filter(|p| p.fract() == 0.0 && (1.0..=65535.0).contains(p))
+            .map_or(current.port(), |p| p as u16);
+        let wait = number(params.get(2))
+            .filter(|w| w.is_finite() && *w > 0.0)
+            .map_or(Duration::ZERO, |w| {
+                Duration::from_secs_f64(w.min(MAX_RECONNECT_WAIT_S))
+            });
+        let ip = match host {
+            None => Some(current.ip()),
+            Some("localhost") => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Some(host) => host.trim_matches(['[', ']']).parse::<IpAddr>().ok(),
+        };
+        match ip {
+            Some(ip) if host.is_none() || ip.is_loopback() => Self {
+                to: Some(SocketAddr::new(ip, port)),
+                wait,
+                not_followed: None,
+            },
+            _ => Self {
+                to: None,
+                wait,
+                not_followed: Some(format!("{}:{port}", host.unwrap_or_default())),
+            },
+        }
+    }
+}
+
 /// One miner: connects at its ramp-up slot, submits until the plan ends, reconnects when the
-/// pool drops it.
+/// pool drops it (to where `client.reconnect` said, after its wait, if it said).
 pub async fn miner(
     plan: Arc<Plan>,
     index: usize,
@@ -80,41 +142,69 @@ pub async fn miner(
         credentials,
         rng: SmallRng::from_rng(&mut rand::rng()),
         extranonce2: 0,
-        schedule: None,
+        slots: Slots::default(),
         plan,
     };
     if !sleep_or_stop(miner.plan.start_of(index), &mut stop).await {
         return;
     }
-    let recorder = miner.plan.recorder.clone();
+    let plan = miner.plan.clone();
+    let recorder = &plan.recorder;
     let mut ever_connected = false;
-    while Instant::now() < miner.plan.end && !stop.is_stopped() {
+    let mut addr = plan.addr;
+    while Instant::now() < plan.end && !stop.is_stopped() {
         let began = Instant::now();
-        let connected =
-            tokio::time::timeout(miner.plan.timeout, TcpStream::connect(miner.plan.addr)).await;
+        let connected = tokio::time::timeout(plan.timeout, TcpStream::connect(addr)).await;
         let ended = match connected {
-            Ok(Ok(stream)) => {
+            Ok(Ok(stream)) if stream.set_nodelay(true).is_ok() => {
                 recorder.connected(began.elapsed(), !ever_connected);
                 ever_connected = true;
-                let ended = miner.session(stream, began, &mut stop).await;
+                let ended = miner.session(stream, addr, began, &mut stop).await;
                 recorder.disconnected();
                 ended
             }
-            Ok(Err(_)) | Err(_) => Ended::Dropped,
+            _ => Ended::ConnectFailed,
         };
-        match ended {
-            Ended::Done | Ended::Refused => return,
-            Ended::Dropped | Ended::Broken => {
-                if matches!(ended, Ended::Dropped) {
-                    recorder.error(ErrorClass::Connect);
-                }
-                let retry = (Instant::now() + RECONNECT_BACKOFF).min(miner.plan.end);
-                if !sleep_or_stop(retry, &mut stop).await {
-                    return;
+        let now = Instant::now();
+        let phase = plan.phase(&mut miner.rng);
+        miner.slots.ensure(began + phase, &plan);
+        let retry = match ended {
+            Ended::Done => break,
+            Ended::Refused => {
+                miner.slots.left(now, Away::Driver, recorder);
+                break;
+            }
+            Ended::ConnectFailed => {
+                recorder.error(ErrorClass::Connect);
+                miner.slots.away(now, Away::Driver, recorder);
+                // A place `client.reconnect` named may be gone: back to the run's target.
+                addr = plan.addr;
+                now + RECONNECT_BACKOFF
+            }
+            Ended::Broken => {
+                miner.slots.left(now, Away::Driver, recorder);
+                now + RECONNECT_BACKOFF
+            }
+            Ended::Closed { reconnect, last } => {
+                let expected = reconnect.is_some();
+                recorder.closed_by_server(expected, last.as_deref());
+                miner
+                    .slots
+                    .left(now, Away::ServerClosed { expected }, recorder);
+                match reconnect {
+                    Some(reconnect) => {
+                        addr = reconnect.to.unwrap_or(plan.addr);
+                        now + reconnect.wait
+                    }
+                    None => now + RECONNECT_BACKOFF,
                 }
             }
+        };
+        if !sleep_or_stop(retry.min(plan.end), &mut stop).await {
+            break;
         }
     }
+    miner.slots.finish(stop.is_stopped(), recorder);
 }
 
 struct Miner {
@@ -124,8 +214,9 @@ struct Miner {
     rng: SmallRng,
     /// Rolled for every share (across reconnections too), so no two shares repeat.
     extranonce2: u64,
-    /// Made at the first connection; send times missed while disconnected are skipped.
-    schedule: Option<Schedule>,
+    /// Made at the first connection (or first failed attempt); send times that pass while
+    /// disconnected are skipped and counted by why.
+    slots: Slots,
 }
 
 /// A request in flight.
@@ -156,15 +247,35 @@ impl InFlight {
 /// Requests in flight by id.
 type Outstanding = BTreeMap<u64, InFlight>;
 
+/// What a read that returned no line means.
+fn read_failed(err: Option<&io::Error>) -> ReadFailure {
+    match err {
+        // A line over MAX_LINE: the pool is broken, not gone.
+        Some(err) if err.kind() == io::ErrorKind::InvalidData => ReadFailure::Unreadable,
+        _ => ReadFailure::Closed,
+    }
+}
+
+enum ReadFailure {
+    /// End of stream, or a reset: the pool closed the connection.
+    Closed,
+    /// The bytes made no sense; we drop the connection.
+    Unreadable,
+}
+
 impl Miner {
-    async fn session(&mut self, stream: TcpStream, began: Instant, stop: &mut StopSignal) -> Ended {
+    async fn session(
+        &mut self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        began: Instant,
+        stop: &mut StopSignal,
+    ) -> Ended {
         let recorder = self.plan.recorder.clone();
-        if stream.set_nodelay(true).is_err() {
-            return Ended::Dropped;
-        }
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(Stamped::new(read));
         let mut line = Vec::with_capacity(1024);
+        let mut last: Option<String> = None;
 
         // Handshake: subscribe and authorize together, then wait for both replies and a job.
         let hello = format!(
@@ -174,7 +285,10 @@ impl Miner {
                    "params": [self.worker, self.credentials.password]}),
         );
         if write.write_all(hello.as_bytes()).await.is_err() {
-            return Ended::Dropped;
+            return Ended::Closed {
+                reconnect: None,
+                last,
+            };
         }
         let deadline = Instant::now() + self.plan.timeout;
         let mut extranonce2_len = None;
@@ -190,9 +304,21 @@ impl Miner {
                     recorder.error(ErrorClass::Timeout);
                     return Ended::Broken;
                 }
-                Ok(Err(_)) | Ok(Ok(false)) => return Ended::Dropped,
                 Ok(Ok(true)) => serde_json::from_slice::<Value>(&line),
+                Ok(result) => match read_failed(result.as_ref().err()) {
+                    ReadFailure::Closed => {
+                        return Ended::Closed {
+                            reconnect: None,
+                            last,
+                        };
+                    }
+                    ReadFailure::Unreadable => {
+                        recorder.error(ErrorClass::Protocol);
+                        return Ended::Broken;
+                    }
+                },
             };
+            last = Some(String::from_utf8_lossy(&line).into_owned());
             line.clear();
             let Ok(message) = message else {
                 recorder.error(ErrorClass::Protocol);
@@ -222,34 +348,48 @@ impl Miner {
                 _ => {
                     if message["method"] == "mining.notify" {
                         work = Work::from_notify(&message["params"]).or(work);
+                    } else if let Some(reconnect) = self.push(&message, addr) {
+                        return Ended::Closed {
+                            reconnect: Some(reconnect),
+                            last,
+                        };
                     }
                 }
             }
         }
         let (Some(extranonce2_len), Some(mut work)) = (extranonce2_len, work) else {
-            return Ended::Dropped;
+            return Ended::Broken;
         };
         let ready = Instant::now();
         recorder.handshake(ready - began);
 
         let phase = self.plan.phase(&mut self.rng);
-        let plan = &self.plan;
-        let schedule = self
-            .schedule
-            .get_or_insert_with(|| Schedule::new(ready + phase, plan.interval, plan.end));
-        Live::add(&recorder.live.missed, schedule.skip_until(ready));
+        self.slots.ensure(ready + phase, &self.plan);
+        self.slots.pass(ready, &recorder);
 
         let mut outstanding = Outstanding::new();
         let mut timed_out: HashSet<u64> = HashSet::new();
         let mut next_id = AUTHORIZE_ID + 1;
+        // Replies in flight get until then, after a stop or a `client.reconnect`.
         let mut drain_until: Option<Instant> = None;
+        let mut reconnect: Option<Reconnect> = None;
         loop {
             let now = Instant::now();
-            if drain_until.is_some_and(|until| now >= until) {
+            let drained = drain_until.is_some_and(|until| now >= until);
+            if reconnect.is_some() && (drained || outstanding.is_empty()) {
+                // Leaving as the pool asked: what is still in flight is cut by its close.
+                recorder.cut_by_close(outstanding.len() as u64, true);
+                return Ended::Closed { reconnect, last };
+            }
+            if drained {
                 Live::add(&recorder.live.unanswered, outstanding.len() as u64);
                 return Ended::Done;
             }
-            let next_send = self.schedule.as_ref().and_then(Schedule::peek);
+            // Asked to reconnect, a miner sends nothing more here.
+            let next_send = match reconnect {
+                Some(_) => None,
+                None => self.slots.get().and_then(|schedule| schedule.peek()),
+            };
             if next_send.is_none() && outstanding.is_empty() {
                 return Ended::Done;
             }
@@ -261,29 +401,43 @@ impl Miner {
             tokio::select! {
                 biased;
                 () = stop.stopped(), if drain_until.is_none() => {
-                    if let Some(schedule) = self.schedule.as_mut() {
-                        schedule.stop(now);
-                    }
+                    self.slots.stop(now);
                     drain_until = Some(now + STOP_DRAIN);
                 }
                 read = read_line(&mut reader, &mut line) => {
                     let received = Instant::now();
                     match read {
                         Ok(true) => {}
-                        Ok(false) | Err(_) => {
-                            Live::add(&recorder.live.unanswered, outstanding.len() as u64);
-                            return Ended::Dropped;
+                        Ok(false) => {
+                            recorder.cut_by_close(outstanding.len() as u64, reconnect.is_some());
+                            return Ended::Closed { reconnect, last };
                         }
+                        Err(err) => match read_failed(Some(&err)) {
+                            ReadFailure::Closed => {
+                                recorder.cut_by_close(outstanding.len() as u64, reconnect.is_some());
+                                return Ended::Closed { reconnect, last };
+                            }
+                            ReadFailure::Unreadable => {
+                                recorder.error(ErrorClass::Protocol);
+                                Live::add(&recorder.live.unanswered, outstanding.len() as u64);
+                                return Ended::Broken;
+                            }
+                        },
                     }
                     let arrived = reader.get_ref().last_arrival();
-                    self.on_line(&line, (received, arrived), &mut outstanding, &mut timed_out, &mut work);
+                    let asked = self.on_line(&line, addr, (received, arrived), &mut outstanding, &mut timed_out, &mut work);
+                    last = Some(String::from_utf8_lossy(&line).into_owned());
                     line.clear();
+                    if asked.is_some() && reconnect.is_none() {
+                        reconnect = asked;
+                        let until = received + STOP_DRAIN;
+                        drain_until = Some(drain_until.map_or(until, |at| at.min(until)));
+                    }
                 }
                 () = sleep_until_opt(next_send.map(early)) => {
                     let mut batch = String::new();
                     let mut ids = Vec::new();
-                    let schedule = self.schedule.as_mut();
-                    let Some(schedule) = schedule else { continue };
+                    let Some(schedule) = self.slots.get() else { continue };
                     // Every send time already due goes now, each keeping its own scheduled time.
                     let sending = Instant::now();
                     while let Some(at) = schedule.due(sending + TIMER_SLACK) {
@@ -295,8 +449,10 @@ impl Miner {
                     }
                     let sent_wall = SystemTime::now();
                     if write.write_all(batch.as_bytes()).await.is_err() {
-                        Live::add(&recorder.live.unanswered, (outstanding.len() + ids.len()) as u64);
-                        return Ended::Dropped;
+                        // The pool closed the connection under us.
+                        recorder.cut_by_close(outstanding.len() as u64, false);
+                        recorder.unsent_while_closed(ids.len() as u64, false);
+                        return Ended::Closed { reconnect: None, last };
                     }
                     let written_wall = SystemTime::now();
                     let deadline = Instant::now() + self.plan.timeout;
@@ -313,41 +469,66 @@ impl Miner {
                         }
                         timed_out.insert(*entry.key());
                         entry.remove();
-                        recorder.error(ErrorClass::Timeout);
+                        recorder.timed_out();
                     }
                 }
             }
         }
     }
 
-    /// A reply to a submit, or a push from the pool.
+    /// A push from the pool other than `mining.notify`: notes the difficulty, and returns where
+    /// to go for `client.reconnect`.
+    fn push(&self, message: &Value, current: SocketAddr) -> Option<Reconnect> {
+        let recorder = &self.plan.recorder;
+        match message.get("method").and_then(Value::as_str)? {
+            "mining.set_difficulty" => {
+                if let Some(difficulty) = message["params"].get(0).and_then(Value::as_f64) {
+                    recorder.set_difficulty(difficulty);
+                }
+                None
+            }
+            "client.reconnect" => {
+                let reconnect = Reconnect::from_params(&message["params"], current);
+                Live::add(&recorder.live.reconnect_requests, 1);
+                if reconnect.not_followed.is_some() {
+                    Live::add(&recorder.live.reconnects_not_followed, 1);
+                }
+                Some(reconnect)
+            }
+            // Other pushes change nothing for random nonces.
+            _ => None,
+        }
+    }
+
+    /// A reply to a submit, or a push from the pool; `Some` when the pool asks us to reconnect.
     fn on_line(
         &mut self,
         line: &[u8],
+        current: SocketAddr,
         // When we read the line, and when its bytes arrived if the kernel said.
         received: (Instant, Option<SystemTime>),
         outstanding: &mut Outstanding,
         timed_out: &mut HashSet<u64>,
         work: &mut Work,
-    ) {
+    ) -> Option<Reconnect> {
         let recorder = &self.plan.recorder;
         let Ok(message) = serde_json::from_slice::<Value>(line) else {
             recorder.error(ErrorClass::Protocol);
-            return;
+            return None;
         };
-        if let Some(method) = message.get("method").and_then(Value::as_str) {
-            if method == "mining.notify" {
+        if message.get("method").is_some() {
+            if message["method"] == "mining.notify" {
                 match Work::from_notify(&message["params"]) {
                     Some(next) => *work = next,
                     None => recorder.error(ErrorClass::Protocol),
                 }
+                return None;
             }
-            // set_difficulty and other pushes change nothing for random nonces.
-            return;
+            return self.push(&message, current);
         }
         let Some(id) = message.get("id").and_then(Value::as_u64) else {
             recorder.error(ErrorClass::Protocol);
-            return;
+            return None;
         };
         match outstanding.remove(&id) {
             Some(request) => {
@@ -382,6 +563,7 @@ impl Miner {
             // A second reply to one request, or one to nothing we sent.
             None => recorder.error(ErrorClass::Protocol),
         }
+        None
     }
 }
 
@@ -518,6 +700,36 @@ mod tests {
         assert_eq!(rejection(&Value::Null).as_deref(), Some("refused"));
         assert_eq!(rejection(&json!([-32602, "Invalid params", null])), None);
         assert_eq!(rejection(&json!("weird")), None);
+    }
+
+    #[test]
+    fn client_reconnect_is_followed_on_loopback_only() {
+        let current: SocketAddr = "127.0.0.1:3333".parse().unwrap();
+        let at = |to: &str| Some(to.parse::<SocketAddr>().unwrap());
+        let follow = Reconnect::from_params(&json!(["127.0.0.1", 4444, 2]), current);
+        assert_eq!(follow.to, at("127.0.0.1:4444"));
+        assert_eq!(follow.wait, Duration::from_secs(2));
+        assert_eq!(follow.not_followed, None);
+        // Every parameter is optional, and numbers may come as strings.
+        let same = Reconnect::from_params(&json!([]), current);
+        assert_eq!((same.to, same.wait), (at("127.0.0.1:3333"), Duration::ZERO));
+        let null = Reconnect::from_params(&Value::Null, current);
+        assert_eq!(null.to, at("127.0.0.1:3333"));
+        let strings = Reconnect::from_params(&json!(["localhost", "4445", "0.5"]), current);
+        assert_eq!(strings.to, at("127.0.0.1:4445"));
+        assert_eq!(strings.wait, Duration::from_millis(500));
+        let v6 = Reconnect::from_params(&json!(["[::1]", 4446]), current);
+        assert_eq!(v6.to, at("[::1]:4446"));
+        // A host off loopback, or a name we would have to resolve: back to the target, said.
+        for host in ["203.0.113.7", "pool.example.com"] {
+            let away = Reconnect::from_params(&json!([host, 3333, 1]), current);
+            assert_eq!(away.to, None, "{host}");
+            assert_eq!(away.not_followed.as_deref(), Some(&*format!("{host}:3333")));
+            assert_eq!(away.wait, Duration::from_secs(1));
+        }
+        // Nonsense in a field is ignored, not obeyed.
+        let odd = Reconnect::from_params(&json!(["", 70000, -5]), current);
+        assert_eq!((odd.to, odd.wait), (at("127.0.0.1:3333"), Duration::ZERO));
     }
 
     #[test]
