@@ -33,9 +33,14 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokio::{net::TcpListener, sync::oneshot, sync::watch};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    sync::watch,
+};
 
 use crate::{
+    conn::{Close, Closes, ConnectionCap, RequestClock, TimedIo, Timeout, describe_cap},
     knobs::{self, Knobs},
     pool::Shutdown,
     wal::{Commit, Entry, Roots, Wal, WalError},
@@ -43,6 +48,17 @@ use crate::{
 
 /// Largest request head (request line and headers) hyper buffers; more is refused.
 pub const MAX_HEAD: usize = 64 * 1024;
+/// A keep-alive connection with no request for this long is closed. Far above the pause
+/// between requests of any load-driver profile (one a minute at the slowest), so only clients
+/// that have gone away are cut.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A request head must be complete this long after its first byte. Clients send a head in one
+/// write; ten seconds only cuts slow-header (slowloris) clients and broken links.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ten times the load driver's largest profile (stress: 1000 connections).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The closes the ledger can make, in its statistics and exit lines.
+const CLOSES: [Close; 3] = [Close::Idle, Close::HeaderTimeout, Close::OverCap];
 /// Most entries in one batch.
 pub const MAX_ENTRIES: usize = 10_000;
 /// Longest account name.
@@ -61,6 +77,13 @@ pub struct LedgerConfig {
     pub max_body: usize,
     /// Print a statistics line this often (`None`: only at exit).
     pub stats_every: Option<Duration>,
+    /// Close a connection with no request in progress for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection whose request head is not complete this long after it began
+    /// (`None`: never).
+    pub header_timeout: Option<Duration>,
+    /// Refuse connections beyond this many open ones.
+    pub max_connections: usize,
     pub knobs: Knobs,
 }
 
@@ -72,6 +95,9 @@ impl Default for LedgerConfig {
             workers: 4,
             max_body: 256 * 1024,
             stats_every: Some(Duration::from_secs(10)),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             knobs: Knobs::default(),
         }
     }
@@ -91,6 +117,14 @@ pub enum LedgerError {
     Signals(#[source] io::Error),
     #[error("cannot start the committer thread")]
     Committer(#[source] io::Error),
+    #[error(
+        "cannot read or raise the open-file limit for {max} connections: lower --max-connections"
+    )]
+    DescriptorLimit {
+        max: usize,
+        #[source]
+        source: io::Error,
+    },
     #[error(transparent)]
     Wal(#[from] WalError),
 }
@@ -198,6 +232,7 @@ struct Counters {
     ingests: AtomicU64,
     client_errors: AtomicU64,
     server_errors: AtomicU64,
+    closes: Closes,
 }
 
 struct Shared {
@@ -205,6 +240,8 @@ struct Shared {
     roots: watch::Receiver<Roots>,
     knobs: Knobs,
     max_body: usize,
+    idle_timeout: Option<Duration>,
+    header_timeout: Option<Duration>,
     counters: Counters,
 }
 
@@ -221,6 +258,14 @@ pub fn run(config: LedgerConfig) -> Result<(), LedgerError> {
 }
 
 async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
+    let max_connections =
+        crate::conn::fit_descriptor_limit(config.max_connections).map_err(|source| {
+            LedgerError::DescriptorLimit {
+                max: config.max_connections,
+                source,
+            }
+        })?;
+    let cap = ConnectionCap::new(max_connections);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| LedgerError::Bind {
@@ -244,14 +289,19 @@ async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
         roots: roots_rx,
         knobs: config.knobs.clone(),
         max_body: config.max_body,
+        idle_timeout: config.idle_timeout,
+        header_timeout: config.header_timeout,
         counters: Counters::default(),
     });
     println!(
-        "testbed-ledger listening on {local} (wal {}, {} entries in {} batches recovered, {} workers, knobs: {})",
+        "testbed-ledger listening on {local} (wal {}, {} entries in {} batches recovered, {} workers, idle timeout {}, header timeout {}, {}, knobs: {})",
         config.wal.display(),
         recovered.entries,
         recovered.batches,
         config.workers.max(1),
+        Timeout(config.idle_timeout),
+        Timeout(config.header_timeout),
+        describe_cap(config.max_connections, max_connections),
         config.knobs.describe()
     );
     if let Some(every) = config.stats_every {
@@ -267,25 +317,19 @@ async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    let Some(slot) = cap.admit() else {
+                        refuse(stream, max_connections);
+                        shared.counters.closes.count(Close::OverCap);
+                        if let Some(line) = cap.refusal_line("testbed-ledger", peer, Instant::now()) {
+                            println!("{line}");
+                        }
+                        continue;
+                    };
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        let _ = stream.set_nodelay(true);
-                        let counters = &shared.counters;
-                        let now = counters.connections.fetch_add(1, Ordering::Relaxed) + 1;
-                        counters.peak_connections.fetch_max(now, Ordering::Relaxed);
-                        let service = {
-                            let shared = shared.clone();
-                            service_fn(move |request| handle(request, shared.clone()))
-                        };
-                        // A broken or malformed connection is that client's problem: hyper has
-                        // already answered what it could (400, 431); keep serving the others.
-                        let _ = http1::Builder::new()
-                            .keep_alive(true)
-                            .max_buf_size(MAX_HEAD)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                        shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                        serve_connection(stream, &shared).await;
+                        drop(slot);
                     });
                 }
                 Err(err) => {
@@ -298,6 +342,56 @@ async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
     }
     println!("testbed-ledger stopped: {}", summary(&shared));
     Ok(())
+}
+
+async fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let counters = &shared.counters;
+    let now = counters.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    counters.peak_connections.fetch_max(now, Ordering::Relaxed);
+    let clock = RequestClock::new(shared.idle_timeout, shared.header_timeout);
+    let service = {
+        let shared = shared.clone();
+        let clock = clock.clone();
+        service_fn(move |request| {
+            let shared = shared.clone();
+            let clock = clock.clone();
+            async move {
+                clock.request_started();
+                let response = handle(request, shared).await;
+                clock.request_done();
+                response
+            }
+        })
+    };
+    // A broken or malformed connection is that client's problem: hyper has already answered
+    // what it could (400, 431); keep serving the others.
+    let _ = http1::Builder::new()
+        .keep_alive(true)
+        // Off: hyper's header timer also runs between keep-alive requests; RequestClock keeps
+        // the idle and header deadlines apart.
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(TimedIo::new(stream, clock.clone())), service)
+        .await;
+    if let Some(why) = clock.expired() {
+        counters.closes.count(why);
+    }
+    counters.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Tells a client over the connection cap why it is closed, if its socket takes the reply at
+/// once; the accept loop never waits for a refused client.
+fn refuse(stream: TcpStream, max_connections: usize) {
+    let body = json!({
+        "error": format!("{max_connections} connections are open, the server's cap: retry later")
+    })
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(response.as_bytes());
 }
 
 /// The single writer: takes every batch waiting (up to [`GROUP_COMMIT`]), appends them with one
@@ -334,9 +428,10 @@ fn summary(shared: &Shared) -> String {
     let counters = &shared.counters;
     let roots = *shared.roots.borrow();
     format!(
-        "connections={} peak_connections={} requests={} ingests={} entries={} batches={} client_errors={} server_errors={} root={} leaked_bytes={} leaked_allocations={} slow_paths={}",
+        "connections={} peak_connections={} {} requests={} ingests={} entries={} batches={} client_errors={} server_errors={} root={} leaked_bytes={} leaked_allocations={} slow_paths={}",
         counters.connections.load(Ordering::Relaxed),
         counters.peak_connections.load(Ordering::Relaxed),
+        counters.closes.tallies(&CLOSES),
         counters.requests.load(Ordering::Relaxed),
         counters.ingests.load(Ordering::Relaxed),
         roots.entries,

@@ -1,10 +1,14 @@
 //! `testbed-ledger`: an HTTP/1.1 ingest service with a write-ahead file and ground-truth knobs.
 //! See `testbed::ledger`.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use testbed::{knobs::KnobArgs, ledger::LedgerConfig};
+use testbed::{
+    conn::Timeout,
+    knobs::KnobArgs,
+    ledger::{self, LedgerConfig},
+};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +32,19 @@ struct Args {
     /// Seconds between statistics lines (0: only at exit)
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     stats_every: u64,
+    /// Close a keep-alive connection with no request in progress for this long: since it was
+    /// accepted or since its last response (0s: never)
+    #[arg(long, value_name = "DURATION", default_value_t = Timeout(Some(ledger::DEFAULT_IDLE_TIMEOUT)))]
+    idle_timeout: Timeout,
+    /// Close a connection whose request head (request line and headers) is not complete this
+    /// long after its first byte arrived: slow-header clients (0s: never)
+    #[arg(long, value_name = "DURATION", default_value_t = Timeout(Some(ledger::DEFAULT_HEADER_TIMEOUT)))]
+    header_timeout: Timeout,
+    /// Most open connections; one more gets 503 and a close, logged and tallied
+    /// (refused_over_cap). The open-file limit is raised to fit, or the cap lowered if it cannot
+    /// be
+    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(ledger::DEFAULT_MAX_CONNECTIONS).unwrap_or(NonZeroUsize::MIN))]
+    max_connections: NonZeroUsize,
     #[command(flatten)]
     knobs: KnobArgs,
 }
@@ -40,6 +57,9 @@ impl From<Args> for LedgerConfig {
             workers: args.workers,
             max_body: args.max_body,
             stats_every: (args.stats_every > 0).then(|| Duration::from_secs(args.stats_every)),
+            idle_timeout: args.idle_timeout.0,
+            header_timeout: args.header_timeout.0,
+            max_connections: args.max_connections.get(),
             knobs: args.knobs.into(),
         }
     }
