@@ -23,7 +23,7 @@ use std::{
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::{
-    Method, Request, Response, StatusCode,
+    HeaderMap, Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
     header,
     server::conn::http1,
@@ -46,7 +46,11 @@ use crate::{
     wal::{Commit, Entry, Roots, Wal, WalError},
 };
 
-/// Largest request head (request line and headers) hyper buffers; more is refused.
+/// Largest request head accepted: every byte from the request line's first through the blank
+/// line that ends the head (its final CRLF CRLF included). A head of exactly this size is
+/// served, one byte more gets 431 and a close. hyper's `max_header_size` counts exactly this;
+/// its `max_buf_size` alone does not: a read may fill the buffer past it (with it alone, a head
+/// of this size plus one byte was served).
 pub const MAX_HEAD: usize = 64 * 1024;
 /// A keep-alive connection with no request for this long is closed. Far above the pause
 /// between requests of any load-driver profile (one a minute at the slowest), so only clients
@@ -58,7 +62,12 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ten times the load driver's largest profile (stress: 1000 connections).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// The closes the ledger can make, in its statistics and exit lines.
-const CLOSES: [Close; 3] = [Close::Idle, Close::HeaderTimeout, Close::OverCap];
+const CLOSES: [Close; 4] = [
+    Close::Idle,
+    Close::HeaderTimeout,
+    Close::HeadTooLarge,
+    Close::OverCap,
+];
 /// Most entries in one batch.
 pub const MAX_ENTRIES: usize = 10_000;
 /// Longest account name.
@@ -232,6 +241,8 @@ struct Counters {
     ingests: AtomicU64,
     client_errors: AtomicU64,
     server_errors: AtomicU64,
+    /// Requests refused with 501 for a transfer coding other than `chunked` alone.
+    unsupported_codings: AtomicU64,
     closes: Closes,
 }
 
@@ -366,16 +377,19 @@ async fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
     };
     // A broken or malformed connection is that client's problem: hyper has already answered
     // what it could (400, 431); keep serving the others.
-    let _ = http1::Builder::new()
+    let served = http1::Builder::new()
         .keep_alive(true)
         // Off: hyper's header timer also runs between keep-alive requests; RequestClock keeps
         // the idle and header deadlines apart.
         .header_read_timeout(None)
+        .max_header_size(MAX_HEAD)
         .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(TimedIo::new(stream, clock.clone())), service)
         .await;
     if let Some(why) = clock.expired() {
         counters.closes.count(why);
+    } else if served.is_err_and(|err| err.is_parse_too_large()) {
+        counters.closes.count(Close::HeadTooLarge);
     }
     counters.connections.fetch_sub(1, Ordering::Relaxed);
 }
@@ -428,7 +442,7 @@ fn summary(shared: &Shared) -> String {
     let counters = &shared.counters;
     let roots = *shared.roots.borrow();
     format!(
-        "connections={} peak_connections={} {} requests={} ingests={} entries={} batches={} client_errors={} server_errors={} root={} leaked_bytes={} leaked_allocations={} slow_paths={}",
+        "connections={} peak_connections={} {} requests={} ingests={} entries={} batches={} client_errors={} server_errors={} unsupported_codings={} root={} leaked_bytes={} leaked_allocations={} slow_paths={}",
         counters.connections.load(Ordering::Relaxed),
         counters.peak_connections.load(Ordering::Relaxed),
         counters.closes.tallies(&CLOSES),
@@ -438,6 +452,7 @@ fn summary(shared: &Shared) -> String {
         roots.batches,
         counters.client_errors.load(Ordering::Relaxed),
         counters.server_errors.load(Ordering::Relaxed),
+        counters.unsupported_codings.load(Ordering::Relaxed),
         hex::encode(roots.root),
         knobs::LEAKED_BYTES.load(Ordering::Relaxed),
         knobs::LEAKED_ALLOCATIONS.load(Ordering::Relaxed),
@@ -453,6 +468,24 @@ async fn handle(
 ) -> Result<HttpResponse, Infallible> {
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
     shared.knobs.on_request();
+    if let Some(codings) = unsupported_transfer_coding(request.headers()) {
+        shared
+            .counters
+            .unsupported_codings
+            .fetch_add(1, Ordering::Relaxed);
+        let mut response = reply(
+            StatusCode::NOT_IMPLEMENTED,
+            &json!({"error": format!(
+                "transfer coding {codings:?} is not supported: send the body with Content-Length, or with Transfer-Encoding: chunked alone"
+            )}),
+        );
+        // The body's framing is not one we read, so the connection cannot carry another request.
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return Ok(response);
+    }
     let response = match (request.method(), request.uri().path()) {
         (&Method::POST, "/ingest") => ingest(request, &shared).await,
         (&Method::GET, "/roots") => roots(&shared),
@@ -472,6 +505,27 @@ async fn handle(
     };
     counter.fetch_add(1, Ordering::Relaxed);
     Ok(response)
+}
+
+/// The request's transfer codings when they are anything but `chunked` alone, which is all this
+/// server decodes (RFC 9112 section 6.1: answer 501 to a coding not understood). hyper refuses
+/// codings without a final `chunked` itself (400), but hands on `gzip, chunked` with only the
+/// chunked framing removed, so the handler would see compressed bytes as the body.
+fn unsupported_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    let mut codings = Vec::new();
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        codings.extend(
+            text.split(',')
+                .map(|coding| coding.trim().to_ascii_lowercase())
+                .filter(|coding| !coding.is_empty()),
+        );
+    }
+    match codings.as_slice() {
+        [] => None,
+        [only] if only == "chunked" => None,
+        _ => Some(codings.join(", ")),
+    }
 }
 
 async fn ingest(request: Request<Incoming>, shared: &Shared) -> HttpResponse {
@@ -608,6 +662,34 @@ mod tests {
                 .unwrap_err()
                 .contains("1 to 64 bytes")
         );
+    }
+
+    #[test]
+    fn only_chunked_alone_is_a_supported_transfer_coding() {
+        let headers = |values: &[&str]| {
+            let mut map = HeaderMap::new();
+            for value in values {
+                map.append(
+                    header::TRANSFER_ENCODING,
+                    header::HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            map
+        };
+        assert_eq!(unsupported_transfer_coding(&headers(&[])), None);
+        assert_eq!(unsupported_transfer_coding(&headers(&["chunked"])), None);
+        assert_eq!(unsupported_transfer_coding(&headers(&[" Chunked ,"])), None);
+        assert_eq!(
+            unsupported_transfer_coding(&headers(&["gzip, chunked"])).as_deref(),
+            Some("gzip, chunked")
+        );
+        assert_eq!(
+            unsupported_transfer_coding(&headers(&["gzip", "chunked"])).as_deref(),
+            Some("gzip, chunked"),
+            "codings over several header lines add up"
+        );
+        assert!(unsupported_transfer_coding(&headers(&["chunked, chunked"])).is_some());
+        assert!(unsupported_transfer_coding(&headers(&["identity"])).is_some());
     }
 
     #[test]

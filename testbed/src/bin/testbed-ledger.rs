@@ -14,7 +14,11 @@ use testbed::{
 #[command(
     name = "testbed-ledger",
     version,
-    about = "An HTTP ingest service for load tests"
+    about = "An HTTP ingest service for load tests",
+    after_help = "Requests: a head (every byte from the request line through the blank line that \
+ends it) of up to 65536 bytes is served, one byte more gets 431 and a close. A body is framed by \
+Content-Length or by Transfer-Encoding: chunked alone; any other transfer coding gets 501 (400 \
+when chunked is not the last)."
 )]
 struct Args {
     /// Address to listen on (port 0 picks a free port; the startup line says which)
@@ -72,5 +76,19 @@ fn main() -> ExitCode {
             eprintln!("testbed-ledger: {:#}", anyhow::Error::from(err));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn help_states_the_head_limit_in_force() {
+        let help = Args::command().render_long_help().to_string();
+        let limit = format!("up to {} bytes is served", testbed::ledger::MAX_HEAD);
+        assert!(help.contains(&limit), "{help}");
     }
 }
