@@ -43,7 +43,7 @@ use crate::{
     conn::{Close, Closes, ConnectionCap, RequestClock, TimedIo, Timeout, describe_cap},
     knobs::{self, Knobs},
     pool::Shutdown,
-    wal::{Commit, Entry, Roots, Wal, WalError},
+    wal::{Commit, Entry, OnDamage, Roots, Wal, WalError},
 };
 
 /// Largest request head accepted: every byte from the request line's first through the blank
@@ -80,6 +80,8 @@ const GROUP_COMMIT: usize = 256;
 pub struct LedgerConfig {
     pub listen: SocketAddr,
     pub wal: PathBuf,
+    /// What to do when the write-ahead file has a damaged record (not a torn tail).
+    pub wal_on_damage: OnDamage,
     /// Runtime worker threads.
     pub workers: usize,
     /// Largest `POST /ingest` body, in bytes.
@@ -101,6 +103,7 @@ impl Default for LedgerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             wal: PathBuf::from("ledger.wal"),
+            wal_on_damage: OnDamage::Refuse,
             workers: 4,
             max_body: 256 * 1024,
             stats_every: Some(Duration::from_secs(10)),
@@ -258,7 +261,7 @@ struct Shared {
 
 /// Runs the ledger until SIGINT or SIGTERM, then prints a summary line and returns.
 pub fn run(config: LedgerConfig) -> Result<(), LedgerError> {
-    let wal = Wal::open(&config.wal)?;
+    let wal = Wal::open(&config.wal, config.wal_on_damage)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers.max(1))
         .thread_name("ledger-worker")
@@ -289,6 +292,7 @@ async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
     })?;
     let mut shutdown = Shutdown::install().map_err(LedgerError::Signals)?;
     let recovered = wal.roots();
+    let recovery = wal.recovery().to_string();
     let (roots_tx, roots_rx) = watch::channel(recovered);
     let (commit_tx, commit_rx) = mpsc::channel();
     thread::Builder::new()
@@ -305,7 +309,7 @@ async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
         counters: Counters::default(),
     });
     println!(
-        "testbed-ledger listening on {local} (wal {}, {} entries in {} batches recovered, {} workers, idle timeout {}, header timeout {}, {}, knobs: {})",
+        "testbed-ledger listening on {local} (wal {}, {} entries in {} batches recovered, {recovery}, {} workers, idle timeout {}, header timeout {}, {}, knobs: {})",
         config.wal.display(),
         recovered.entries,
         recovered.batches,

@@ -8,6 +8,7 @@ use testbed::{
     conn::Timeout,
     knobs::KnobArgs,
     ledger::{self, LedgerConfig},
+    wal::OnDamage,
 };
 
 #[derive(Parser)]
@@ -27,6 +28,11 @@ struct Args {
     /// Write-ahead file; created if missing, replayed if present
     #[arg(long, value_name = "PATH", default_value = "ledger.wal")]
     wal: PathBuf,
+    /// When a record of the write-ahead file fails its checksum (or sequence) and is not a torn
+    /// tail, keep the whole batches before it and cut the rest, instead of refusing to start.
+    /// Copy the file aside first to keep what is cut
+    #[arg(long)]
+    wal_keep_verified_prefix: bool,
     /// Largest POST /ingest body, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024)]
     max_body: usize,
@@ -58,6 +64,11 @@ impl From<Args> for LedgerConfig {
         Self {
             listen: args.listen,
             wal: args.wal,
+            wal_on_damage: if args.wal_keep_verified_prefix {
+                OnDamage::KeepVerifiedPrefix
+            } else {
+                OnDamage::Refuse
+            },
             workers: args.workers,
             max_body: args.max_body,
             stats_every: (args.stats_every > 0).then(|| Duration::from_secs(args.stats_every)),
