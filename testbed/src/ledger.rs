@@ -23,7 +23,7 @@ use std::{
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::{
-    Method, Request, Response, StatusCode,
+    HeaderMap, Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
     header,
     server::conn::http1,
@@ -33,16 +33,41 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokio::{net::TcpListener, sync::oneshot, sync::watch};
-
-use crate::{
-    knobs::{self, Knobs},
-    pool::Shutdown,
-    wal::{Commit, Entry, Roots, Wal, WalError},
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    sync::watch,
 };
 
-/// Largest request head (request line and headers) hyper buffers; more is refused.
+use crate::{
+    conn::{Close, Closes, ConnectionCap, RequestClock, TimedIo, Timeout, describe_cap},
+    knobs::{self, Knobs},
+    pool::Shutdown,
+    wal::{Commit, Entry, OnDamage, Roots, Wal, WalError},
+};
+
+/// Largest request head accepted: every byte from the request line's first through the blank
+/// line that ends the head (its final CRLF CRLF included). A head of exactly this size is
+/// served, one byte more gets 431 and a close. hyper's `max_header_size` counts exactly this;
+/// its `max_buf_size` alone does not: a read may fill the buffer past it (with it alone, a head
+/// of this size plus one byte was served).
 pub const MAX_HEAD: usize = 64 * 1024;
+/// A keep-alive connection with no request for this long is closed. Far above the pause
+/// between requests of any load-driver profile (one a minute at the slowest), so only clients
+/// that have gone away are cut.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A request head must be complete this long after its first byte. Clients send a head in one
+/// write; ten seconds only cuts slow-header (slowloris) clients and broken links.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ten times the load driver's largest profile (stress: 1000 connections).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The closes the ledger can make, in its statistics and exit lines.
+const CLOSES: [Close; 4] = [
+    Close::Idle,
+    Close::HeaderTimeout,
+    Close::HeadTooLarge,
+    Close::OverCap,
+];
 /// Most entries in one batch.
 pub const MAX_ENTRIES: usize = 10_000;
 /// Longest account name.
@@ -55,12 +80,21 @@ const GROUP_COMMIT: usize = 256;
 pub struct LedgerConfig {
     pub listen: SocketAddr,
     pub wal: PathBuf,
+    /// What to do when the write-ahead file has a damaged record (not a torn tail).
+    pub wal_on_damage: OnDamage,
     /// Runtime worker threads.
     pub workers: usize,
     /// Largest `POST /ingest` body, in bytes.
     pub max_body: usize,
     /// Print a statistics line this often (`None`: only at exit).
     pub stats_every: Option<Duration>,
+    /// Close a connection with no request in progress for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection whose request head is not complete this long after it began
+    /// (`None`: never).
+    pub header_timeout: Option<Duration>,
+    /// Refuse connections beyond this many open ones.
+    pub max_connections: usize,
     pub knobs: Knobs,
 }
 
@@ -69,9 +103,13 @@ impl Default for LedgerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             wal: PathBuf::from("ledger.wal"),
+            wal_on_damage: OnDamage::Refuse,
             workers: 4,
             max_body: 256 * 1024,
             stats_every: Some(Duration::from_secs(10)),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             knobs: Knobs::default(),
         }
     }
@@ -91,6 +129,14 @@ pub enum LedgerError {
     Signals(#[source] io::Error),
     #[error("cannot start the committer thread")]
     Committer(#[source] io::Error),
+    #[error(
+        "cannot read or raise the open-file limit for {max} connections: lower --max-connections"
+    )]
+    DescriptorLimit {
+        max: usize,
+        #[source]
+        source: io::Error,
+    },
     #[error(transparent)]
     Wal(#[from] WalError),
 }
@@ -198,6 +244,9 @@ struct Counters {
     ingests: AtomicU64,
     client_errors: AtomicU64,
     server_errors: AtomicU64,
+    /// Requests refused with 501 for a transfer coding other than `chunked` alone.
+    unsupported_codings: AtomicU64,
+    closes: Closes,
 }
 
 struct Shared {
@@ -205,12 +254,14 @@ struct Shared {
     roots: watch::Receiver<Roots>,
     knobs: Knobs,
     max_body: usize,
+    idle_timeout: Option<Duration>,
+    header_timeout: Option<Duration>,
     counters: Counters,
 }
 
 /// Runs the ledger until SIGINT or SIGTERM, then prints a summary line and returns.
 pub fn run(config: LedgerConfig) -> Result<(), LedgerError> {
-    let wal = Wal::open(&config.wal)?;
+    let wal = Wal::open(&config.wal, config.wal_on_damage)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers.max(1))
         .thread_name("ledger-worker")
@@ -221,6 +272,14 @@ pub fn run(config: LedgerConfig) -> Result<(), LedgerError> {
 }
 
 async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
+    let max_connections =
+        crate::conn::fit_descriptor_limit(config.max_connections).map_err(|source| {
+            LedgerError::DescriptorLimit {
+                max: config.max_connections,
+                source,
+            }
+        })?;
+    let cap = ConnectionCap::new(max_connections);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| LedgerError::Bind {
@@ -233,6 +292,7 @@ async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
     })?;
     let mut shutdown = Shutdown::install().map_err(LedgerError::Signals)?;
     let recovered = wal.roots();
+    let recovery = wal.recovery().to_string();
     let (roots_tx, roots_rx) = watch::channel(recovered);
     let (commit_tx, commit_rx) = mpsc::channel();
     thread::Builder::new()
@@ -244,14 +304,19 @@ async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
         roots: roots_rx,
         knobs: config.knobs.clone(),
         max_body: config.max_body,
+        idle_timeout: config.idle_timeout,
+        header_timeout: config.header_timeout,
         counters: Counters::default(),
     });
     println!(
-        "testbed-ledger listening on {local} (wal {}, {} entries in {} batches recovered, {} workers, knobs: {})",
+        "testbed-ledger listening on {local} (wal {}, {} entries in {} batches recovered, {recovery}, {} workers, idle timeout {}, header timeout {}, {}, knobs: {})",
         config.wal.display(),
         recovered.entries,
         recovered.batches,
         config.workers.max(1),
+        Timeout(config.idle_timeout),
+        Timeout(config.header_timeout),
+        describe_cap(config.max_connections, max_connections),
         config.knobs.describe()
     );
     if let Some(every) = config.stats_every {
@@ -267,25 +332,19 @@ async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    let Some(slot) = cap.admit() else {
+                        refuse(stream, max_connections);
+                        shared.counters.closes.count(Close::OverCap);
+                        if let Some(line) = cap.refusal_line("testbed-ledger", peer, Instant::now()) {
+                            println!("{line}");
+                        }
+                        continue;
+                    };
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        let _ = stream.set_nodelay(true);
-                        let counters = &shared.counters;
-                        let now = counters.connections.fetch_add(1, Ordering::Relaxed) + 1;
-                        counters.peak_connections.fetch_max(now, Ordering::Relaxed);
-                        let service = {
-                            let shared = shared.clone();
-                            service_fn(move |request| handle(request, shared.clone()))
-                        };
-                        // A broken or malformed connection is that client's problem: hyper has
-                        // already answered what it could (400, 431); keep serving the others.
-                        let _ = http1::Builder::new()
-                            .keep_alive(true)
-                            .max_buf_size(MAX_HEAD)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                        shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                        serve_connection(stream, &shared).await;
+                        drop(slot);
                     });
                 }
                 Err(err) => {
@@ -298,6 +357,59 @@ async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
     }
     println!("testbed-ledger stopped: {}", summary(&shared));
     Ok(())
+}
+
+async fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let counters = &shared.counters;
+    let now = counters.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    counters.peak_connections.fetch_max(now, Ordering::Relaxed);
+    let clock = RequestClock::new(shared.idle_timeout, shared.header_timeout);
+    let service = {
+        let shared = shared.clone();
+        let clock = clock.clone();
+        service_fn(move |request| {
+            let shared = shared.clone();
+            let clock = clock.clone();
+            async move {
+                clock.request_started();
+                let response = handle(request, shared).await;
+                clock.request_done();
+                response
+            }
+        })
+    };
+    // A broken or malformed connection is that client's problem: hyper has already answered
+    // what it could (400, 431); keep serving the others.
+    let served = http1::Builder::new()
+        .keep_alive(true)
+        // Off: hyper's header timer also runs between keep-alive requests; RequestClock keeps
+        // the idle and header deadlines apart.
+        .header_read_timeout(None)
+        .max_header_size(MAX_HEAD)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(TimedIo::new(stream, clock.clone())), service)
+        .await;
+    if let Some(why) = clock.expired() {
+        counters.closes.count(why);
+    } else if served.is_err_and(|err| err.is_parse_too_large()) {
+        counters.closes.count(Close::HeadTooLarge);
+    }
+    counters.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Tells a client over the connection cap why it is closed, if its socket takes the reply at
+/// once; the accept loop never waits for a refused client.
+fn refuse(stream: TcpStream, max_connections: usize) {
+    let body = json!({
+        "error": format!("{max_connections} connections are open, the server's cap: retry later")
+    })
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(response.as_bytes());
 }
 
 /// The single writer: takes every batch waiting (up to [`GROUP_COMMIT`]), appends them with one
@@ -334,15 +446,17 @@ fn summary(shared: &Shared) -> String {
     let counters = &shared.counters;
     let roots = *shared.roots.borrow();
     format!(
-        "connections={} peak_connections={} requests={} ingests={} entries={} batches={} client_errors={} server_errors={} root={} leaked_bytes={} leaked_allocations={} slow_paths={}",
+        "connections={} peak_connections={} {} requests={} ingests={} entries={} batches={} client_errors={} server_errors={} unsupported_codings={} root={} leaked_bytes={} leaked_allocations={} slow_paths={}",
         counters.connections.load(Ordering::Relaxed),
         counters.peak_connections.load(Ordering::Relaxed),
+        counters.closes.tallies(&CLOSES),
         counters.requests.load(Ordering::Relaxed),
         counters.ingests.load(Ordering::Relaxed),
         roots.entries,
         roots.batches,
         counters.client_errors.load(Ordering::Relaxed),
         counters.server_errors.load(Ordering::Relaxed),
+        counters.unsupported_codings.load(Ordering::Relaxed),
         hex::encode(roots.root),
         knobs::LEAKED_BYTES.load(Ordering::Relaxed),
         knobs::LEAKED_ALLOCATIONS.load(Ordering::Relaxed),
@@ -358,6 +472,24 @@ async fn handle(
 ) -> Result<HttpResponse, Infallible> {
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
     shared.knobs.on_request();
+    if let Some(codings) = unsupported_transfer_coding(request.headers()) {
+        shared
+            .counters
+            .unsupported_codings
+            .fetch_add(1, Ordering::Relaxed);
+        let mut response = reply(
+            StatusCode::NOT_IMPLEMENTED,
+            &json!({"error": format!(
+                "transfer coding {codings:?} is not supported: send the body with Content-Length, or with Transfer-Encoding: chunked alone"
+            )}),
+        );
+        // The body's framing is not one we read, so the connection cannot carry another request.
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return Ok(response);
+    }
     let response = match (request.method(), request.uri().path()) {
         (&Method::POST, "/ingest") => ingest(request, &shared).await,
         (&Method::GET, "/roots") => roots(&shared),
@@ -377,6 +509,27 @@ async fn handle(
     };
     counter.fetch_add(1, Ordering::Relaxed);
     Ok(response)
+}
+
+/// The request's transfer codings when they are anything but `chunked` alone, which is all this
+/// server decodes (RFC 9112 section 6.1: answer 501 to a coding not understood). hyper refuses
+/// codings without a final `chunked` itself (400), but hands on `gzip, chunked` with only the
+/// chunked framing removed, so the handler would see compressed bytes as the body.
+fn unsupported_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    let mut codings = Vec::new();
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        codings.extend(
+            text.split(',')
+                .map(|coding| coding.trim().to_ascii_lowercase())
+                .filter(|coding| !coding.is_empty()),
+        );
+    }
+    match codings.as_slice() {
+        [] => None,
+        [only] if only == "chunked" => None,
+        _ => Some(codings.join(", ")),
+    }
 }
 
 async fn ingest(request: Request<Incoming>, shared: &Shared) -> HttpResponse {
@@ -513,6 +666,34 @@ mod tests {
                 .unwrap_err()
                 .contains("1 to 64 bytes")
         );
+    }
+
+    #[test]
+    fn only_chunked_alone_is_a_supported_transfer_coding() {
+        let headers = |values: &[&str]| {
+            let mut map = HeaderMap::new();
+            for value in values {
+                map.append(
+                    header::TRANSFER_ENCODING,
+                    header::HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            map
+        };
+        assert_eq!(unsupported_transfer_coding(&headers(&[])), None);
+        assert_eq!(unsupported_transfer_coding(&headers(&["chunked"])), None);
+        assert_eq!(unsupported_transfer_coding(&headers(&[" Chunked ,"])), None);
+        assert_eq!(
+            unsupported_transfer_coding(&headers(&["gzip, chunked"])).as_deref(),
+            Some("gzip, chunked")
+        );
+        assert_eq!(
+            unsupported_transfer_coding(&headers(&["gzip", "chunked"])).as_deref(),
+            Some("gzip, chunked"),
+            "codings over several header lines add up"
+        );
+        assert!(unsupported_transfer_coding(&headers(&["chunked, chunked"])).is_some());
+        assert!(unsupported_transfer_coding(&headers(&["identity"])).is_some());
     }
 
     #[test]

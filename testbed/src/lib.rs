@@ -5,10 +5,13 @@
 //! - [`pool`]: `testbed-pool`, a stratum v1 mining pool ([`stratum`] validates shares, [`vardiff`]
 //!   sets per-miner difficulty);
 //! - [`ledger`]: `testbed-ledger`, an HTTP/1.1 ingest service over a write-ahead file ([`wal`]);
+//! - [`conn`]: what both do per connection against idle, slow and surplus clients (timeouts,
+//!   the connection cap, closes tallied by reason);
 //! - [`knobs`]: the ground-truth knobs both servers share (`--contend`, `--leak-bytes`,
 //!   `--slow-every`);
 //! - [`server`]: start either server on a free port from a test, a benchmark or the demo.
 
+pub mod conn;
 pub mod fixture;
 pub mod knobs;
 pub mod ledger;

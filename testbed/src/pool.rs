@@ -22,6 +22,7 @@ use tokio::{
 };
 
 use crate::{
+    conn::{Close, Closes, ConnectionCap, Timeout, describe_cap},
     knobs::{self, Knobs},
     stratum::{self, EXTRANONCE1_LEN, EXTRANONCE2_LEN, Job, JobMaker, Reject, Submit, Target},
     vardiff::{Vardiff, VardiffConfig},
@@ -33,6 +34,19 @@ pub const MAX_LINE: usize = 16 * 1024;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Share-log lines kept in memory.
 const RECENT_SHARES: usize = 4096;
+/// A miner that sends no complete line for this long is dropped. Miners stay connected and
+/// submit every few seconds (vardiff aims for 30 shares a minute; the load driver's slowest
+/// profiles send one a minute), so ten minutes of silence is a dead or stuck client.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Ten times the load driver's largest profile (stress: 1000 miners).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The closes the pool can make, in its statistics and exit lines.
+const CLOSES: [Close; 4] = [
+    Close::Idle,
+    Close::LineTooLong,
+    Close::WriteTimeout,
+    Close::OverCap,
+];
 
 /// Everything `testbed-pool` is started with.
 #[derive(Debug, Clone)]
@@ -48,6 +62,10 @@ pub struct PoolConfig {
     pub vardiff_rate: f64,
     /// Print a statistics line this often (`None`: only at exit).
     pub stats_every: Option<Duration>,
+    /// Drop a connection that sends no complete line for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Refuse connections beyond this many open ones.
+    pub max_connections: usize,
     pub knobs: Knobs,
 }
 
@@ -60,6 +78,8 @@ impl Default for PoolConfig {
             workers: 4,
             vardiff_rate: 30.0,
             stats_every: Some(Duration::from_secs(10)),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             knobs: Knobs::default(),
         }
     }
@@ -77,6 +97,14 @@ pub enum PoolError {
     Runtime(#[source] io::Error),
     #[error("cannot install the SIGINT/SIGTERM handlers")]
     Signals(#[source] io::Error),
+    #[error(
+        "cannot read or raise the open-file limit for {max} connections: lower --max-connections"
+    )]
+    DescriptorLimit {
+        max: usize,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// The pool's share log, behind the one mutex every connection takes. A `static` on purpose:
@@ -459,6 +487,7 @@ struct Gauges {
     connections: AtomicUsize,
     peak_connections: AtomicUsize,
     total_connections: AtomicU64,
+    closes: Closes,
 }
 
 impl Gauges {
@@ -485,6 +514,14 @@ pub fn run(config: PoolConfig) -> Result<(), PoolError> {
 }
 
 async fn serve(config: PoolConfig) -> Result<(), PoolError> {
+    let max_connections =
+        crate::conn::fit_descriptor_limit(config.max_connections).map_err(|source| {
+            PoolError::DescriptorLimit {
+                max: config.max_connections,
+                source,
+            }
+        })?;
+    let cap = ConnectionCap::new(max_connections);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| PoolError::Bind {
@@ -505,11 +542,13 @@ async fn serve(config: PoolConfig) -> Result<(), PoolError> {
     });
     let gauges = Arc::new(Gauges::default());
     println!(
-        "testbed-pool listening on {local} (difficulty {:.3e}, new job every {}s, vardiff {} shares/min, {} workers, knobs: {})",
+        "testbed-pool listening on {local} (difficulty {:.3e}, new job every {}s, vardiff {} shares/min, {} workers, idle timeout {}, {}, knobs: {})",
         config.difficulty,
         config.job_interval.as_secs_f64(),
         config.vardiff_rate,
         config.workers.max(1),
+        Timeout(config.idle_timeout),
+        describe_cap(config.max_connections, max_connections),
         config.knobs.describe()
     );
 
@@ -541,10 +580,20 @@ async fn serve(config: PoolConfig) -> Result<(), PoolError> {
     }
 
     let extranonces = AtomicU32::new(1);
+    let idle_timeout = config.idle_timeout;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    let Some(slot) = cap.admit() else {
+                        // Closed at once: the client hears it now, not after a connect timeout.
+                        drop(stream);
+                        gauges.closes.count(Close::OverCap);
+                        if let Some(line) = cap.refusal_line("testbed-pool", peer, Instant::now()) {
+                            println!("{line}");
+                        }
+                        continue;
+                    };
                     let extranonce1 = extranonces.fetch_add(1, Ordering::Relaxed).to_be_bytes();
                     let session = Session::new(
                         session_config.clone(),
@@ -557,8 +606,13 @@ async fn serve(config: PoolConfig) -> Result<(), PoolError> {
                     tokio::spawn(async move {
                         gauges.connected();
                         // Errors here are one client's problem: drop it and keep serving.
-                        let _ = serve_connection(stream, session, jobs).await;
+                        if let Ok(Some(why)) =
+                            serve_connection(stream, session, jobs, idle_timeout).await
+                        {
+                            gauges.closes.count(why);
+                        }
                         gauges.disconnected();
+                        drop(slot);
                     });
                 }
                 Err(err) => {
@@ -591,10 +645,11 @@ fn summary(gauges: &Gauges) -> String {
         )
     };
     format!(
-        "connections={} peak_connections={} total_connections={} workers={workers} accepted={accepted} rejected={rejected} reasons={} leaked_bytes={} leaked_allocations={} slow_paths={}",
+        "connections={} peak_connections={} total_connections={} {} workers={workers} accepted={accepted} rejected={rejected} reasons={} leaked_bytes={} leaked_allocations={} slow_paths={}",
         gauges.connections.load(Ordering::Relaxed),
         gauges.peak_connections.load(Ordering::Relaxed),
         gauges.total_connections.load(Ordering::Relaxed),
+        gauges.closes.tallies(&CLOSES),
         if reasons.is_empty() { "-" } else { &reasons },
         knobs::LEAKED_BYTES.load(Ordering::Relaxed),
         knobs::LEAKED_ALLOCATIONS.load(Ordering::Relaxed),
@@ -636,21 +691,31 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     })
 }
 
+/// Serves one miner until it leaves (`Ok(None)`) or the pool drops it (`Ok(Some(why))`).
 async fn serve_connection(
     stream: TcpStream,
     mut session: Session,
     mut jobs: watch::Receiver<Arc<Job>>,
-) -> io::Result<()> {
+    idle_timeout: Option<Duration>,
+) -> io::Result<Option<Close>> {
     // Replies are small and latency is what we measure: no Nagle delay.
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut buf = Vec::with_capacity(512);
     jobs.mark_unchanged();
+    // Only complete lines restart it: bytes trickled without a newline keep nothing alive.
+    let idle = tokio::time::sleep(idle_timeout.unwrap_or_default());
+    tokio::pin!(idle);
+    // Set when the pool ends the connection after the reply it is sending.
+    let mut why = None;
     loop {
         let output = tokio::select! {
             read = read_line(&mut reader, &mut buf) => match read? {
                 LineRead::Line => {
+                    if let Some(timeout) = idle_timeout {
+                        idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+                    }
                     let output = session.handle_line(&buf, Instant::now());
                     buf.clear();
                     output
@@ -661,17 +726,24 @@ async fn serve_connection(
                     output.close = true;
                     output
                 }
-                LineRead::TooLong => Output {
-                    lines: vec![error_reply(
-                        &Value::Null,
-                        &Reject::InvalidRequest(format!("line longer than {MAX_LINE} bytes")),
-                    )],
-                    close: true,
-                },
+                LineRead::TooLong => {
+                    why = Some(Close::LineTooLong);
+                    Output {
+                        lines: vec![error_reply(
+                            &Value::Null,
+                            &Reject::InvalidRequest(format!("line longer than {MAX_LINE} bytes")),
+                        )],
+                        close: true,
+                    }
+                }
             },
+            () = &mut idle, if idle_timeout.is_some() => {
+                let _ = write.shutdown().await;
+                return Ok(Some(Close::Idle));
+            }
             changed = jobs.changed() => {
                 if changed.is_err() {
-                    return Ok(());
+                    return Ok(None);
                 }
                 let job = jobs.borrow_and_update().clone();
                 session.on_job(job, Instant::now())
@@ -683,14 +755,16 @@ async fn serve_connection(
                 bytes.extend_from_slice(line.as_bytes());
                 bytes.push(b'\n');
             }
-            tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&bytes))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
+            let Ok(written) = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&bytes)).await
+            else {
+                return Ok(Some(Close::WriteTimeout));
+            };
+            written?;
         }
         if output.close {
             // Say we are done, then let the client see the reply before the socket goes.
             let _ = write.shutdown().await;
-            return Ok(());
+            return Ok(why);
         }
     }
 }

@@ -25,11 +25,13 @@ pub struct Server {
     pub banner: String,
 }
 
-/// What a server printed when it stopped: its `key=value` tallies.
+/// What a server printed when it stopped: its `key=value` tallies, and every line after its
+/// startup line (statistics, refusals).
 #[derive(Debug, Clone)]
 pub struct Stopped {
     pub status: ExitStatus,
     pub tallies: BTreeMap<String, String>,
+    pub lines: Vec<String>,
 }
 
 impl Stopped {
@@ -92,9 +94,11 @@ impl Server {
                 self.name
             );
         };
+        let tallies = parse_tallies(&line[needle.len()..]);
         Ok(Stopped {
             status,
-            tallies: parse_tallies(&line[needle.len()..]),
+            tallies,
+            lines,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! Malformed input to both servers: garbage, truncated JSON, a 1 MiB line, an unknown method.
+//! Malformed input to both servers: garbage, truncated JSON, a 1 MiB line, an unknown method,
+//! transfer codings the ledger does not decode, request heads at and just over its limit.
 //! Each gets an error or a disconnect, the server keeps serving a well-behaved client on its own
 //! connection throughout, and the ledger loses no acknowledged entry.
 
@@ -9,7 +10,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use testbed::{server::Server, wal};
+use testbed::{ledger, server::Server, wal};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const MIB: usize = 1024 * 1024;
@@ -366,4 +367,117 @@ fn the_ledger_answers_malformed_input_and_loses_no_entry() {
     assert!(stopped.status.success());
     assert_eq!(stopped.count("entries").unwrap(), good.acknowledged);
     assert_eq!(wal::count_entries(&wal_path).unwrap(), good.acknowledged);
+}
+
+const BATCH: &[u8] = br#"{"entries":[{"account":"a","amount":1},{"account":"b","amount":2},{"account":"c","amount":-3}]}"#;
+
+/// `GET /roots` on a fresh connection: the number of entries committed so far.
+fn committed_entries(addr: SocketAddr) -> u64 {
+    let (mut reader, mut writer) = connect(addr);
+    write!(writer, "GET /roots HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let (status, body) = read_response(&mut reader).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let roots: Value = serde_json::from_str(&body).unwrap();
+    roots["entries"].as_u64().unwrap()
+}
+
+#[test]
+fn the_ledger_refuses_transfer_codings_it_does_not_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_path = dir.path().join("ledger.wal");
+    let ledger = Server::start("testbed-ledger", &["--wal", wal_path.to_str().unwrap()]).unwrap();
+    // A valid batch in chunked framing: only the codings named around it differ.
+    let chunked = [
+        format!("{:x}\r\n", BATCH.len()).into_bytes(),
+        BATCH.to_vec(),
+        b"\r\n0\r\n\r\n".to_vec(),
+    ]
+    .concat();
+    let post = |codings: &str| -> (BufReader<TcpStream>, Option<(u16, String)>) {
+        let (mut reader, mut writer) = connect(ledger.addr);
+        write!(
+            writer,
+            "POST /ingest HTTP/1.1\r\nHost: test\r\n{codings}\r\n"
+        )
+        .unwrap();
+        writer.write_all(&chunked).unwrap();
+        let response = read_response(&mut reader);
+        (reader, response)
+    };
+
+    // hyper strips the chunked framing and would hand on the gzip-coded bytes as the body.
+    for codings in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        let (mut reader, response) = post(codings);
+        let (status, body) = response.expect("an answer");
+        assert_eq!(status, 501, "{codings:?}: {body}");
+        assert!(body.contains("chunked alone"), "{body}");
+        assert!(
+            read_response(&mut reader).is_none(),
+            "closed after the 501: the body's framing is not one the server reads"
+        );
+    }
+    // chunked not last: hyper refuses the request itself.
+    let (_, response) = post("Transfer-Encoding: chunked, gzip\r\n");
+    assert!(matches!(response, None | Some((400, _))), "{response:?}");
+    assert_eq!(
+        committed_entries(ledger.addr),
+        0,
+        "nothing refused was committed"
+    );
+
+    // chunked alone is served.
+    let (_, response) = post("Transfer-Encoding: chunked\r\n");
+    assert_eq!(response.map(|(status, _)| status), Some(200));
+    assert_eq!(committed_entries(ledger.addr), 3);
+
+    let stopped = ledger.stop().unwrap();
+    assert_eq!(stopped.count("unsupported_codings").unwrap(), 2);
+    assert_eq!(stopped.count("server_errors").unwrap(), 0);
+}
+
+/// A request head of exactly `size` bytes, from the request line's first byte through the blank
+/// line that ends it, padded with one header.
+fn head_of(size: usize, start: &str) -> Vec<u8> {
+    let start = format!("{start}X-Pad: ");
+    let end = "\r\n\r\n";
+    let pad = size - start.len() - end.len();
+    let head = [start.as_bytes(), &vec![b'p'; pad], end.as_bytes()].concat();
+    assert_eq!(head.len(), size);
+    head
+}
+
+#[test]
+fn the_ledger_head_limit_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_path = dir.path().join("ledger.wal");
+    let ledger = Server::start("testbed-ledger", &["--wal", wal_path.to_str().unwrap()]).unwrap();
+    let send = |bytes: Vec<u8>| {
+        let (mut reader, writer) = connect(ledger.addr);
+        let writing = write_in_background(writer, bytes);
+        let response = read_response(&mut reader);
+        let _ = writing.join();
+        response.map(|(status, _)| status)
+    };
+    let post = format!(
+        "POST /ingest HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n",
+        BATCH.len()
+    );
+    for (size, expected) in [(ledger::MAX_HEAD, 200), (ledger::MAX_HEAD + 1, 431)] {
+        // A head alone.
+        let status = send(head_of(size, "GET /roots HTTP/1.1\r\nHost: test\r\n"));
+        assert_eq!(status, Some(expected), "GET with a {size}-byte head");
+        // A head with its body in the same write, so one read can carry both.
+        let status = send([head_of(size, &post), BATCH.to_vec()].concat());
+        assert_eq!(status, Some(expected), "POST with a {size}-byte head");
+    }
+    assert_eq!(
+        committed_entries(ledger.addr),
+        3,
+        "only the POST at the limit"
+    );
+    let stopped = ledger.stop().unwrap();
+    assert_eq!(stopped.count("closed_head_too_large").unwrap(), 2);
 }

@@ -1,10 +1,15 @@
 //! `testbed-pool`: a stratum v1 mining pool with ground-truth knobs. See `testbed::pool`.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use testbed::{knobs::KnobArgs, pool::PoolConfig, stratum};
+use testbed::{
+    conn::Timeout,
+    knobs::KnobArgs,
+    pool::{self, PoolConfig},
+    stratum,
+};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +37,15 @@ struct Args {
     /// Seconds between statistics lines (0: only at exit)
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     stats_every: u64,
+    /// Drop a connection that sends no complete line for this long (0s: never). Miners submit
+    /// every few seconds; bytes without a newline do not count
+    #[arg(long, value_name = "DURATION", default_value_t = Timeout(Some(pool::DEFAULT_IDLE_TIMEOUT)))]
+    idle_timeout: Timeout,
+    /// Most open connections; one more is closed at once, logged and tallied
+    /// (refused_over_cap). The open-file limit is raised to fit, or the cap lowered if it cannot
+    /// be
+    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(pool::DEFAULT_MAX_CONNECTIONS).unwrap_or(NonZeroUsize::MIN))]
+    max_connections: NonZeroUsize,
     #[command(flatten)]
     knobs: KnobArgs,
 }
@@ -63,6 +77,8 @@ impl Args {
             workers: self.workers,
             vardiff_rate: self.vardiff_rate,
             stats_every: (self.stats_every > 0).then(|| Duration::from_secs(self.stats_every)),
+            idle_timeout: self.idle_timeout.0,
+            max_connections: self.max_connections.get(),
             knobs: self.knobs.into(),
         })
     }
