@@ -14,9 +14,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use profiler_common::{
-    alloc::{
-        AllocConfig, AllocKey, DEFAULT_MAX_LIVE, InFlight, LiveAlloc, StackAllocs, kind, sampled,
-    },
+    alloc::{AllocConfig, AllocKey, InFlight, LiveAlloc, StackAllocs, kind, sampled},
     stats,
 };
 
@@ -33,9 +31,10 @@ static ALLOC_CONFIG: Global<AllocConfig> = Global::new(AllocConfig {
 });
 
 /// Preallocated (inserting into a map that allocates per element costs ~0.6 µs more per
-/// malloc); userspace sizes it at load, to nothing when `alloc` is off.
+/// malloc), so one entry here: the `alloc` family sizes it at load, and with `alloc` off it
+/// costs nothing.
 #[map]
-static ALLOC_LIVE: HashMap<u64, LiveAlloc> = HashMap::with_max_entries(DEFAULT_MAX_LIVE, 0);
+static ALLOC_LIVE: HashMap<u64, LiveAlloc> = HashMap::with_max_entries(1, 0);
 
 #[map]
 static ALLOC_STACKS: HashMap<AllocKey, StackAllocs> = HashMap::with_max_entries(65536, 0);

@@ -20,7 +20,7 @@ use crate::{
     report::{
         flamegraph::{self, Labels},
         folded,
-        latency::PortLatency,
+        sock::PortLatency,
     },
     rundir::{RunDir, RunDirError},
 };
@@ -764,10 +764,10 @@ pub fn read_gates(path: &Path) -> Result<Gates, CompareError> {
 mod tests {
     use super::*;
     use crate::report::{
-        latency::{LatencyReport, Percentiles},
-        leaks::AllocStack,
-        locks::LockReport,
-        summary::{AllocSummary, FutexSummary, SCHEMA_VERSION, Summary, TargetUsage},
+        alloc::{AllocStack, AllocSummary},
+        futex::{FutexSummary, LockReport},
+        sock::{LatencyReport, Percentiles},
+        summary::{SCHEMA_VERSION, Summary, TargetUsage},
     };
 
     fn result_of(c: &Comparison, name: &str) -> String {

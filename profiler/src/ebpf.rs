@@ -1,14 +1,7 @@
 //! The eBPF object, built by `build.rs` and embedded here so one binary is all a user copies.
 
 use aya::{Ebpf, EbpfLoader};
-use profiler_common::{
-    alloc::{self, AllocConfig},
-    futex::{self, FutexConfig},
-    globals,
-    offcpu::{self, OffcpuConfig},
-    sock::{self, SockConfig},
-    unwind,
-};
+use profiler_common::{globals, unwind};
 
 /// The object file `profiler-ebpf` compiles to.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
@@ -18,8 +11,9 @@ const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 /// aya-log's `Level::Debug`.
 const LOG_LEVEL_DEBUG: u8 = 4;
 
-/// What is fixed at load time: globals the verifier sees as constants, and map sizes.
-#[derive(Debug, Clone)]
+/// What is fixed at load time: globals the verifier sees as constants, and map sizes. The
+/// object's own values stand for what no family sets (families off keep their maps small).
+#[derive(Debug, Clone, Default)]
 pub struct LoadConfig {
     pub target_tgid: u32,
     /// Kernel-side diagnostics on; when off they cost nothing.
@@ -28,28 +22,52 @@ pub struct LoadConfig {
     pub unwind_mode: u32,
     /// Entries of `UNWIND_ROWS`.
     pub unwind_rows: u32,
-    pub offcpu: OffcpuConfig,
-    pub futex: FutexConfig,
-    pub alloc: AllocConfig,
-    pub sock: SockConfig,
-    /// Entries of `ALLOC_LIVE`: the most live allocations tracked (1 when `alloc` is off).
-    pub alloc_live: u32,
+    /// A family's configuration globals, by name, as the bytes of their `#[repr(C)]` type.
+    globals: Vec<(&'static str, Vec<u8>)>,
+    /// Map sizes a family sets, by map name.
+    map_sizes: Vec<(&'static str, u32)>,
+}
+
+impl LoadConfig {
+    pub fn new(target_tgid: u32, verbose: bool) -> Self {
+        Self {
+            target_tgid,
+            verbose,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the global `name` (a `profiler_common` config type) before load.
+    pub fn global<T: aya::Pod>(&mut self, name: &'static str, value: &T) {
+        // SAFETY: `Pod` types are `#[repr(C)]` plain data with explicit padding: every byte
+        // of one is initialised and may be read as a byte.
+        let bytes =
+            unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
+        self.globals.push((name, bytes.to_vec()));
+    }
+
+    /// Sets the number of entries of map `name`.
+    pub fn map_size(&mut self, name: &'static str, entries: u32) {
+        self.map_sizes.push((name, entries.max(1)));
+    }
 }
 
 pub fn load(config: &LoadConfig) -> Result<Ebpf, aya::EbpfError> {
     raise_memlock_limit();
     let level: u8 = if config.verbose { LOG_LEVEL_DEBUG } else { 0 };
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(globals::TARGET_TGID, &config.target_tgid, true)
         .override_global(unwind::MODE_GLOBAL, &config.unwind_mode, true)
-        .override_global(offcpu::CONFIG_GLOBAL, &config.offcpu, true)
-        .override_global(futex::CONFIG_GLOBAL, &config.futex, true)
-        .override_global(alloc::CONFIG_GLOBAL, &config.alloc, true)
-        .override_global(sock::CONFIG_GLOBAL, &config.sock, true)
         .override_global(AYA_LOG_LEVEL, &level, false)
-        .map_max_entries(unwind::ROWS_MAP, config.unwind_rows.max(1))
-        .map_max_entries(alloc::LIVE_MAP, config.alloc_live.max(1))
-        .load(OBJECT)
+        .map_max_entries(unwind::ROWS_MAP, config.unwind_rows.max(1));
+    for (name, bytes) in &config.globals {
+        loader.override_global(name, bytes.as_slice(), true);
+    }
+    for (name, entries) in &config.map_sizes {
+        loader.map_max_entries(name, *entries);
+    }
+    loader.load(OBJECT)
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so large maps load there too.

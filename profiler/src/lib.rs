@@ -9,10 +9,12 @@ pub mod ebpf;
 pub mod elf;
 pub mod framepointers;
 pub mod load;
-pub mod locks;
+
+pub mod options;
 pub mod preflight;
 pub mod probes;
 pub mod procmaps;
+pub mod progress;
 pub mod report;
 pub mod rundir;
 pub mod session;

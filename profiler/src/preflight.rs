@@ -253,6 +253,19 @@ fn ensure_tracefs_at(path: &Path) -> Result<PathBuf, PreflightError> {
     })
 }
 
+/// Sleeps up to `timeout` on a pidfd; true if its process has exited. A signal ends the wait
+/// early (EINTR), so Ctrl-C is handled within one tick.
+pub fn exited(pidfd: &std::os::fd::OwnedFd, timeout: std::time::Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let timeout = Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+        && fds[0].revents().contains(PollFlags::IN)
+}
+
 /// CPU time (user + system) of every thread of `pid` so far, in seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -274,6 +287,51 @@ pub fn rss_kb(pid: u32) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// What `pid` used since `cpu_at_start` seconds of CPU: its CPU over `duration` and its RSS now.
+pub fn usage(
+    pid: u32,
+    cpu_at_start: Option<f64>,
+    duration: std::time::Duration,
+) -> Option<crate::report::summary::TargetUsage> {
+    let (before, after) = (cpu_at_start?, cpu_seconds(pid)?);
+    Some(crate::report::summary::TargetUsage {
+        cpu_seconds: after - before,
+        cpu_percent: (after - before) / duration.as_secs_f64().max(1e-9) * 100.0,
+        rss_kb: rss_kb(pid)?,
+    })
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of the kernel's `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn default_output_dir(target: &Target, at: jiff::Timestamp) -> PathBuf {
+    let comm: String = target
+        .comm
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    PathBuf::from("results").join(format!(
+        "{comm}-{}-{}",
+        target.pid,
+        at.strftime("%Y%m%dT%H%M%SZ")
+    ))
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! rather than half read. Older versions read through serde defaults on fields added since.
 
 use std::{
-    fs, io,
+    fs::{self, File},
+    io::{self, BufWriter, Write as _},
     path::{Path, PathBuf},
 };
 
@@ -13,7 +14,12 @@ use serde::Deserialize;
 
 use crate::{
     load::LoadReport,
-    report::summary::{SCHEMA_VERSION, Summary},
+    report::{
+        flamegraph::{self, Labels},
+        folded,
+        profile::WeightedStack,
+        summary::{SCHEMA_VERSION, Summary},
+    },
 };
 
 /// The run's index.
@@ -103,6 +109,101 @@ impl RunDir {
     /// A file of the run.
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not write {}", path.display())]
+pub struct WriteError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Writes a capture's files into its directory, keeping the list of what it wrote (the
+/// summary's `outputs`) and the terminal text that goes with them.
+#[derive(Debug)]
+pub struct RunWriter {
+    dir: PathBuf,
+    outputs: Vec<String>,
+    terminal: String,
+}
+
+impl RunWriter {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            outputs: Vec::new(),
+            terminal: String::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `name` through `body`, buffered.
+    pub fn write(
+        &mut self,
+        name: &str,
+        body: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+    ) -> Result<(), WriteError> {
+        let path = self.dir.join(name);
+        let fail = |source| WriteError {
+            path: path.clone(),
+            source,
+        };
+        let mut out = BufWriter::new(File::create(&path).map_err(fail)?);
+        body(&mut out).map_err(fail)?;
+        out.flush().map_err(fail)?;
+        self.outputs.push(name.to_string());
+        Ok(())
+    }
+
+    /// Writes `value` as pretty JSON to `name`.
+    pub fn json(&mut self, name: &str, value: &impl serde::Serialize) -> Result<(), WriteError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| WriteError {
+            path: self.dir.join(name),
+            source: io::Error::other(e),
+        })?;
+        self.write(name, |out| out.write_all(&bytes))
+    }
+
+    /// `<name>.folded` and `<name>.svg` of `stacks`.
+    pub fn flamegraph(
+        &mut self,
+        name: &str,
+        stacks: &[WeightedStack],
+        labels: &Labels<'_>,
+    ) -> Result<(), WriteError> {
+        let lines = folded::fold(stacks);
+        self.write(&format!("{name}.folded"), |out| {
+            lines.iter().try_for_each(|line| writeln!(out, "{line}"))
+        })?;
+        self.write(&format!("{name}.svg"), |out| {
+            flamegraph::write(&lines, labels, out)
+        })
+    }
+
+    /// Adds a block of terminal text.
+    pub fn say(&mut self, text: &str) {
+        if !self.terminal.is_empty() {
+            self.terminal.push('\n');
+        }
+        self.terminal.push_str(text);
+    }
+
+    /// Records a file written by other means.
+    pub fn wrote(&mut self, name: &str) {
+        self.outputs.push(name.to_string());
+    }
+
+    pub fn outputs(&self) -> &[String] {
+        &self.outputs
+    }
+
+    pub fn into_terminal(self) -> String {
+        self.terminal
     }
 }
 

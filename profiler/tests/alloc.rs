@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use profiler::report::leaks::{AllocStack, LeakReport};
+use profiler::report::alloc::{AllocStack, LeakReport};
 
 const ALLOC_FLAGS: &[&str] = &[
     "-O2",

@@ -97,7 +97,6 @@ fn an_earlier_run_is_refused_unless_overwritten() {
             "{stale} left from the --all run"
         );
     }
-    assert_no_programs_loaded();
 }
 
 /// The first Ctrl-C writes the outputs; a second one exits at once without them, and says so.
@@ -139,9 +138,6 @@ fn a_second_interrupt_exits_without_outputs_and_says_so() {
         "{text}"
     );
     assert!(!out.join("summary.json").exists());
-    // The kernel detached everything as the process exited.
-    std::thread::sleep(Duration::from_millis(200));
-    assert_no_programs_loaded();
 }
 
 /// Whether a capture into `out` has started: its directory exists and a program of ours is

@@ -8,7 +8,7 @@ use std::{process::Command, time::Duration};
 use common::*;
 use profiler::{
     load::{LoadOptions, Profile, run_options},
-    report::locks::LockReport,
+    report::futex::LockReport,
 };
 use testbed::server::Server;
 

@@ -17,7 +17,7 @@ use std::{
 use common::*;
 use profiler::{
     load::{LoadOptions, Profile, run_options},
-    report::latency::{LatencyReport, PortLatency},
+    report::sock::{LatencyReport, PortLatency},
     session::{AttachOptions, EndReason, Outcome, Session},
 };
 use testbed::server::Server;

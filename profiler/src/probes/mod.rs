@@ -1,14 +1,166 @@
-//! The probe families. Each module has the same shape: a `Config` built from options,
-//! `attach(&mut Ebpf, &Config)`, and `read(&Ebpf)` returning what its maps aggregated.
+//! The probe families: `cpu`, `offcpu`, `futex`, `sock`, `alloc`. Each is one module here
+//! implementing [`Family`] (with its kernel half in `profiler-ebpf/src/<family>.rs`, its shared
+//! types in `profiler-common/src/<family>.rs` and its report values in `report/<family>.rs`).
+//! The session drives a list of families through one lifecycle:
+//!
+//! `configure` (before load) → `attach` → `arm(true)` (all together) → `begin` → `tick`… →
+//! `arm(false)` (all together) → programs unloaded → `end` → `finish`.
 
 pub mod alloc;
 pub mod cpu;
 pub mod futex;
 pub mod offcpu;
-pub mod probe_point;
 pub mod sock;
 
+use std::{collections::BTreeMap, time::Duration};
+
 use aya::{Ebpf, maps::MapError, programs::ProgramError};
+use profiler_common::stats;
+
+use crate::{
+    ebpf::LoadConfig,
+    preflight::Target,
+    procmaps::ProcessMaps,
+    report::{Outcome, summary::Summary},
+    rundir::{RunWriter, WriteError},
+    symbolize::Symbolizer,
+};
+
+/// One probe family's user half.
+pub trait Family {
+    /// Its name everywhere: module, programs, CLI flag, test file, summary section.
+    fn name(&self) -> &'static str;
+
+    /// Whether it walks user stacks, so the unwinding tables must be built and loaded.
+    fn walks_stacks(&self) -> bool {
+        true
+    }
+
+    /// Before load: reads what its kernel half needs (tracefs formats, BTF, the allocator)
+    /// and sets its globals and map sizes in `load`.
+    fn configure(&mut self, setup: &Setup<'_>, load: &mut LoadConfig) -> Result<(), ProbeError>;
+
+    /// Attaches its programs. Programs behind an `ARMED` map count nothing until [`arm`].
+    ///
+    /// [`arm`]: Family::arm
+    fn attach(&mut self, ebpf: &mut Ebpf, setup: &Setup<'_>) -> Result<(), ProbeError>;
+
+    /// Starts (`true`, once every family is attached) or stops (`false`, before anything is
+    /// detached) counting, so every family covers the same instants.
+    fn arm(&mut self, _ebpf: &mut Ebpf, _on: bool) -> Result<(), ProbeError> {
+        Ok(())
+    }
+
+    /// Once armed, before the first tick: a first snapshot.
+    fn begin(&mut self, _tick: &mut Tick<'_>) {}
+
+    /// About every 100 ms while capturing; `tick.interval_due` every `--interval`.
+    fn tick(&mut self, _tick: &mut Tick<'_>) {}
+
+    /// After the programs are gone: the last snapshot (`tick.target_alive` says whether the
+    /// target can still be read).
+    fn end(&mut self, _tick: &mut Tick<'_>) {}
+
+    /// A few words for the progress line, e.g. "412 samples".
+    fn progress(&self, counters: &Counters) -> String;
+
+    /// Reads its maps, names the stacks, writes its files, its terminal text and its section
+    /// of the summary.
+    fn finish(&mut self, finish: &mut Finish<'_>) -> Result<(), ProbeError>;
+}
+
+/// What a family may read before and while attaching.
+pub struct Setup<'a> {
+    pub pid: u32,
+    pub maps: &'a ProcessMaps,
+}
+
+/// Periodic work's view of the capture.
+pub struct Tick<'a> {
+    pub ebpf: &'a mut Ebpf,
+    pub pid: u32,
+    /// Since the capture started.
+    pub elapsed: Duration,
+    /// An `--interval` boundary passed: time for the periodic snapshots.
+    pub interval_due: bool,
+    /// False once the target has exited: nothing of it can be read.
+    pub target_alive: bool,
+    /// The interval between snapshots.
+    pub interval: Duration,
+    /// Things the user should know, in words.
+    pub notes: &'a mut Vec<String>,
+}
+
+/// What a family's `finish` works with.
+pub struct Finish<'a> {
+    pub ebpf: &'a Ebpf,
+    pub maps: &'a ProcessMaps,
+    pub symbolizer: &'a Symbolizer,
+    pub counters: &'a Counters,
+    pub target: &'a Target,
+    pub duration: Duration,
+    /// When the capture started, for pprof.
+    pub started_at: jiff::Timestamp,
+    /// CLOCK_MONOTONIC at the end of the capture, the clock of the kernel's timestamps.
+    pub ended_ns: u64,
+    pub interval: Duration,
+    pub writer: &'a mut RunWriter,
+    /// The summary's sections and the values tests read.
+    pub outcome: &'a mut Outcome,
+    pub notes: &'a mut Vec<String>,
+}
+
+impl Finish<'_> {
+    /// `what: comm (pid N), 12.3s`, the title of a flamegraph.
+    pub fn title(&self, what: &str) -> String {
+        format!(
+            "{what}: {} (pid {}), {:.1}s",
+            self.target.comm,
+            self.target.pid,
+            self.duration.as_secs_f64()
+        )
+    }
+
+    pub fn summary(&mut self) -> &mut Summary {
+        &mut self.outcome.summary
+    }
+}
+
+/// Every kernel-side counter (`STATS`), summed over CPUs.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    values: Vec<u64>,
+}
+
+impl Counters {
+    pub fn read(ebpf: &Ebpf) -> Self {
+        let Ok(array) = map::<aya::maps::PerCpuArray<_, u64>>(ebpf, "stats", stats::MAP) else {
+            return Self::default();
+        };
+        let values = (0..stats::COUNT)
+            .map(|index| {
+                array
+                    .get(&index, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0)
+            })
+            .collect();
+        Self { values }
+    }
+
+    /// One counter, by its `stats::` index.
+    pub fn get(&self, index: u32) -> u64 {
+        self.values.get(index as usize).copied().unwrap_or(0)
+    }
+
+    /// Counters of dropped or incomplete data (not events), by name.
+    pub fn drops(&self) -> BTreeMap<String, u64> {
+        (0..stats::COUNT)
+            .filter(|i| !stats::EVENTS.contains(i))
+            .map(|i| (stats::NAMES[i as usize].to_string(), self.get(i)))
+            .collect()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -39,6 +191,8 @@ pub enum ProbeError {
         #[source]
         source: Box<MapError>,
     },
+    #[error(transparent)]
+    Write(#[from] WriteError),
     #[error("{probe}: {what}")]
     Other {
         probe: &'static str,
@@ -58,6 +212,15 @@ impl ProbeError {
             },
             _ => None,
         }
+    }
+}
+
+/// A tracefs failure, labelled with the family that needed the format.
+pub(crate) fn tracefs_error(probe: &'static str, err: &crate::tracefs::FormatError) -> ProbeError {
+    ProbeError::Other {
+        probe,
+        what: err.to_string(),
+        source: std::io::Error::other(err.to_string()),
     }
 }
 

@@ -8,10 +8,22 @@ use aya::{Ebpf, maps::HashMap};
 use profiler_common::{
     offcpu::{self, OffcpuConfig},
     stack::StackKey,
+    stats,
 };
 
-use super::{ProbeError, map};
-use crate::tracefs::Format;
+use super::{Counters, Family, Finish, ProbeError, Setup, map};
+use crate::{
+    ebpf::LoadConfig,
+    report::{
+        cpu::TOP_FUNCTIONS,
+        flamegraph::Labels,
+        futex::leaf_frames,
+        offcpu::OffcpuSummary,
+        summary::{StackWeight, thread_weights},
+    },
+    stacks,
+    tracefs::Format,
+};
 
 const PROBE: &str = "offcpu";
 
@@ -31,23 +43,16 @@ impl Default for Config {
 
 /// What the kernel side needs fixed at load: sched_switch's layout on this kernel.
 pub fn kernel_config(config: &Config) -> Result<OffcpuConfig, ProbeError> {
-    let format = Format::load("sched", "sched_switch").map_err(|e| tracefs_error(&e))?;
+    let err = |e| super::tracefs_error(PROBE, &e);
+    let format = Format::load("sched", "sched_switch").map_err(err)?;
     let next_pid_offset = format
         .offset("sched", "sched_switch", "next_pid", 4)
-        .map_err(|e| tracefs_error(&e))?;
+        .map_err(err)?;
     Ok(OffcpuConfig {
         next_pid_offset,
         _pad: 0,
         min_block_ns: config.min_block.as_nanos().min(u64::MAX as u128) as u64,
     })
-}
-
-pub(crate) fn tracefs_error(err: &crate::tracefs::FormatError) -> ProbeError {
-    ProbeError::Other {
-        probe: PROBE,
-        what: err.to_string(),
-        source: std::io::Error::other(err.to_string()),
-    }
 }
 
 pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
@@ -65,4 +70,95 @@ pub fn read(ebpf: &Ebpf) -> Result<Vec<(StackKey, u64)>, ProbeError> {
             map: offcpu::TIMES_MAP,
             source: Box::new(source),
         })
+}
+
+/// The `offcpu` family: where threads block and for how long (`sched:sched_switch`).
+pub struct Offcpu {
+    config: Config,
+}
+
+impl Offcpu {
+    pub fn new(config: Config) -> Self {
+        Self { config }
+    }
+}
+
+impl Family for Offcpu {
+    fn name(&self) -> &'static str {
+        PROBE
+    }
+
+    fn configure(&mut self, _: &Setup<'_>, load: &mut LoadConfig) -> Result<(), ProbeError> {
+        load.global(offcpu::CONFIG_GLOBAL, &kernel_config(&self.config)?);
+        Ok(())
+    }
+
+    fn attach(&mut self, ebpf: &mut Ebpf, _: &Setup<'_>) -> Result<(), ProbeError> {
+        attach(ebpf, &self.config)
+    }
+
+    fn progress(&self, counters: &Counters) -> String {
+        format!("{} switches", counters.get(stats::OFFCPU_SWITCHES))
+    }
+
+    fn finish(&mut self, f: &mut Finish<'_>) -> Result<(), ProbeError> {
+        let times = read(f.ebpf)?;
+        let mut resolved = stacks::resolve(f.ebpf, &times, f.maps, f.symbolizer)?;
+        // Flamegraphs weigh by whole microseconds.
+        for stack in &mut resolved.stacks {
+            stack.weight /= 1000;
+        }
+        resolved.stacks.retain(|s| s.weight > 0);
+        let title = f.title("off-CPU time");
+        let subtitle = format!(
+            "weighted by microseconds off-CPU; blocks under {} not counted",
+            humantime::format_duration(self.config.min_block)
+        );
+        f.writer.flamegraph(
+            "offcpu",
+            &resolved.stacks,
+            &Labels {
+                title: &title,
+                subtitle: Some(&subtitle),
+                count_name: "us",
+            },
+        )?;
+        let total_us: u64 = resolved.stacks.iter().map(|s| s.weight).sum();
+        let mut top = resolved.stacks.clone();
+        top.sort_by_key(|s| std::cmp::Reverse(s.weight));
+        top.truncate(TOP_FUNCTIONS);
+        let switches = f.counters.get(stats::OFFCPU_SWITCHES);
+        let mut text = format!(
+            "off-CPU: {:.1} ms in {switches} switches over {:.1}s; top blocking stacks:\n",
+            total_us as f64 / 1000.0,
+            f.duration.as_secs_f64()
+        );
+        for stack in &top {
+            text.push_str(&format!(
+                "  {:>10.1} ms  {}: {}\n",
+                stack.weight as f64 / 1000.0,
+                stack.thread,
+                leaf_frames(&stack.frames, 6)
+            ));
+        }
+        f.writer.say(&text);
+        f.summary().offcpu = Some(OffcpuSummary {
+            min_block_us: self.config.min_block.as_secs_f64() * 1e6,
+            total_us,
+            switches,
+            threads: thread_weights(&resolved.stacks),
+            top_stacks: top
+                .iter()
+                .map(|s| StackWeight {
+                    thread: s.thread.clone(),
+                    frames: s.frames.clone(),
+                    weight: s.weight,
+                })
+                .collect(),
+            unwinders: resolved.unwinders,
+            unwind_stops: resolved.stops,
+        });
+        f.outcome.offcpu_stacks = Some(resolved.stacks);
+        Ok(())
+    }
 }

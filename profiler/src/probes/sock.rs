@@ -6,7 +6,9 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    io::Write as _,
     path::Path,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -16,10 +18,19 @@ use aya::{
 use profiler_common::{
     hist::Hist,
     sock::{self, MAX_PORTS, SockConfig, count_index, counter, hist_index, kind},
+    stats,
 };
 
-use super::{ProbeError, attach_tracepoint, map, map_mut};
-use crate::{btf, report::hist::Merged, tracefs::Format};
+use super::{Counters, Family, Finish, ProbeError, Setup, Tick, attach_tracepoint, map, map_mut};
+use crate::{
+    btf,
+    ebpf::LoadConfig,
+    report::{
+        hist::Merged,
+        sock::{self as report, LatencyReport, Timeseries},
+    },
+    tracefs::Format,
+};
 
 const PROBE: &str = "sock";
 
@@ -35,13 +46,13 @@ fn other(what: String) -> ProbeError {
 }
 
 fn format(event: &str) -> Result<Format, ProbeError> {
-    Format::load("sock", event).map_err(|e| super::offcpu::tracefs_error(&e))
+    Format::load("sock", event).map_err(|e| super::tracefs_error(PROBE, &e))
 }
 
 fn offset(format: &Format, event: &str, field: &str, size: u32) -> Result<u32, ProbeError> {
     format
         .offset("sock", event, field, size)
-        .map_err(|e| super::offcpu::tracefs_error(&e))
+        .map_err(|e| super::tracefs_error(PROBE, &e))
 }
 
 /// Field offsets from tracefs and the local-port offset from BTF.
@@ -116,12 +127,7 @@ pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
     ] {
         attach_tracepoint(ebpf, PROBE, program, "sock", event)?;
     }
-    set_armed(ebpf, true)
-}
-
-/// Starts or stops all four programs at once.
-pub fn set_armed(ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
-    super::set_armed(ebpf, PROBE, sock::ARMED_MAP, on)
+    Ok(())
 }
 
 /// The TCP ports `pid` listens on: its socket inodes matched against the LISTEN rows of its
@@ -278,6 +284,129 @@ pub fn read(ebpf: &Ebpf, ports: &Ports) -> Result<Vec<PortData>, ProbeError> {
             })
         })
         .collect()
+}
+
+/// How often the target's listening ports are re-read: a scan of every open fd, so less often
+/// than the capture loop ticks.
+const PORTS_REFRESH: Duration = Duration::from_secs(2);
+
+/// The `sock` family: socket-to-reply and service latency per listening port.
+pub struct Sock {
+    config: Config,
+    ports: Ports,
+    last_ports: Instant,
+    /// Latency percentiles per interval.
+    series: Timeseries,
+}
+
+impl Sock {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            ports: Ports::default(),
+            last_ports: Instant::now(),
+            series: Timeseries::default(),
+        }
+    }
+
+    /// Percentiles of the interval that just ended.
+    fn snapshot(&mut self, tick: &Tick<'_>) {
+        match read(tick.ebpf, &self.ports) {
+            Ok(ports) => self.series.record(tick.elapsed.as_secs_f64(), &ports),
+            Err(err) => log::warn!("latency snapshot: {err}"),
+        }
+    }
+}
+
+impl Family for Sock {
+    fn name(&self) -> &'static str {
+        PROBE
+    }
+
+    /// Nothing it records has a stack: a capture of `sock` alone builds no unwinding tables.
+    fn walks_stacks(&self) -> bool {
+        false
+    }
+
+    fn configure(&mut self, _: &Setup<'_>, load: &mut LoadConfig) -> Result<(), ProbeError> {
+        load.global(sock::CONFIG_GLOBAL, &kernel_config(&self.config)?);
+        Ok(())
+    }
+
+    fn attach(&mut self, ebpf: &mut Ebpf, setup: &Setup<'_>) -> Result<(), ProbeError> {
+        // Ports first, so the first connections after arming are already known.
+        self.ports.sync(ebpf, setup.pid)?;
+        attach(ebpf, &self.config)?;
+        self.last_ports = Instant::now();
+        Ok(())
+    }
+
+    fn arm(&mut self, ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
+        super::set_armed(ebpf, PROBE, sock::ARMED_MAP, on)
+    }
+
+    fn begin(&mut self, tick: &mut Tick<'_>) {
+        if self.ports.indices.is_empty() {
+            tick.notes.push(format!(
+                "sock: pid {} listens on no TCP port yet; ports it opens later are picked up",
+                tick.pid
+            ));
+        }
+    }
+
+    fn tick(&mut self, tick: &mut Tick<'_>) {
+        if self.last_ports.elapsed() >= PORTS_REFRESH {
+            self.last_ports = Instant::now();
+            if let Err(err) = self.ports.sync(tick.ebpf, tick.pid) {
+                log::debug!("refreshing listening ports: {err}");
+            }
+        }
+        if tick.interval_due {
+            self.snapshot(tick);
+        }
+    }
+
+    /// The last, partial interval.
+    fn end(&mut self, tick: &mut Tick<'_>) {
+        self.snapshot(tick);
+    }
+
+    fn progress(&self, counters: &Counters) -> String {
+        format!("{} requests", counters.get(stats::SOCK_REQUESTS))
+    }
+
+    fn finish(&mut self, f: &mut Finish<'_>) -> Result<(), ProbeError> {
+        let data = read(f.ebpf, &self.ports)?;
+        let latency = LatencyReport::new(
+            &data,
+            f.duration.as_secs_f64(),
+            self.ports.untracked.iter().copied().collect(),
+        );
+        let text = report::text(&latency);
+        f.writer
+            .write("latency.txt", |out| out.write_all(text.as_bytes()))?;
+        f.writer.json("latency.json", &latency)?;
+        // The distribution of every tracked port together; with one port, that port's.
+        let mut all = Merged::default();
+        for port in &data {
+            all.add_merged(&port.socket_to_reply);
+        }
+        f.writer
+            .write("latency.hgrm", |out| report::hgrm(&all, out))?;
+        let svg = report::spectrum_svg(&data, &f.title("socket-to-reply latency"));
+        f.writer
+            .write("latency.svg", |out| out.write_all(svg.as_bytes()))?;
+        let series = &self.series;
+        f.writer
+            .write("latency_timeseries.csv", |out| series.write(out))?;
+        f.writer.say(&format!(
+            "latency (µs, per listening port):\n{}",
+            text.trim_end()
+        ));
+        f.summary().sock = Some(latency);
+        f.outcome.latency = Some(data);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,9 @@ use std::{fmt::Write as _, fs, path::Path};
 
 use serde_json::Value;
 
+/// The page's file name in a run directory.
+pub const FILE: &str = "report.html";
+
 /// Sections every page has, in order; the headless-browser test checks for each id.
 pub const SECTIONS: &[(&str, &str)] = &[
     ("overview", "Overview"),
@@ -156,8 +159,13 @@ fn memory_chart(dir: &Path) -> Option<String> {
     ))
 }
 
-/// Builds the page for the run in `dir`, whose `summary.json` content is `summary`.
-pub fn render(dir: &Path, summary: &Value) -> String {
+/// Builds the page for the run in `dir` from its summary.
+pub fn render(dir: &Path, summary: &crate::report::summary::Summary) -> String {
+    let summary = serde_json::to_value(summary).unwrap_or(Value::Null);
+    render_value(dir, &summary)
+}
+
+fn render_value(dir: &Path, summary: &Value) -> String {
     let mut body = String::new();
     let title = format!(
         "{} (pid {})",
@@ -431,11 +439,6 @@ iframe.graph {{ width: 100%; border: 1px solid #ddd; }} .none {{ color: #888; }}
     )
 }
 
-/// Writes `report.html` into `dir`.
-pub fn write(dir: &Path, summary: &Value) -> std::io::Result<()> {
-    fs::write(dir.join("report.html"), render(dir, summary))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,7 +466,7 @@ mod tests {
                                 "memory": {"rss_baseline_kb": 1024, "rss_end_kb": 2048, "rss_growth_percent": 100.0}}},
             "dropped": {"user_stacks_full": 0}
         });
-        let html = render(&dir, &summary);
+        let html = render_value(&dir, &summary);
         for (id, _) in SECTIONS {
             assert!(
                 html.contains(&format!("<section id=\"{id}\">")),

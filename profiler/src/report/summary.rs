@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{latency::LatencyReport, leaks::LeakReport, locks::LockReport, profile::FunctionShare};
-use crate::{
-    container::Placement, framepointers::FramePointerCheck, probes::alloc::Allocator,
-    unwind::UnwindStats,
+use super::{
+    alloc::AllocSummary, cpu::CpuSummary, futex::FutexSummary, offcpu::OffcpuSummary,
+    sock::LatencyReport,
 };
+use crate::{container::Placement, framepointers::FramePointerCheck, unwind::UnwindStats};
 
 /// Bumped whenever a field changes meaning or is removed (adding fields does not bump it).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -73,40 +73,10 @@ pub struct TargetUsage {
     pub rss_kb: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CpuSummary {
-    pub frequency_hz: u64,
-    /// Samples of the target the kernel took (including any it could not store).
-    pub samples: u64,
-    /// Distinct (thread, user stack, kernel stack) keys.
-    pub stacks: u64,
-    pub threads: Vec<ThreadWeight>,
-    pub top_self: Vec<FunctionShare>,
-    pub top_total: Vec<FunctionShare>,
-    /// Samples whose user stack each unwinder produced ("none": no user stack).
-    pub unwinders: BTreeMap<String, u64>,
-    /// Samples by why their table walk stopped ("end": the whole stack was walked).
-    pub unwind_stops: BTreeMap<String, u64>,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ThreadWeight {
     pub name: String,
     pub weight: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OffcpuSummary {
-    pub min_block_us: f64,
-    /// Off-CPU time counted, all threads.
-    pub total_us: u64,
-    /// Times a target thread left the CPU.
-    pub switches: u64,
-    pub threads: Vec<ThreadWeight>,
-    /// Heaviest blocking stacks, microseconds.
-    pub top_stacks: Vec<StackWeight>,
-    pub unwinders: BTreeMap<String, u64>,
-    pub unwind_stops: BTreeMap<String, u64>,
 }
 
 /// A stack (root first) and its weight.
@@ -117,26 +87,10 @@ pub struct StackWeight {
     pub weight: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FutexSummary {
-    pub waits: u64,
-    pub wakes: u64,
-    /// Contended locks, most total wait first.
-    pub locks: Vec<LockReport>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct AllocSummary {
-    pub allocator: Allocator,
-    /// Allocator calls seen, tracked (sampled in) and freed.
-    pub calls: u64,
-    pub tracked: u64,
-    pub frees: u64,
-    /// Frees of blocks allocated before the attach (of those sampled in).
-    #[serde(default)]
-    pub unknown_frees: u64,
-    /// Allocator calls made from inside another (tracked once, as the inner call).
-    #[serde(default)]
-    pub nested: u64,
-    pub leaks: LeakReport,
+/// Weight per thread, heaviest first.
+pub fn thread_weights(stacks: &[super::profile::WeightedStack]) -> Vec<ThreadWeight> {
+    super::profile::thread_totals(stacks)
+        .into_iter()
+        .map(|(name, weight)| ThreadWeight { name, weight })
+        .collect()
 }

@@ -3,8 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 use std::{
-    collections::HashSet, io::Write as _, path::PathBuf, process::Command,
-    sync::atomic::AtomicBool, time::Duration,
+    io::Write as _, path::PathBuf, process::Command, sync::atomic::AtomicBool, time::Duration,
 };
 
 use profiler::session::{AttachOptions, EndReason, Outcome, Session};
@@ -98,39 +97,23 @@ pub fn capture(opts: AttachOptions, during: impl FnOnce()) -> (EndReason, Outcom
     (end, outcome)
 }
 
-/// Names of our programs as the kernel lists them (truncated to 15 characters).
-const OUR_PROGRAMS: &[&str] = &[
-    profiler_common::cpu::PROGRAM,
-    profiler_common::offcpu::PROGRAM,
-    profiler_common::futex::ENTER_PROGRAM,
-    profiler_common::futex::WAIT_ENTER_PROGRAM,
-    profiler_common::futex::WAITV_ENTER_PROGRAM,
-    profiler_common::futex::WAKE_ENTER_PROGRAM,
-    profiler_common::futex::EXIT_PROGRAM,
-    profiler_common::alloc::ENTER_SIZE_PROGRAM,
-    profiler_common::alloc::RETURN_PROGRAM,
-    profiler_common::alloc::FREE_PROGRAM,
-    profiler_common::alloc::MMAP_ENTER_PROGRAM,
-    profiler_common::sock::DATA_READY_PROGRAM,
-    profiler_common::sock::RECV_PROGRAM,
-    profiler_common::sock::SEND_PROGRAM,
-    profiler_common::sock::STATE_PROGRAM,
-    profiler_common::sock::SEND_ENTER_PROGRAM,
-    profiler_common::alloc::MMAP_EXIT_PROGRAM,
-    profiler_common::alloc::MUNMAP_PROGRAM,
-];
-
+/// Asserts this process holds no eBPF program, link, map or perf event any more: a capture
+/// that finished closed them all, so the kernel detached and freed its programs. Looked up in
+/// our own fds, not the kernel's list of programs by name, which also holds those of any other
+/// profiler running on the machine.
 pub fn assert_no_programs_loaded() {
-    let ours: HashSet<String> = OUR_PROGRAMS
-        .iter()
-        .map(|name| name.chars().take(15).collect())
-        .collect();
-    let loaded: Vec<String> = aya::programs::loaded_programs()
+    let held: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .expect("own fds")
         .filter_map(Result::ok)
-        .filter_map(|info| info.name_as_str().map(str::to_string))
-        .filter(|name| ours.contains(name))
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|target| {
+            ["bpf-prog", "bpf_link", "bpf-map", "[perf_event]"]
+                .iter()
+                .any(|kind| target.contains(kind))
+        })
         .collect();
-    assert!(loaded.is_empty(), "programs still loaded: {loaded:?}");
+    assert!(held.is_empty(), "still held: {held:?}");
 }
 
 /// Thread ids and names of a live process.

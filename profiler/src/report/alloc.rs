@@ -12,7 +12,23 @@ use profiler_common::alloc::{AllocKey, StackAllocs, kind};
 use serde::{Deserialize, Serialize};
 
 use super::profile::WeightedStack;
-use crate::stacks::StackTable;
+use crate::{probes::alloc::Allocator, stacks::StackTable};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AllocSummary {
+    pub allocator: Allocator,
+    /// Allocator calls seen, tracked (sampled in) and freed.
+    pub calls: u64,
+    pub tracked: u64,
+    pub frees: u64,
+    /// Frees of blocks allocated before the attach (of those sampled in).
+    #[serde(default)]
+    pub unknown_frees: u64,
+    /// Allocator calls made from inside another (tracked once, as the inner call).
+    #[serde(default)]
+    pub nested: u64,
+    pub leaks: LeakReport,
+}
 
 /// Stacks listed among the largest that are not growing.
 const LARGEST_LISTED: usize = 10;
@@ -412,7 +428,7 @@ pub fn render(report: &LeakReport, suspects: usize) -> String {
             bytes(s.live_bytes),
             s.live_count,
             s.oldest_age_secs,
-            super::locks::leaf_frames(&s.frames, 6)
+            super::futex::leaf_frames(&s.frames, 6)
         );
     }
     let _ = writeln!(out, "\nlargest live stacks not growing:");
@@ -425,7 +441,7 @@ pub fn render(report: &LeakReport, suspects: usize) -> String {
             "  live {:>10} in {:>6}  {}",
             bytes(s.live_bytes),
             s.live_count,
-            super::locks::leaf_frames(&s.frames, 6)
+            super::futex::leaf_frames(&s.frames, 6)
         );
     }
     out

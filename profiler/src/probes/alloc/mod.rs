@@ -6,6 +6,7 @@
 //! attached through `/proc/PID/root/...`, so a target in another mount namespace works.
 
 use std::{
+    io::Write as _,
     num::NonZeroU32,
     path::{Path, PathBuf},
 };
@@ -19,14 +20,28 @@ use aya::{
     },
 };
 use object::{Object, ObjectSection, ObjectSymbol};
-use profiler_common::alloc::{self, AllocConfig, AllocKey, StackAllocs, kind};
+use profiler_common::{
+    alloc::{self, AllocConfig, AllocKey, StackAllocs, kind},
+    stats,
+};
 use serde::{Deserialize, Serialize};
 
-use super::{ProbeError, map, program_mut};
+use super::{Counters, Family, Finish, ProbeError, Setup, Tick, map, program_mut};
 use crate::{
+    ebpf::LoadConfig,
     procmaps::{Backing, ProcessMaps},
+    report::{
+        alloc::{
+            self as report, AllocSummary, Analysis, MemorySample, Snapshots, live_totals,
+            memory_csv, sample_memory,
+        },
+        flamegraph::Labels,
+    },
+    stacks::StackTable,
     tracefs::Format,
 };
+
+pub mod probe_point;
 
 const PROBE: &str = "alloc";
 
@@ -87,7 +102,7 @@ const FUNCTIONS: &[(&str, &str, u8, bool)] = &[
 /// the allocating functions `rsp`, since their return probe shares the point and takes the
 /// return address from the top of the stack.
 fn preserved(function: &str) -> &'static [u8] {
-    use super::probe_point::reg::*;
+    use probe_point::reg::*;
     match function {
         "free" => &[RDI],
         _ => &[RDI, RSI, RDX, RCX, RSP],
@@ -115,7 +130,7 @@ fn probe_offsets(data: &[u8], symbols: &[(String, String)]) -> Vec<(String, u64)
         .iter()
         .map(|(function, symbol)| {
             let offset = code_of(symbol).map_or(0, |code| {
-                super::probe_point::fast_offset(&code, preserved(function))
+                probe_point::fast_offset(&code, preserved(function))
             });
             (function.clone(), offset)
         })
@@ -298,7 +313,7 @@ pub fn discover(pid: u32, maps: &ProcessMaps, config: &Config) -> Result<Allocat
 }
 
 pub fn kernel_config(config: &Config) -> Result<AllocConfig, ProbeError> {
-    let err = |e: crate::tracefs::FormatError| super::offcpu::tracefs_error(&e);
+    let err = |e: crate::tracefs::FormatError| super::tracefs_error(PROBE, &e);
     let enter = Format::load("syscalls", "sys_enter_mmap").map_err(err)?;
     let exit = Format::load("syscalls", "sys_exit_mmap").map_err(err)?;
     let munmap = Format::load("syscalls", "sys_enter_munmap").map_err(err)?;
@@ -383,12 +398,7 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, allocator: &Allocator) -> Result<(), Pr
     ] {
         super::attach_tracepoint(ebpf, PROBE, program, "syscalls", event)?;
     }
-    set_armed(ebpf, true)
-}
-
-/// Starts or stops accounting in every program at once.
-pub fn set_armed(ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
-    super::set_armed(ebpf, PROBE, alloc::ARMED_MAP, on)
+    Ok(())
 }
 
 /// Per-stack allocation totals as they stand now.
@@ -402,6 +412,170 @@ pub fn read(ebpf: &Ebpf) -> Result<Vec<(AllocKey, StackAllocs)>, ProbeError> {
             map: alloc::STACKS_MAP,
             source: Box::new(source),
         })
+}
+
+/// Suspects in `leaks.txt`; the terminal shows fewer.
+const LEAKS_LISTED: usize = 20;
+const TERMINAL_LEAKS: usize = 5;
+
+/// The `alloc` family: allocations by stack, live bytes over time and leak suspects.
+pub struct Alloc {
+    config: Config,
+    /// Found in `configure`.
+    allocator: Option<Allocator>,
+    /// Per-stack live bytes over time.
+    snapshots: Snapshots,
+    /// The target's memory, and the live bytes, over time.
+    memory: Vec<MemorySample>,
+}
+
+impl Alloc {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            allocator: None,
+            snapshots: Snapshots::default(),
+            memory: Vec::new(),
+        }
+    }
+
+    /// Per-stack live bytes, and the target's memory beside their totals.
+    fn snapshot(&mut self, tick: &Tick<'_>) {
+        let at = tick.elapsed.as_secs_f64();
+        let scale = i64::from(self.config.sample_every.max(1));
+        let live = match read(tick.ebpf) {
+            Ok(stacks) => {
+                self.snapshots.record(at, &stacks);
+                Some(live_totals(&stacks, scale))
+            }
+            Err(err) => {
+                log::warn!("alloc snapshot: {err}");
+                None
+            }
+        };
+        if let Some(mut sample) = sample_memory(tick.pid, at) {
+            if let Some((bytes, count)) = live {
+                sample.live_bytes = bytes;
+                sample.live_count = count;
+            }
+            self.memory.push(sample);
+        }
+    }
+}
+
+impl Family for Alloc {
+    fn name(&self) -> &'static str {
+        PROBE
+    }
+
+    fn configure(&mut self, setup: &Setup<'_>, load: &mut LoadConfig) -> Result<(), ProbeError> {
+        self.allocator = Some(discover(setup.pid, setup.maps, &self.config)?);
+        load.global(alloc::CONFIG_GLOBAL, &kernel_config(&self.config)?);
+        load.map_size(alloc::LIVE_MAP, alloc::DEFAULT_MAX_LIVE);
+        Ok(())
+    }
+
+    fn attach(&mut self, ebpf: &mut Ebpf, setup: &Setup<'_>) -> Result<(), ProbeError> {
+        let allocator = self.allocator.as_ref().ok_or(ProbeError::Other {
+            probe: PROBE,
+            what: "attached before the allocator was found".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+        attach(ebpf, setup.pid, allocator)
+    }
+
+    fn arm(&mut self, ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
+        super::set_armed(ebpf, PROBE, alloc::ARMED_MAP, on)
+    }
+
+    fn begin(&mut self, tick: &mut Tick<'_>) {
+        self.snapshot(tick);
+    }
+
+    fn tick(&mut self, tick: &mut Tick<'_>) {
+        if tick.interval_due {
+            self.snapshot(tick);
+        }
+    }
+
+    fn end(&mut self, tick: &mut Tick<'_>) {
+        if tick.target_alive {
+            self.snapshot(tick);
+        }
+    }
+
+    fn progress(&self, counters: &Counters) -> String {
+        format!("{} allocations", counters.get(stats::ALLOC_TRACKED))
+    }
+
+    fn finish(&mut self, f: &mut Finish<'_>) -> Result<(), ProbeError> {
+        let stacks = read(f.ebpf)?;
+        let table = StackTable::load(
+            f.ebpf,
+            stacks.iter().map(|(k, _)| k.user_stack),
+            std::iter::empty(),
+            f.maps,
+            f.symbolizer,
+        )?;
+        let analysis = Analysis {
+            snapshots: &self.snapshots,
+            stacks: &stacks,
+            table: &table,
+            now_ns: f.ended_ns,
+            min_age_secs: self.config.min_age.as_secs_f64(),
+            interval_secs: f.interval.as_secs_f64(),
+            sample_every: self.config.sample_every,
+            memory: &self.memory,
+        };
+        let leaks = analysis.report();
+        let text = report::render(&leaks, LEAKS_LISTED);
+        f.writer
+            .write("leaks.txt", |out| out.write_all(text.as_bytes()))?;
+        f.writer.json("leaks.json", &leaks)?;
+        let csv = memory_csv(&self.memory);
+        f.writer
+            .write("memory_samples.csv", |out| out.write_all(csv.as_bytes()))?;
+        let title = f.title("live allocations");
+        f.writer.flamegraph(
+            "alloc",
+            &analysis.weighted_stacks(&f.target.comm),
+            &Labels {
+                title: &title,
+                subtitle: Some(if leaks.estimate {
+                    "live bytes by allocating stack (estimated from a sample)"
+                } else {
+                    "live bytes by allocating stack"
+                }),
+                count_name: "bytes",
+            },
+        )?;
+        let c = f.counters;
+        let summary = AllocSummary {
+            calls: c.get(stats::ALLOC_CALLS),
+            tracked: c.get(stats::ALLOC_TRACKED),
+            frees: c.get(stats::ALLOC_FREES),
+            unknown_frees: c.get(stats::ALLOC_UNKNOWN_FREES),
+            nested: c.get(stats::ALLOC_NESTED),
+            leaks,
+            allocator: self.allocator.clone().unwrap_or_default(),
+        };
+        f.writer.say(&format!(
+            "alloc: {} calls to {} ({}), {} tracked, {} freed ({} frees of blocks from before \
+             the attach, {} calls from inside the allocator)\n{}",
+            summary.calls,
+            summary.allocator.name,
+            summary.allocator.path.display(),
+            summary.tracked,
+            summary.frees,
+            summary.unknown_frees,
+            summary.nested,
+            report::render(&summary.leaks, TERMINAL_LEAKS)
+        ));
+        f.notes.extend(summary.leaks.plausibility.clone());
+        f.outcome.leaks = Some(summary.leaks.clone());
+        f.summary().alloc = Some(summary);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

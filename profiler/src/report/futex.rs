@@ -6,7 +6,18 @@ use std::{collections::HashMap, fmt::Write as _};
 use serde::{Deserialize, Serialize};
 
 use super::{hist::Merged, profile::WeightedStack};
-use crate::{locks::LockNamer, probes::futex::FutexData, stacks::StackTable};
+use crate::{
+    probes::futex::{FutexData, namer::LockNamer},
+    stacks::StackTable,
+};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FutexSummary {
+    pub waits: u64,
+    pub wakes: u64,
+    /// Contended locks, most total wait first.
+    pub locks: Vec<LockReport>,
+}
 
 /// Stacks listed per lock, waiters and wakers each.
 const STACKS_PER_LOCK: usize = 5;

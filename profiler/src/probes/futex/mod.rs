@@ -3,13 +3,30 @@
 //! waker stack). futex(2) covers glibc (WAIT|PRIVATE) and Rust's std (WAIT_BITSET|PRIVATE);
 //! the newer futex_wait/futex_waitv/futex_wake syscalls are traced where the kernel has them.
 
-use aya::{Ebpf, maps::HashMap, programs::TracePoint};
-use profiler_common::futex::{self, FutexConfig, FutexKey, FutexWait, FutexWaiter};
+pub mod namer;
 
-use super::{ProbeError, map, program_mut};
-use crate::tracefs::{self, Format};
+use std::io::Write as _;
+
+use aya::{Ebpf, maps::HashMap, programs::TracePoint};
+use profiler_common::{
+    futex::{self, FutexConfig, FutexKey, FutexWait, FutexWaiter},
+    stats,
+};
+
+use self::namer::LockNamer;
+use super::{Counters, Family, Finish, ProbeError, Setup, map, program_mut};
+use crate::{
+    ebpf::LoadConfig,
+    report::{self, flamegraph::Labels, futex::FutexSummary},
+    stacks::StackTable,
+    tracefs::{self, Format},
+};
 
 const PROBE: &str = "futex";
+
+/// Locks in `locks.txt` and the summary; the terminal shows fewer.
+const LOCKS_LISTED: usize = 20;
+const TERMINAL_LOCKS: usize = 3;
 
 #[derive(Debug, Clone, Default)]
 pub struct Config {}
@@ -22,10 +39,10 @@ pub struct FutexData {
 }
 
 fn offset(event: &str, field: &str) -> Result<u32, ProbeError> {
-    let format = Format::load("syscalls", event).map_err(|e| super::offcpu::tracefs_error(&e))?;
+    let format = Format::load("syscalls", event).map_err(|e| super::tracefs_error(PROBE, &e))?;
     format
         .offset("syscalls", event, field, 8)
-        .map_err(|e| super::offcpu::tracefs_error(&e))
+        .map_err(|e| super::tracefs_error(PROBE, &e))
 }
 
 /// The newer syscalls' layouts where present; 0 (unused) where not.
@@ -121,4 +138,78 @@ pub fn read(ebpf: &Ebpf) -> Result<FutexData, ProbeError> {
         wakes: entries(ebpf, futex::WAKES_MAP)?,
         waiters: entries(ebpf, futex::WAITERS_MAP)?,
     })
+}
+
+/// The `futex` family: lock contention by lock and stack, and who wakes the waiters.
+pub struct Futex {
+    config: Config,
+}
+
+impl Futex {
+    pub fn new(config: Config) -> Self {
+        Self { config }
+    }
+}
+
+impl Family for Futex {
+    fn name(&self) -> &'static str {
+        PROBE
+    }
+
+    fn configure(&mut self, _: &Setup<'_>, load: &mut LoadConfig) -> Result<(), ProbeError> {
+        load.global(futex::CONFIG_GLOBAL, &kernel_config(&self.config)?);
+        Ok(())
+    }
+
+    fn attach(&mut self, ebpf: &mut Ebpf, _: &Setup<'_>) -> Result<(), ProbeError> {
+        attach(ebpf, &self.config)
+    }
+
+    fn progress(&self, counters: &Counters) -> String {
+        format!("{} futex waits", counters.get(stats::FUTEX_WAITS))
+    }
+
+    fn finish(&mut self, f: &mut Finish<'_>) -> Result<(), ProbeError> {
+        let data = read(f.ebpf)?;
+        let table = StackTable::load(
+            f.ebpf,
+            data.waits
+                .iter()
+                .map(|(k, _)| k.user_stack)
+                .chain(data.wakes.iter().map(|(k, _)| k.user_stack)),
+            std::iter::empty(),
+            f.maps,
+            f.symbolizer,
+        )?;
+        let mut namer = LockNamer::new(f.maps);
+        let locks = report::futex::build(&data, &table, &mut namer);
+        let text = report::futex::render(&locks, LOCKS_LISTED);
+        f.writer
+            .write("locks.txt", |out| out.write_all(text.as_bytes()))?;
+        let title = f.title("lock waits");
+        f.writer.flamegraph(
+            "locks",
+            &report::futex::weighted_stacks(&data, &table, &locks),
+            &Labels {
+                title: &title,
+                subtitle: Some("futex waits by lock and waiter stack, weighted by microseconds"),
+                count_name: "us",
+            },
+        )?;
+        let (waits, wakes) = (
+            f.counters.get(stats::FUTEX_WAITS),
+            f.counters.get(stats::FUTEX_WAKES),
+        );
+        f.writer.say(&format!(
+            "locks: {waits} futex waits, {wakes} wakes; top locks by total wait:\n{}",
+            report::futex::render(&locks, TERMINAL_LOCKS)
+        ));
+        f.summary().futex = Some(FutexSummary {
+            waits,
+            wakes,
+            locks: locks.iter().take(LOCKS_LISTED).cloned().collect(),
+        });
+        f.outcome.locks = Some(locks);
+        Ok(())
+    }
 }

@@ -1,0 +1,59 @@
+//! What `profiler attach` is asked to do, as plain options (the CLI builds them; tests and
+//! benchmarks set them directly), and the list of families they name.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::{
+    probes::{self, Family, alloc::Alloc, cpu::Cpu, futex::Futex, offcpu::Offcpu, sock::Sock},
+    unwind::UnwindMode,
+};
+
+/// Everything `profiler attach` can be asked to do, independent of how it was asked. A
+/// family runs when its config is set.
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    pub pid: u32,
+    /// None: until interrupted or the target exits.
+    pub duration: Option<Duration>,
+    /// None: `results/<comm>-<pid>-<UTC timestamp>/`.
+    pub output: Option<PathBuf>,
+    pub cpu: Option<probes::cpu::Config>,
+    pub offcpu: Option<probes::offcpu::Config>,
+    pub futex: Option<probes::futex::Config>,
+    pub alloc: Option<probes::alloc::Config>,
+    pub sock: Option<probes::sock::Config>,
+    /// How often periodic snapshots are taken (allocation live bytes, memory, latency
+    /// percentiles); None: default.
+    pub interval: Option<Duration>,
+    pub unwind: UnwindMode,
+    /// Kernel-side diagnostics (aya-log) on.
+    pub verbose: bool,
+    /// Draw a live progress line on stderr.
+    pub progress: bool,
+    /// Replace an earlier run's reports in `output` instead of refusing.
+    pub overwrite: bool,
+}
+
+impl AttachOptions {
+    /// The families asked for, in the order their reports are written: the one place that
+    /// knows every family by name.
+    pub fn families(&self) -> Vec<Box<dyn Family>> {
+        let mut families: Vec<Box<dyn Family>> = Vec::new();
+        if let Some(config) = &self.cpu {
+            families.push(Box::new(Cpu::new(config.clone())));
+        }
+        if let Some(config) = &self.offcpu {
+            families.push(Box::new(Offcpu::new(config.clone())));
+        }
+        if let Some(config) = &self.futex {
+            families.push(Box::new(Futex::new(config.clone())));
+        }
+        if let Some(config) = &self.alloc {
+            families.push(Box::new(Alloc::new(config.clone())));
+        }
+        if let Some(config) = &self.sock {
+            families.push(Box::new(Sock::new(config.clone())));
+        }
+        families
+    }
+}

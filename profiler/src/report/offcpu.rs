@@ -1,0 +1,21 @@
+//! The `offcpu` family's summary section.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::summary::{StackWeight, ThreadWeight};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OffcpuSummary {
+    pub min_block_us: f64,
+    /// Off-CPU time counted, all threads.
+    pub total_us: u64,
+    /// Times a target thread left the CPU.
+    pub switches: u64,
+    pub threads: Vec<ThreadWeight>,
+    /// Heaviest blocking stacks, microseconds.
+    pub top_stacks: Vec<StackWeight>,
+    pub unwinders: BTreeMap<String, u64>,
+    pub unwind_stops: BTreeMap<String, u64>,
+}
