@@ -4,11 +4,12 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    future::Future,
     io,
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -17,13 +18,14 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::watch,
 };
 
 use crate::{
-    conn::{Close, Closes, ConnectionCap, Timeout, describe_cap},
+    conn::{Close, Timeout},
     knobs::{self, Knobs},
+    skeleton::{Gauges, ServeError, Service, Spec},
     stratum::{self, EXTRANONCE1_LEN, EXTRANONCE2_LEN, Job, JobMaker, Reject, Submit, Target},
     vardiff::{Vardiff, VardiffConfig},
 };
@@ -85,27 +87,8 @@ impl Default for PoolConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    #[error("cannot listen on {addr}: pick a free address with --listen (port 0 picks one)")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot start the async runtime")]
-    Runtime(#[source] io::Error),
-    #[error("cannot install the SIGINT/SIGTERM handlers")]
-    Signals(#[source] io::Error),
-    #[error(
-        "cannot read or raise the open-file limit for {max} connections: lower --max-connections"
-    )]
-    DescriptorLimit {
-        max: usize,
-        #[source]
-        source: io::Error,
-    },
-}
+/// Why the pool could not start or serve.
+pub type PoolError = ServeError;
 
 /// The pool's share log, behind the one mutex every connection takes. A `static` on purpose:
 /// under `--contend` this is the hot lock, and a profiler names it by this symbol.
@@ -481,74 +464,120 @@ fn push(method: &str, params: &Value) -> String {
     json!({"id": null, "method": method, "params": params}).to_string()
 }
 
-/// Counters for the statistics line.
-#[derive(Debug, Default)]
-struct Gauges {
-    connections: AtomicUsize,
-    peak_connections: AtomicUsize,
-    total_connections: AtomicU64,
-    closes: Closes,
+/// The pool as the skeleton serves it: what every connection shares.
+struct Pool {
+    sessions: Arc<SessionConfig>,
+    jobs: watch::Receiver<Arc<Job>>,
+    idle_timeout: Option<Duration>,
+    /// The next connection's extranonce1: unique per connection.
+    extranonces: AtomicU32,
+    /// Accepted shares at the last statistics line.
+    last_accepted: AtomicU64,
 }
 
-impl Gauges {
-    fn connected(&self) {
-        let now = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        self.peak_connections.fetch_max(now, Ordering::Relaxed);
-        self.total_connections.fetch_add(1, Ordering::Relaxed);
+impl Service for Pool {
+    fn connection(
+        self: &Arc<Self>,
+        stream: TcpStream,
+    ) -> impl Future<Output = Option<Close>> + Send + 'static {
+        let extranonce1 = self
+            .extranonces
+            .fetch_add(1, Ordering::Relaxed)
+            .to_be_bytes();
+        let session = Session::new(
+            self.sessions.clone(),
+            extranonce1,
+            Some(self.jobs.borrow().clone()),
+            Instant::now(),
+        );
+        let jobs = self.jobs.clone();
+        let idle_timeout = self.idle_timeout;
+        async move {
+            // Errors here are one client's problem: drop it and keep serving.
+            serve_connection(stream, session, jobs, idle_timeout)
+                .await
+                .ok()
+                .flatten()
+        }
     }
 
-    fn disconnected(&self) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
+    fn stats(&self, gauges: &Gauges, every: Duration) -> String {
+        let accepted = share_log().accepted();
+        let last = self.last_accepted.swap(accepted, Ordering::Relaxed);
+        format!(
+            "{} ({:.1} accepted/s)",
+            self.summary(gauges),
+            (accepted - last) as f64 / every.as_secs_f64()
+        )
+    }
+
+    /// One line of `key=value` tallies; tests parse it.
+    fn summary(&self, gauges: &Gauges) -> String {
+        let (accepted, rejected, reasons, workers) = {
+            let log = share_log();
+            let reasons: Vec<String> = log
+                .rejected_by_reason()
+                .iter()
+                .map(|(reason, n)| format!("{reason}:{n}"))
+                .collect();
+            (
+                log.accepted(),
+                log.rejected(),
+                reasons.join(","),
+                log.workers(),
+            )
+        };
+        format!(
+            "connections={} peak_connections={} total_connections={} {} workers={workers} accepted={accepted} rejected={rejected} reasons={} leaked_bytes={} leaked_allocations={} slow_paths={}",
+            gauges.connections(),
+            gauges.peak_connections(),
+            gauges.total_connections(),
+            gauges.closes.tallies(&CLOSES),
+            if reasons.is_empty() { "-" } else { &reasons },
+            knobs::LEAKED_BYTES.load(Ordering::Relaxed),
+            knobs::LEAKED_ALLOCATIONS.load(Ordering::Relaxed),
+            knobs::SLOW_PATHS.load(Ordering::Relaxed),
+        )
     }
 }
 
 /// Runs the pool until SIGINT or SIGTERM, then prints a summary line and returns.
 pub fn run(config: PoolConfig) -> Result<(), PoolError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers.max(1))
-        .thread_name("pool-worker")
-        .enable_all()
-        .build()
-        .map_err(PoolError::Runtime)?;
-    runtime.block_on(serve(config))
+    let spec = Spec {
+        name: "testbed-pool",
+        thread_name: "pool-worker",
+        listen: config.listen,
+        workers: config.workers,
+        stats_every: config.stats_every,
+        max_connections: config.max_connections,
+    };
+    spec.runtime()?.block_on(serve(spec, config))
 }
 
-async fn serve(config: PoolConfig) -> Result<(), PoolError> {
-    let max_connections =
-        crate::conn::fit_descriptor_limit(config.max_connections).map_err(|source| {
-            PoolError::DescriptorLimit {
-                max: config.max_connections,
-                source,
-            }
-        })?;
-    let cap = ConnectionCap::new(max_connections);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| PoolError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| PoolError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let mut shutdown = Shutdown::install().map_err(PoolError::Signals)?;
+async fn serve(spec: Spec, config: PoolConfig) -> Result<(), PoolError> {
+    let listening = spec.bind().await?;
     let mut maker = JobMaker::new(840_000, 8);
     let (jobs_tx, jobs_rx) = watch::channel(Arc::new(maker.next_job(unix_time())));
-    let session_config = Arc::new(SessionConfig {
-        difficulty: config.difficulty,
-        vardiff: VardiffConfig::new(config.vardiff_rate, config.difficulty),
-        knobs: config.knobs.clone(),
+    let pool = Arc::new(Pool {
+        sessions: Arc::new(SessionConfig {
+            difficulty: config.difficulty,
+            vardiff: VardiffConfig::new(config.vardiff_rate, config.difficulty),
+            knobs: config.knobs.clone(),
+        }),
+        jobs: jobs_rx,
+        idle_timeout: config.idle_timeout,
+        extranonces: AtomicU32::new(1),
+        last_accepted: AtomicU64::new(0),
     });
-    let gauges = Arc::new(Gauges::default());
     println!(
-        "testbed-pool listening on {local} (difficulty {:.3e}, new job every {}s, vardiff {} shares/min, {} workers, idle timeout {}, {}, knobs: {})",
+        "testbed-pool listening on {} (difficulty {:.3e}, new job every {}s, vardiff {} shares/min, {} workers, idle timeout {}, {}, knobs: {})",
+        listening.local_addr(),
         config.difficulty,
         config.job_interval.as_secs_f64(),
         config.vardiff_rate,
         config.workers.max(1),
         Timeout(config.idle_timeout),
-        describe_cap(config.max_connections, max_connections),
+        listening.describe_cap(),
         config.knobs.describe()
     );
 
@@ -561,100 +590,8 @@ async fn serve(config: PoolConfig) -> Result<(), PoolError> {
             jobs_tx.send_replace(Arc::new(maker.next_job(unix_time())));
         }
     });
-    if let Some(every) = config.stats_every {
-        let gauges = gauges.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            let mut last = 0;
-            loop {
-                ticks.tick().await;
-                let accepted = share_log().accepted();
-                println!(
-                    "testbed-pool stats: {} ({:.1} accepted/s)",
-                    summary(&gauges),
-                    (accepted - last) as f64 / every.as_secs_f64()
-                );
-                last = accepted;
-            }
-        });
-    }
-
-    let extranonces = AtomicU32::new(1);
-    let idle_timeout = config.idle_timeout;
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Some(slot) = cap.admit() else {
-                        // Closed at once: the client hears it now, not after a connect timeout.
-                        drop(stream);
-                        gauges.closes.count(Close::OverCap);
-                        if let Some(line) = cap.refusal_line("testbed-pool", peer, Instant::now()) {
-                            println!("{line}");
-                        }
-                        continue;
-                    };
-                    let extranonce1 = extranonces.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-                    let session = Session::new(
-                        session_config.clone(),
-                        extranonce1,
-                        Some(jobs_rx.borrow().clone()),
-                        Instant::now(),
-                    );
-                    let gauges = gauges.clone();
-                    let jobs = jobs_rx.clone();
-                    tokio::spawn(async move {
-                        gauges.connected();
-                        // Errors here are one client's problem: drop it and keep serving.
-                        if let Ok(Some(why)) =
-                            serve_connection(stream, session, jobs, idle_timeout).await
-                        {
-                            gauges.closes.count(why);
-                        }
-                        gauges.disconnected();
-                        drop(slot);
-                    });
-                }
-                Err(err) => {
-                    // Out of descriptors or similar: back off rather than spin.
-                    eprintln!("testbed-pool: accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            () = shutdown.wait() => break,
-        }
-    }
-    println!("testbed-pool stopped: {}", summary(&gauges));
+    listening.serve(pool).await;
     Ok(())
-}
-
-/// One line of `key=value` tallies; tests parse it.
-fn summary(gauges: &Gauges) -> String {
-    let (accepted, rejected, reasons, workers) = {
-        let log = share_log();
-        let reasons: Vec<String> = log
-            .rejected_by_reason()
-            .iter()
-            .map(|(reason, n)| format!("{reason}:{n}"))
-            .collect();
-        (
-            log.accepted(),
-            log.rejected(),
-            reasons.join(","),
-            log.workers(),
-        )
-    };
-    format!(
-        "connections={} peak_connections={} total_connections={} {} workers={workers} accepted={accepted} rejected={rejected} reasons={} leaked_bytes={} leaked_allocations={} slow_paths={}",
-        gauges.connections.load(Ordering::Relaxed),
-        gauges.peak_connections.load(Ordering::Relaxed),
-        gauges.total_connections.load(Ordering::Relaxed),
-        gauges.closes.tallies(&CLOSES),
-        if reasons.is_empty() { "-" } else { &reasons },
-        knobs::LEAKED_BYTES.load(Ordering::Relaxed),
-        knobs::LEAKED_ALLOCATIONS.load(Ordering::Relaxed),
-        knobs::SLOW_PATHS.load(Ordering::Relaxed),
-    )
 }
 
 fn unix_time() -> u32 {
@@ -765,29 +702,6 @@ async fn serve_connection(
             // Say we are done, then let the client see the reply before the socket goes.
             let _ = write.shutdown().await;
             return Ok(why);
-        }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub(crate) struct Shutdown {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Shutdown {
-    pub(crate) fn install() -> io::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-        })
-    }
-
-    pub(crate) async fn wait(&mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
         }
     }
 }
