@@ -1,6 +1,7 @@
 //! The programs `profiler` is tested and demonstrated against: the testbed servers (binaries in
-//! `src/bin/`, their logic here), small C fixtures with known behaviour (`fixtures/*.c`), and the
-//! helpers tests use to build them and to clean up what they start.
+//! `src/bin/`, their logic here), small C fixtures with known behaviour (`fixtures/*.c`, sharing
+//! `fixtures/fixture.h`), and the helpers tests use to build them and to clean up what they
+//! start.
 //!
 //! - [`pool`]: `testbed-pool`, a stratum v1 mining pool ([`stratum`] validates shares, [`vardiff`]
 //!   sets per-miner difficulty);
