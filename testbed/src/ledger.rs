@@ -9,12 +9,13 @@
 use std::{
     collections::BTreeMap,
     convert::Infallible,
+    future::Future,
     io,
     net::SocketAddr,
     path::PathBuf,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
         mpsc,
     },
     thread,
@@ -34,15 +35,14 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::oneshot,
-    sync::watch,
+    net::TcpStream,
+    sync::{oneshot, watch},
 };
 
 use crate::{
-    conn::{Close, Closes, ConnectionCap, RequestClock, TimedIo, Timeout, describe_cap},
+    conn::{Close, RequestClock, TimedIo, Timeout},
     knobs::{self, Knobs},
-    pool::Shutdown,
+    skeleton::{Gauges, ServeError, Service, Spec},
     wal::{Commit, Entry, OnDamage, Roots, Wal, WalError},
 };
 
@@ -117,26 +117,10 @@ impl Default for LedgerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("cannot listen on {addr}: pick a free address with --listen (port 0 picks one)")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot start the async runtime")]
-    Runtime(#[source] io::Error),
-    #[error("cannot install the SIGINT/SIGTERM handlers")]
-    Signals(#[source] io::Error),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
     #[error("cannot start the committer thread")]
     Committer(#[source] io::Error),
-    #[error(
-        "cannot read or raise the open-file limit for {max} connections: lower --max-connections"
-    )]
-    DescriptorLimit {
-        max: usize,
-        #[source]
-        source: io::Error,
-    },
     #[error(transparent)]
     Wal(#[from] WalError),
 }
@@ -238,15 +222,12 @@ struct CommitRequest {
 
 #[derive(Debug, Default)]
 struct Counters {
-    connections: AtomicUsize,
-    peak_connections: AtomicUsize,
     requests: AtomicU64,
     ingests: AtomicU64,
     client_errors: AtomicU64,
     server_errors: AtomicU64,
     /// Requests refused with 501 for a transfer coding other than `chunked` alone.
     unsupported_codings: AtomicU64,
-    closes: Closes,
 }
 
 struct Shared {
@@ -259,38 +240,40 @@ struct Shared {
     counters: Counters,
 }
 
+impl Service for Shared {
+    fn connection(
+        self: &Arc<Self>,
+        stream: TcpStream,
+    ) -> impl Future<Output = Option<Close>> + Send + 'static {
+        let shared = self.clone();
+        async move { serve_connection(stream, &shared).await }
+    }
+
+    fn refuse(&self, stream: TcpStream, max: usize) {
+        refuse(stream, max);
+    }
+
+    fn summary(&self, gauges: &Gauges) -> String {
+        summary(self, gauges)
+    }
+}
+
 /// Runs the ledger until SIGINT or SIGTERM, then prints a summary line and returns.
 pub fn run(config: LedgerConfig) -> Result<(), LedgerError> {
     let wal = Wal::open(&config.wal, config.wal_on_damage)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers.max(1))
-        .thread_name("ledger-worker")
-        .enable_all()
-        .build()
-        .map_err(LedgerError::Runtime)?;
-    runtime.block_on(serve(config, wal))
+    let spec = Spec {
+        name: "testbed-ledger",
+        thread_name: "ledger-worker",
+        listen: config.listen,
+        workers: config.workers,
+        stats_every: config.stats_every,
+        max_connections: config.max_connections,
+    };
+    spec.runtime()?.block_on(serve(spec, config, wal))
 }
 
-async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
-    let max_connections =
-        crate::conn::fit_descriptor_limit(config.max_connections).map_err(|source| {
-            LedgerError::DescriptorLimit {
-                max: config.max_connections,
-                source,
-            }
-        })?;
-    let cap = ConnectionCap::new(max_connections);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| LedgerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| LedgerError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let mut shutdown = Shutdown::install().map_err(LedgerError::Signals)?;
+async fn serve(spec: Spec, config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
+    let listening = spec.bind().await?;
     let recovered = wal.roots();
     let recovery = wal.recovery().to_string();
     let (roots_tx, roots_rx) = watch::channel(recovered);
@@ -309,61 +292,24 @@ async fn serve(config: LedgerConfig, wal: Wal) -> Result<(), LedgerError> {
         counters: Counters::default(),
     });
     println!(
-        "testbed-ledger listening on {local} (wal {}, {} entries in {} batches recovered, {recovery}, {} workers, idle timeout {}, header timeout {}, {}, knobs: {})",
+        "testbed-ledger listening on {} (wal {}, {} entries in {} batches recovered, {recovery}, {} workers, idle timeout {}, header timeout {}, {}, knobs: {})",
+        listening.local_addr(),
         config.wal.display(),
         recovered.entries,
         recovered.batches,
         config.workers.max(1),
         Timeout(config.idle_timeout),
         Timeout(config.header_timeout),
-        describe_cap(config.max_connections, max_connections),
+        listening.describe_cap(),
         config.knobs.describe()
     );
-    if let Some(every) = config.stats_every {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                ticks.tick().await;
-                println!("testbed-ledger stats: {}", summary(&shared));
-            }
-        });
-    }
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Some(slot) = cap.admit() else {
-                        refuse(stream, max_connections);
-                        shared.counters.closes.count(Close::OverCap);
-                        if let Some(line) = cap.refusal_line("testbed-ledger", peer, Instant::now()) {
-                            println!("{line}");
-                        }
-                        continue;
-                    };
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        serve_connection(stream, &shared).await;
-                        drop(slot);
-                    });
-                }
-                Err(err) => {
-                    eprintln!("testbed-ledger: accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            () = shutdown.wait() => break,
-        }
-    }
-    println!("testbed-ledger stopped: {}", summary(&shared));
+    listening.serve(shared).await;
     Ok(())
 }
 
-async fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
+/// Serves one connection; why the ledger closed it, if it did.
+async fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) -> Option<Close> {
     let _ = stream.set_nodelay(true);
-    let counters = &shared.counters;
-    let now = counters.connections.fetch_add(1, Ordering::Relaxed) + 1;
-    counters.peak_connections.fetch_max(now, Ordering::Relaxed);
     let clock = RequestClock::new(shared.idle_timeout, shared.header_timeout);
     let service = {
         let shared = shared.clone();
@@ -390,12 +336,11 @@ async fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
         .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(TimedIo::new(stream, clock.clone())), service)
         .await;
-    if let Some(why) = clock.expired() {
-        counters.closes.count(why);
-    } else if served.is_err_and(|err| err.is_parse_too_large()) {
-        counters.closes.count(Close::HeadTooLarge);
-    }
-    counters.connections.fetch_sub(1, Ordering::Relaxed);
+    clock.expired().or_else(|| {
+        served
+            .is_err_and(|err| err.is_parse_too_large())
+            .then_some(Close::HeadTooLarge)
+    })
 }
 
 /// Tells a client over the connection cap why it is closed, if its socket takes the reply at
@@ -442,14 +387,15 @@ fn committer(mut wal: Wal, requests: mpsc::Receiver<CommitRequest>, roots: watch
     }
 }
 
-fn summary(shared: &Shared) -> String {
+/// One line of `key=value` tallies; tests parse it.
+fn summary(shared: &Shared, gauges: &Gauges) -> String {
     let counters = &shared.counters;
     let roots = *shared.roots.borrow();
     format!(
         "connections={} peak_connections={} {} requests={} ingests={} entries={} batches={} client_errors={} server_errors={} unsupported_codings={} root={} leaked_bytes={} leaked_allocations={} slow_paths={}",
-        counters.connections.load(Ordering::Relaxed),
-        counters.peak_connections.load(Ordering::Relaxed),
-        counters.closes.tallies(&CLOSES),
+        gauges.connections(),
+        gauges.peak_connections(),
+        gauges.closes.tallies(&CLOSES),
         counters.requests.load(Ordering::Relaxed),
         counters.ingests.load(Ordering::Relaxed),
         roots.entries,
