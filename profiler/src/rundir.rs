@@ -15,9 +15,11 @@ use serde::Deserialize;
 use crate::{
     load::LoadReport,
     report::{
+        alloc::{self, LeakReport, MemorySample},
         flamegraph::{self, Labels},
-        folded,
+        folded, html,
         profile::WeightedStack,
+        sock::LatencyReport,
         summary::{SCHEMA_VERSION, Summary},
     },
 };
@@ -31,7 +33,7 @@ pub const LOAD: &str = "load.json";
 /// capture must not be mixed into.
 pub const REPORTS: &[&str] = &[
     SUMMARY,
-    "report.html",
+    html::FILE,
     "profile.pb.gz",
     "cpu.folded",
     "cpu.svg",
@@ -44,7 +46,7 @@ pub const REPORTS: &[&str] = &[
     "alloc.svg",
     "leaks.txt",
     "leaks.json",
-    "memory_samples.csv",
+    alloc::MEMORY_CSV,
     "latency.txt",
     "latency.json",
     "latency.hgrm",
@@ -109,6 +111,40 @@ impl RunDir {
     /// A file of the run.
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// `latency.json`, when the run captured `sock`.
+    pub fn latency(&self) -> Result<Option<LatencyReport>, RunDirError> {
+        self.optional("latency.json", "latency report")
+    }
+
+    /// `leaks.json`, when the run captured `alloc`.
+    pub fn leaks(&self) -> Result<Option<LeakReport>, RunDirError> {
+        self.optional("leaks.json", "leak report")
+    }
+
+    /// `memory_samples.csv`, when the run captured `alloc`: empty when it has none.
+    pub fn memory_samples(&self) -> Result<Vec<MemorySample>, RunDirError> {
+        match alloc::read_memory_csv(&self.dir) {
+            Ok(samples) => Ok(samples),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(RunDirError::Read {
+                path: self.file(alloc::MEMORY_CSV),
+                source,
+            }),
+        }
+    }
+
+    fn optional<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        what: &'static str,
+    ) -> Result<Option<T>, RunDirError> {
+        let path = self.file(name);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        read_json(&path, what).map(Some)
     }
 }
 

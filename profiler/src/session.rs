@@ -7,7 +7,7 @@
 //! Tests and benchmarks drive this the same way the CLI does: `start`, `run`, `finish`.
 
 use std::{
-    io,
+    io::{self, Write as _},
     os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
@@ -25,7 +25,10 @@ use crate::{
     probes::{self, Counters, Family, Finish, ProbeError, Setup, Tick},
     procmaps::ProcessMaps,
     progress::Progress,
-    report::summary::{SCHEMA_VERSION, Summary, TargetSummary, TargetUsage},
+    report::{
+        html,
+        summary::{SCHEMA_VERSION, Summary, TargetSummary, TargetUsage},
+    },
     rundir::{self, RunWriter, WriteError},
     symbolize::{BpfSymbols, Symbolizer},
     unwind::{UnwindError, Unwinder},
@@ -358,17 +361,12 @@ impl Session {
         summary.notes = notes.clone();
         summary.unwind = self.unwinder.stats().clone();
         summary.dropped = drops;
-        writer.wrote(rundir::SUMMARY);
-        writer.wrote(crate::report::html::FILE);
         summary.outputs = writer.outputs().to_vec();
+        summary.outputs.push(rundir::SUMMARY.into());
+        summary.outputs.push(html::FILE.into());
         writer.json(rundir::SUMMARY, &*summary)?;
-        let page = crate::report::html::render(&self.out_dir, summary);
-        std::fs::write(self.out_dir.join(crate::report::html::FILE), page).map_err(|source| {
-            WriteError {
-                path: self.out_dir.join(crate::report::html::FILE),
-                source,
-            }
-        })?;
+        let page = html::render(&self.out_dir, summary);
+        writer.write(html::FILE, |out| out.write_all(page.as_bytes()))?;
         for note in &notes {
             writer.say(&format!("note: {note}"));
         }

@@ -346,6 +346,51 @@ pub fn plausibility(samples: &[MemorySample]) -> Option<String> {
     })
 }
 
+/// The memory series' file in a run directory.
+pub const MEMORY_CSV: &str = "memory_samples.csv";
+
+/// Reads `memory_samples.csv` back, by its header's column names: files from before a column
+/// existed read it as 0.
+pub fn read_memory_csv(dir: &std::path::Path) -> std::io::Result<Vec<MemorySample>> {
+    let text = std::fs::read_to_string(dir.join(MEMORY_CSV))?;
+    Ok(parse_memory_csv(&text))
+}
+
+fn parse_memory_csv(text: &str) -> Vec<MemorySample> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name);
+    let columns = [
+        "elapsed_s",
+        "rss_kb",
+        "pss_kb",
+        "anon_kb",
+        "swap_kb",
+        "anon_vm_kb",
+        "live_bytes",
+        "live_count",
+    ]
+    .map(column);
+    lines
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let get = |i: usize| columns[i].and_then(|c| fields.get(c).copied());
+            let int = |i: usize| get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let signed = |i: usize| get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+            Some(MemorySample {
+                elapsed_secs: get(0)?.parse().ok()?,
+                rss_kb: int(1),
+                pss_kb: int(2),
+                anon_kb: int(3),
+                swap_kb: int(4),
+                anon_vm_kb: int(5),
+                live_bytes: signed(6),
+                live_count: signed(7),
+            })
+        })
+        .collect()
+}
+
 pub fn memory_csv(samples: &[MemorySample]) -> String {
     let mut out =
         String::from("elapsed_s,rss_kb,pss_kb,anon_kb,swap_kb,anon_vm_kb,live_bytes,live_count\n");
@@ -512,6 +557,12 @@ mod tests {
         assert!(g.over_10_percent);
         // Shorter than a minute: from the first sample.
         assert_eq!(memory_growth(&samples[..2]).rss_baseline_kb, 1000);
+        // What is written reads back, and a file from before the live columns still reads.
+        let back = parse_memory_csv(&memory_csv(&samples));
+        assert_eq!(back.len(), 4);
+        assert_eq!((back[2].elapsed_secs, back[2].rss_kb), (60.0, 10_000));
+        let old = parse_memory_csv("elapsed_s,rss_kb,pss_kb,anon_kb\n1.0,10,9,8\n");
+        assert_eq!((old[0].anon_kb, old[0].live_bytes), (8, 0));
         assert!(memory_csv(&samples).starts_with(
             "elapsed_s,rss_kb,pss_kb,anon_kb,swap_kb,anon_vm_kb,live_bytes,live_count\n0.0,1000,"
         ));

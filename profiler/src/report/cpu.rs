@@ -9,7 +9,7 @@ use super::{profile::FunctionShare, summary::ThreadWeight};
 /// How many functions the summary and the terminal list.
 pub const TOP_FUNCTIONS: usize = 10;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CpuSummary {
     pub frequency_hz: u64,
     /// Samples of the target the kernel took (including any it could not store).

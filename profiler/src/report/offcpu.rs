@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::summary::{StackWeight, ThreadWeight};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OffcpuSummary {
     pub min_block_us: f64,
     /// Off-CPU time counted, all threads.

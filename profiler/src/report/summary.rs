@@ -12,7 +12,11 @@ use super::{
 use crate::{container::Placement, framepointers::FramePointerCheck, unwind::UnwindStats};
 
 /// Bumped whenever a field changes meaning or is removed (adding fields does not bump it).
-pub const SCHEMA_VERSION: u32 = 1;
+/// Readers take every version up to this one, older ones through serde defaults.
+///
+/// 2: `sock` rates are over the span requests were served (`served_secs`), not the capture,
+/// and socket-to-reply ends at the start of the reply's send call.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {

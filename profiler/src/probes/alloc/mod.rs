@@ -534,7 +534,7 @@ impl Family for Alloc {
         f.writer.json("leaks.json", &leaks)?;
         let csv = memory_csv(&self.memory);
         f.writer
-            .write("memory_samples.csv", |out| out.write_all(csv.as_bytes()))?;
+            .write(report::MEMORY_CSV, |out| out.write_all(csv.as_bytes()))?;
         let title = f.title("live allocations");
         f.writer.flamegraph(
             "alloc",
