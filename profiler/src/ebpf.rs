@@ -72,16 +72,14 @@ pub fn load(config: &LoadConfig) -> Result<Ebpf, aya::EbpfError> {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so large maps load there too.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let unlimited = Rlimit {
+        current: None,
+        maximum: None,
     };
-    // SAFETY: setrlimit with a valid struct; failure only matters on old kernels.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        log::debug!(
-            "could not lift RLIMIT_MEMLOCK: {}",
-            std::io::Error::last_os_error()
-        );
+    // Failure only matters on old kernels.
+    if let Err(err) = setrlimit(Resource::Memlock, unlimited) {
+        log::debug!("could not lift RLIMIT_MEMLOCK: {err}");
     }
 }
 

@@ -272,8 +272,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     // Fields after the parenthesised comm: utime and stime are the 14th and 15th overall.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = rustix::param::clock_ticks_per_second().max(1) as f64;
     Some(ticks as f64 / hz)
 }
 

@@ -186,8 +186,7 @@ format:
     #[test]
     fn reads_the_live_kernel() {
         // Root and tracefs are needed for this one; the pure parsing is covered above.
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !rustix::process::geteuid().is_root() {
             return;
         }
         let f = Format::load("sched", "sched_switch").expect("sched_switch format");

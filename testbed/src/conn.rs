@@ -148,28 +148,27 @@ pub const SPARE_DESCRIPTORS: u64 = 24;
 /// hard one to make room for `max` connections, and returns `max`, or less when even the hard
 /// limit is too low.
 pub fn fit_descriptor_limit(max: usize) -> io::Result<usize> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    let (current, maximum) = (
+        limit.current.unwrap_or(u64::MAX),
+        limit.maximum.unwrap_or(u64::MAX),
+    );
     let wanted = (max as u64).saturating_add(SPARE_DESCRIPTORS);
-    if limit.rlim_cur < wanted && limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: wanted.min(limit.rlim_max),
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we pass; raising the soft limit up to the hard one
-        // needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        limit = raised;
+    let mut soft = current;
+    if current < wanted && current < maximum {
+        soft = wanted.min(maximum);
+        // Raising the soft limit up to the hard one needs no privilege.
+        setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(soft),
+                maximum: limit.maximum,
+            },
+        )?;
     }
-    let room = limit.rlim_cur.saturating_sub(SPARE_DESCRIPTORS);
+    let room = soft.saturating_sub(SPARE_DESCRIPTORS);
     Ok(usize::try_from(room)
         .map_or(max, |room| room.min(max))
         .max(1))
@@ -433,18 +432,11 @@ mod tests {
     fn the_descriptor_limit_makes_room_for_the_cap() {
         let fits = fit_descriptor_limit(100).unwrap();
         assert_eq!(fits, 100, "any test machine allows 124 open files");
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct we pass.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        let hard = limit.maximum.unwrap_or(u64::MAX);
         let huge = fit_descriptor_limit(usize::MAX).unwrap();
         assert!(
-            (huge as u64) + SPARE_DESCRIPTORS <= limit.rlim_max.max(limit.rlim_cur),
+            (huge as u64) + SPARE_DESCRIPTORS <= hard,
             "{huge} connections cannot fit under {limit:?}"
         );
     }

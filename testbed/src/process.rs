@@ -92,11 +92,14 @@ impl ChildGuard {
 
     /// Sends `signal` to the child by pid.
     pub fn signal(&self, signal: i32) -> Result<()> {
-        let pid = i32::try_from(self.pid()).context("pid out of range")?;
-        // SAFETY: kill(2) with a pid we own and have not reaped.
-        if unsafe { libc::kill(pid, signal) } != 0 {
-            return Err(std::io::Error::last_os_error()).context(format!("kill {pid}"));
-        }
+        let pid = i32::try_from(self.pid())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .context("pid out of range")?;
+        let signal = rustix::process::Signal::from_named_raw(signal)
+            .with_context(|| format!("no signal {signal}"))?;
+        // A pid we own and have not reaped, so it cannot name another process.
+        rustix::process::kill_process(pid, signal).with_context(|| format!("kill {pid:?}"))?;
         Ok(())
     }
 

@@ -18,8 +18,7 @@ pub fn cargo() -> Command {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// Makes cargo run the test binaries it builds through `sudo -E` unless we are root already.
