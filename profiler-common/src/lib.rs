@@ -14,6 +14,7 @@ pub mod sock;
 pub mod stack;
 pub mod stats;
 pub mod unwind;
+pub mod why;
 
 /// Length of `task_struct::comm`, the thread name.
 pub const TASK_COMM_LEN: usize = 16;

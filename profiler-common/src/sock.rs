@@ -150,8 +150,10 @@ pub struct SockState {
     /// 1 until the first request of a connection accepted during the capture is replied to.
     pub first: u32,
     pub _pad: u32,
+    /// The request being served, as `why` follows it (0: not followed).
+    pub req: u64,
 }
-const _: () = assert!(core::mem::size_of::<SockState>() == 40);
+const _: () = assert!(core::mem::size_of::<SockState>() == 48);
 
 /// A connection the kernel accepted that the target has not read yet.
 #[repr(C)]

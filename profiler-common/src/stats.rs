@@ -62,8 +62,14 @@ pub const ALLOC_NESTED: u32 = 24;
 /// alloc: a tracked address came back from the allocator while still live: its free went
 /// through a path we do not probe. The old block is retired then, so live bytes stay true.
 pub const ALLOC_MISSED_FREES: u32 = 25;
+/// why: requests followed to their reply.
+pub const WHY_REQUESTS: u32 = 26;
+/// why: requests not followed because `WHY_REQUESTS` was full.
+pub const WHY_REQUESTS_FULL: u32 = 27;
+/// why: finished requests lost because the ring buffer to userspace was full.
+pub const WHY_RECORDS_LOST: u32 = 28;
 
-pub const COUNT: u32 = 26;
+pub const COUNT: u32 = 29;
 
 /// Names used in reports and `summary.json`, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -93,11 +99,15 @@ pub const NAMES: [&str; COUNT as usize] = [
     "sock_port_unreadable",
     "alloc_nested",
     "alloc_missed_frees",
+    "why_requests",
+    "why_requests_full",
+    "why_records_lost",
 ];
 
 /// Counters that count events rather than losses; summaries keep them apart from drops.
-pub const EVENTS: [u32; 10] = [
+pub const EVENTS: [u32; 11] = [
     CPU_SAMPLES,
+    WHY_REQUESTS,
     SOCK_REQUESTS,
     OFFCPU_SWITCHES,
     FUTEX_WAITS,

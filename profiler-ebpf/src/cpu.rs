@@ -9,7 +9,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use profiler_common::{stack::StackKey, stats};
 
-use crate::shared::{add_to, count, kernel_stack, target_thread, user_stack};
+use crate::{
+    shared::{add_to, count, kernel_stack, target_thread, user_stack},
+    why,
+};
 
 #[map]
 static CPU_COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(65536, 0);
@@ -30,6 +33,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
+    why::sample(tid, key.user_stack, key.kernel_stack);
     if !add_to(&CPU_COUNTS, &key, 1, stats::CPU_COUNTS_FULL) {
         debug!(
             &ctx,

@@ -13,6 +13,7 @@ mod offcpu;
 mod shared;
 mod sock;
 mod unwind;
+mod why;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -21,7 +21,10 @@ use profiler_common::{
     stats,
 };
 
-use crate::shared::{EEXIST, atomic_add, count, now_ns, target_thread};
+use crate::{
+    shared::{EEXIST, atomic_add, count, now_ns, target_thread},
+    why,
+};
 
 #[unsafe(no_mangle)]
 static SOCK_CONFIG: Global<SockConfig> = Global::new(SockConfig {
@@ -175,6 +178,7 @@ pub fn sock_data_ready(ctx: TracePointContext) -> u32 {
         port_index: index,
         first: 0,
         _pad: 0,
+        req: 0,
     };
     match SOCK_SOCKETS.insert(sk, sock, BPF_NOEXIST as u64) {
         // Inserted meanwhile by the target's own read: that entry stands.
@@ -248,6 +252,7 @@ fn socket(sk: u64, skc_num: u32) -> Option<*mut SockState> {
         port_index: MAX_PORTS,
         first: 0,
         _pad: 0,
+        req: 0,
     };
     if let Some(index) = local_port(sk, skc_num).and_then(port_index) {
         sock.port_index = index;
@@ -344,7 +349,7 @@ fn target_io(ctx: &TracePointContext) -> Option<(*mut SockState, u32, bool)> {
 
 #[tracepoint]
 pub fn sock_recv(ctx: TracePointContext) -> u32 {
-    let Some((sock, _, true)) = target_io(&ctx) else {
+    let Some((sock, tid, true)) = target_io(&ctx) else {
         return 0;
     };
     let now = now_ns();
@@ -354,6 +359,7 @@ pub fn sock_recv(ctx: TracePointContext) -> u32 {
             state::ARRIVED => {
                 (*sock).read_ns = now;
                 (*sock).state = state::READ;
+                (*sock).req = why::request_read(tid, (*sock).port_index, (*sock).arrived_ns, now);
             }
             state::IDLE => {
                 // Queued before we knew the socket: served, but its arrival is unknown.
@@ -380,6 +386,8 @@ pub fn sock_send(ctx: TracePointContext) -> u32 {
                 count(stats::SOCK_REQUESTS);
                 let now = reply_start(tid, (*sock).read_ns, now_ns());
                 replied_at(port_index, now);
+                why::request_replied((*sock).req, tid, now);
+                (*sock).req = 0;
                 let arrived = (*sock).arrived_ns;
                 if (*sock).first != 0 {
                     // Apart from the steady state; its arrival was held in SOCK_NEW, or the

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    probes::{alloc, cpu, futex, offcpu, sock},
+    probes::{alloc, cpu, futex, offcpu, sock, why},
     session::AttachOptions,
     unwind::UnwindMode,
 };
@@ -95,7 +95,7 @@ pub struct AttachArgs {
     /// exits].
     #[arg(short, long, value_parser = positive_duration)]
     pub duration: Option<Duration>,
-    /// Every family but alloc (which costs more): cpu, offcpu, futex and sock, on one
+    /// Every family but alloc (which costs more): cpu, offcpu, futex, sock and why, on one
     /// timeline into one output directory. Add --alloc for allocations too.
     #[arg(long)]
     pub all: bool,
@@ -114,6 +114,14 @@ pub struct AttachArgs {
     /// Socket-to-reply and service latency per listening port, and new-connection wait.
     #[arg(long, visible_alias = "latency")]
     pub sock: bool,
+    /// Why p99 is slow: each request followed through the threads that work on it, its time
+    /// split into queueing, CPU, run queue, locks (with their holders) and blocking, and the
+    /// slowest requests compared with typical ones. Implies --sock.
+    #[arg(long)]
+    pub why: bool,
+    /// why: which requests are the tail: a percentile (p99, p99.9) or a latency (5ms).
+    #[arg(long, default_value = "p99", value_name = "RULE")]
+    pub tail: crate::report::why::Tail,
     /// alloc: track one allocation in N (chosen by address, so frees still match); figures
     /// are then estimates.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -171,10 +179,14 @@ impl From<Unwind> for UnwindMode {
 impl AttachArgs {
     pub fn into_options(self, verbose: bool) -> AttachOptions {
         // Naming no probe means cpu; naming any means exactly those; --all means all but alloc.
-        let cpu = self.all || self.cpu || !(self.offcpu || self.futex || self.alloc || self.sock);
+        let why = self.all || self.why;
+        let cpu = self.all
+            || self.cpu
+            || !(self.offcpu || self.futex || self.alloc || self.sock || self.why);
         let offcpu = self.all || self.offcpu;
         let futex = self.all || self.futex;
-        let sock = self.all || self.sock;
+        // `why` follows the requests `sock` pairs.
+        let sock = self.all || self.sock || why;
         AttachOptions {
             pid: self.pid,
             duration: self.duration,
@@ -192,6 +204,7 @@ impl AttachArgs {
                 min_age: self.min_age,
             }),
             sock: sock.then_some(sock::Config {}),
+            why: why.then_some(why::Config { tail: self.tail }),
             interval: self.interval,
             unwind: self.unwind.into(),
             verbose,
@@ -276,7 +289,10 @@ mod tests {
         assert_eq!(opts(&[]).offcpu.map(|_| ()), None);
         let all = opts(&["--all"]);
         assert!(all.cpu.is_some() && all.offcpu.is_some() && all.futex.is_some());
-        assert!(all.sock.is_some());
+        assert!(all.sock.is_some() && all.why.is_some());
+        let why = opts(&["--why", "--tail", "p99.9"]);
+        assert!(why.sock.is_some(), "--why pairs requests through sock");
+        assert!(why.cpu.is_none() && why.why.is_some());
         let latency = opts(&["--latency"]);
         assert!(
             latency.sock.is_some() && latency.cpu.is_none(),

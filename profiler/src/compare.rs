@@ -509,28 +509,14 @@ pub fn compare(
         // A new capture with no CPU sample (an idle target, a short capture) has nothing to
         // draw; an empty old one still shows everything as grown.
         (Some(o), Some(n)) if !n.is_empty() => {
-            let mut diff = Vec::new();
-            let opt = inferno::differential::Options {
-                normalize: true,
-                ..Default::default()
-            };
-            let lines = |stacks: &[(Vec<String>, u64)]| {
+            let lines = |stacks: &[(Vec<String>, u64)]| -> Vec<String> {
                 stacks
                     .iter()
-                    .map(|(f, w)| format!("{} {w}\n", f.join(";")))
-                    .collect::<String>()
+                    .map(|(f, w)| format!("{} {w}", f.join(";")))
+                    .collect()
             };
-            inferno::differential::from_readers(
-                opt,
-                lines(o).as_bytes(),
-                lines(n).as_bytes(),
-                &mut diff,
-            )
-            .map_err(write_err(&out.join("diff.svg")))?;
-            let diff_lines: Vec<String> = String::from_utf8_lossy(&diff)
-                .lines()
-                .map(str::to_string)
-                .collect();
+            let diff_lines = folded::differential(&lines(o), &lines(n))
+                .map_err(write_err(&out.join("diff.svg")))?;
             let title = format!(
                 "cpu: {} vs {}",
                 old_run.run.dir.display(),

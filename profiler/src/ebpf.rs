@@ -85,7 +85,7 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use profiler_common::{alloc, cpu, futex, offcpu, sock, stack, stats, unwind};
+    use profiler_common::{alloc, cpu, futex, offcpu, sock, stack, stats, unwind, why};
 
     use super::*;
 
@@ -117,6 +117,11 @@ mod tests {
             sock::SEND_PROGRAM,
             sock::STATE_PROGRAM,
             sock::SEND_ENTER_PROGRAM,
+            why::SWITCH_PROGRAM,
+            why::WAKING_PROGRAM,
+            why::FUTEX_ENTER_PROGRAM,
+            why::FUTEX_EXIT_PROGRAM,
+            why::IDLE_PROGRAM,
         ];
         for program in programs {
             assert!(
@@ -152,6 +157,11 @@ mod tests {
             sock::COUNTS_MAP,
             sock::ARMED_MAP,
             sock::SEND_ENTRY_MAP,
+            why::THREADS_MAP,
+            why::REQUESTS_MAP,
+            why::RECORDS_MAP,
+            why::ARMED_MAP,
+            why::ORPHANS_MAP,
             alloc::ARMED_MAP,
         ] {
             assert!(

@@ -4,7 +4,9 @@
 use std::{path::PathBuf, time::Duration};
 
 use crate::{
-    probes::{self, Family, alloc::Alloc, cpu::Cpu, futex::Futex, offcpu::Offcpu, sock::Sock},
+    probes::{
+        self, Family, alloc::Alloc, cpu::Cpu, futex::Futex, offcpu::Offcpu, sock::Sock, why::Why,
+    },
     unwind::UnwindMode,
 };
 
@@ -22,6 +24,8 @@ pub struct AttachOptions {
     pub futex: Option<probes::futex::Config>,
     pub alloc: Option<probes::alloc::Config>,
     pub sock: Option<probes::sock::Config>,
+    /// Tail attribution; needs `sock`, which pairs the requests.
+    pub why: Option<probes::why::Config>,
     /// How often periodic snapshots are taken (allocation live bytes, memory, latency
     /// percentiles); None: default.
     pub interval: Option<Duration>,
@@ -53,6 +57,10 @@ impl AttachOptions {
         }
         if let Some(config) = &self.sock {
             families.push(Box::new(Sock::new(config.clone())));
+        }
+        // After `sock`: it reads the port table `sock` fills.
+        if let Some(config) = &self.why {
+            families.push(Box::new(Why::new(config.clone())));
         }
         families
     }

@@ -52,6 +52,10 @@ pub const REPORTS: &[&str] = &[
     "latency.hgrm",
     "latency.svg",
     "latency_timeseries.csv",
+    "tail.txt",
+    "tail.json",
+    "tail.svg",
+    "tail-vs-typical.svg",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,10 @@
 //!   (SHA-256 rounds) for a known time;
 //! - `--leak-bytes N`: every accepted request `malloc`s N bytes from [`leak_bytes`] and never
 //!   frees them;
-//! - `--slow-every N`: every Nth request spends a known extra time in [`slow_path`].
+//! - `--slow-every N`: every Nth request spends a known extra time in [`slow_path`];
+//! - `--stall-every MS --stall-ms MS`: a background thread ([`stall_loop`]) takes the hot mutex
+//!   every so often and works on the CPU while holding it, as a compaction or snapshot job
+//!   would: requests that need the lock meanwhile wait for it.
 //!
 //! All are off by default and reported in the server's startup line.
 
@@ -23,6 +26,8 @@ pub static LEAKED_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static LEAKED_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 /// How many requests took [`slow_path`].
 pub static SLOW_PATHS: AtomicU64 = AtomicU64::new(0);
+/// How many times [`stall_loop`] held the hot mutex.
+pub static STALLS: AtomicU64 = AtomicU64::new(0);
 
 /// The knobs as the servers use them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -37,6 +42,8 @@ pub struct Knobs {
     pub slow: Duration,
     /// Spend the slow path's time on the CPU instead of asleep.
     pub slow_spin: bool,
+    /// A background job holding the hot mutex: (every, for how long).
+    pub stall: Option<(Duration, Duration)>,
 }
 
 impl Knobs {
@@ -52,22 +59,47 @@ impl Knobs {
             let how = if self.slow_spin { "spin" } else { "sleep" };
             format!("{} ({} ms, {how})", self.slow_every, self.slow.as_millis())
         };
+        let stall = match self.stall {
+            Some((every, hold)) => format!(
+                " stall={} ms every {} ms",
+                hold.as_millis(),
+                every.as_millis()
+            ),
+            None => String::new(),
+        };
         format!(
-            "contend={contend} leak-bytes={} slow-every={slow}",
+            "contend={contend} leak-bytes={} slow-every={slow}{stall}",
             self.leak_bytes
         )
     }
 
-    /// Counts one request and, on every `slow_every`th, takes [`slow_path`]. Returns whether it
-    /// did.
-    pub fn on_request(&self) -> bool {
+    /// Starts the `--stall-every` job, if set: a thread that every `every` calls `hold` (which
+    /// takes the server's hot mutex and calls [`stall_work`] under it).
+    pub fn start_stalls(&self, hold: extern "C" fn(u64)) -> std::io::Result<()> {
+        let Some((every, hold_for)) = self.stall else {
+            return Ok(());
+        };
+        let (every_ms, hold_ms) = (
+            u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+            u64::try_from(hold_for.as_millis()).unwrap_or(u64::MAX),
+        );
+        std::thread::Builder::new()
+            .name("stall".into())
+            .spawn(move || stall_loop(every_ms, hold_ms, hold))?;
+        Ok(())
+    }
+
+    /// Counts one request; on every `slow_every`th, the (milliseconds, spin) that the caller
+    /// passes to [`slow_path`]. The request handler calls it itself, as a real server's
+    /// handler would call its slow branch: the stack reads handler → `slow_path`.
+    #[inline(always)]
+    pub fn on_request(&self) -> Option<(u64, bool)> {
         let n = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
         if self.slow_every == 0 || !n.is_multiple_of(self.slow_every) {
-            return false;
+            return None;
         }
         let millis = u64::try_from(self.slow.as_millis()).unwrap_or(u64::MAX);
-        slow_path(millis, self.slow_spin);
-        true
+        Some((millis, self.slow_spin))
     }
 
     /// Called once per accepted request (share or ingest): leaks `leak_bytes` if set.
@@ -100,6 +132,13 @@ pub struct KnobArgs {
     /// Spend the slow path on the CPU (hashing) instead of sleeping
     #[arg(long)]
     pub slow_spin: bool,
+    /// Every MS milliseconds a background job (`stall_loop`) takes the hot mutex and works on
+    /// the CPU while holding it, for --stall-ms
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub stall_every: u64,
+    /// How long the background job holds the hot mutex, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 15)]
+    pub stall_ms: u64,
 }
 
 impl From<KnobArgs> for Knobs {
@@ -110,8 +149,35 @@ impl From<KnobArgs> for Knobs {
             slow_every: args.slow_every,
             slow: Duration::from_millis(args.slow_ms),
             slow_spin: args.slow_spin,
+            stall: (args.stall_every > 0).then(|| {
+                (
+                    Duration::from_millis(args.stall_every),
+                    Duration::from_millis(args.stall_ms),
+                )
+            }),
         }
     }
+}
+
+/// The `--stall-every` job: every `every_ms`, `hold(hold_ms)`. Never inlined and not mangled,
+/// so the lock's holder shows by this name in stacks.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn stall_loop(every_ms: u64, hold_ms: u64, hold: extern "C" fn(u64)) {
+    loop {
+        std::thread::sleep(Duration::from_millis(every_ms));
+        STALLS.fetch_add(1, Ordering::Relaxed);
+        hold(hold_ms);
+    }
+}
+
+/// What the stall job does while it holds the hot mutex: `millis` of hashing.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn stall_work(millis: u64) {
+    let mut state = [7u8; 32];
+    burn(&mut state, Duration::from_millis(millis));
+    std::hint::black_box(state);
 }
 
 /// The slow path of `--slow-every`: `millis` of extra time, asleep (off-CPU) or hashing
@@ -203,6 +269,7 @@ mod tests {
             slow_every: 50,
             slow: Duration::from_millis(20),
             slow_spin: false,
+            stall: None,
         };
         assert_eq!(
             knobs.describe(),

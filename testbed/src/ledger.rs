@@ -129,6 +129,13 @@ pub enum LedgerError {
 /// `--contend` this is the hot lock, and a profiler names it by this symbol.
 pub static LEDGER_INDEX: Mutex<LedgerIndex> = Mutex::new(LedgerIndex::new());
 
+/// `--stall-every`'s job: holds [`LEDGER_INDEX`] across `millis` of work.
+extern "C" fn stall_ledger_index(millis: u64) {
+    let guard = ledger_index();
+    knobs::stall_work(millis);
+    drop(guard);
+}
+
 fn ledger_index() -> MutexGuard<'static, LedgerIndex> {
     LEDGER_INDEX.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -303,6 +310,10 @@ async fn serve(spec: Spec, config: LedgerConfig, wal: Wal) -> Result<(), LedgerE
         listening.describe_cap(),
         config.knobs.describe()
     );
+    config
+        .knobs
+        .start_stalls(stall_ledger_index)
+        .map_err(|e| LedgerError::Serve(ServeError::Stalls(e)))?;
     listening.serve(shared).await;
     Ok(())
 }
@@ -392,7 +403,7 @@ fn summary(shared: &Shared, gauges: &Gauges) -> String {
     let counters = &shared.counters;
     let roots = *shared.roots.borrow();
     format!(
-        "connections={} peak_connections={} {} requests={} ingests={} entries={} batches={} client_errors={} server_errors={} unsupported_codings={} root={} leaked_bytes={} leaked_allocations={} slow_paths={}",
+        "connections={} peak_connections={} {} requests={} ingests={} entries={} batches={} client_errors={} server_errors={} unsupported_codings={} root={} leaked_bytes={} leaked_allocations={} slow_paths={} stalls={}",
         gauges.connections(),
         gauges.peak_connections(),
         gauges.closes.tallies(&CLOSES),
@@ -407,6 +418,7 @@ fn summary(shared: &Shared, gauges: &Gauges) -> String {
         knobs::LEAKED_BYTES.load(Ordering::Relaxed),
         knobs::LEAKED_ALLOCATIONS.load(Ordering::Relaxed),
         knobs::SLOW_PATHS.load(Ordering::Relaxed),
+        knobs::STALLS.load(Ordering::Relaxed),
     )
 }
 
@@ -417,7 +429,9 @@ async fn handle(
     shared: Arc<Shared>,
 ) -> Result<HttpResponse, Infallible> {
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-    shared.knobs.on_request();
+    if let Some((millis, spin)) = shared.knobs.on_request() {
+        knobs::slow_path(millis, spin);
+    }
     if let Some(codings) = unsupported_transfer_coding(request.headers()) {
         shared
             .counters

@@ -52,6 +52,8 @@ pub enum ServeError {
     Runtime(#[source] io::Error),
     #[error("cannot install the SIGINT/SIGTERM handlers")]
     Signals(#[source] io::Error),
+    #[error("cannot start the --stall-every thread")]
+    Stalls(#[source] io::Error),
     #[error(
         "cannot read or raise the open-file limit for {max} connections: lower --max-connections"
     )]

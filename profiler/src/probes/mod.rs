@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod futex;
 pub mod offcpu;
 pub mod sock;
+pub mod why;
 
 use std::{collections::BTreeMap, time::Duration};
 

@@ -36,6 +36,27 @@ pub fn fold(stacks: &[WeightedStack]) -> Vec<String> {
         .collect()
 }
 
+/// The differential of two sets of folded lines (`before`, `after`), counts normalised so the
+/// totals match: what inferno draws red where `after` grew, blue where it shrank.
+pub fn differential(before: &[String], after: &[String]) -> io::Result<Vec<String>> {
+    let text = |lines: &[String]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    let mut diff = Vec::new();
+    let options = inferno::differential::Options {
+        normalize: true,
+        ..Default::default()
+    };
+    inferno::differential::from_readers(
+        options,
+        text(before).as_bytes(),
+        text(after).as_bytes(),
+        &mut diff,
+    )?;
+    Ok(String::from_utf8_lossy(&diff)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
 pub fn write(stacks: &[WeightedStack], mut out: impl Write) -> io::Result<()> {
     for line in fold(stacks) {
         writeln!(out, "{line}")?;

@@ -15,6 +15,7 @@ use super::{
     offcpu::OffcpuSummary,
     sock::LatencyReport,
     summary::Summary,
+    why::WhyReport,
 };
 
 /// The page's file name in a run directory.
@@ -27,6 +28,7 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ("offcpu", "Off-CPU"),
     ("locks", "Locks"),
     ("latency", "Latency"),
+    ("tail", "Tail latency"),
     ("alloc", "Allocations"),
     ("drops", "Dropped events"),
 ];
@@ -64,6 +66,7 @@ pub fn render(dir: &Path, summary: &Summary) -> String {
                 (section("offcpu", summary.offcpu.as_ref(), "--offcpu", |o| offcpu(dir, o)))
                 (section("locks", summary.futex.as_ref(), "--futex", |f| locks(dir, f)))
                 (section("latency", summary.sock.as_ref(), "--sock", |s| latency(dir, s)))
+                (section("tail", summary.why.as_ref(), "--why", |w| tail(dir, w)))
                 (section("alloc", summary.alloc.as_ref(), "--alloc", |a| alloc(dir, a)))
                 section id="drops" {
                     h2 { "Dropped events" }
@@ -201,6 +204,36 @@ fn latency(dir: &Path, s: &LatencyReport) -> Markup {
             ]
         })))
         (embed(dir, "latency.svg"))
+    }
+}
+
+fn tail(dir: &Path, w: &WhyReport) -> Markup {
+    let head = ["share", "per request", "kind", "cause", "where", "held by"];
+    let leaf = |frames: &[String]| super::futex::leaf_frames(frames, 4);
+    html! {
+        @for p in &w.ports {
+            h3 { "Port " (p.port) }
+            p {
+                "The slowest " (p.tail.requests) " of " (p.requests) " requests ("
+                (w.tail_rule) ", at least " (format!("{:.0}", p.tail.threshold_us)) " µs, mean "
+                (format!("{:.0}", p.tail.mean_us)) " µs) against typical ones (p25–p75, mean "
+                (format!("{:.0}", p.typical.mean_us)) " µs); "
+                (format!("{:.1}", p.cpu_us_per_request)) " µs of CPU per request."
+            }
+            @for (label, g) in [("Tail", &p.tail), ("Typical", &p.typical)] {
+                h4 { (label) }
+                (table(&head, g.causes.iter().take(8).map(|c| vec![
+                    html! { (format!("{:.1}%", c.share * 100.0)) },
+                    html! { (format!("{:.0} µs", c.mean_us)) },
+                    html! { (c.kind) },
+                    html! { (c.name) },
+                    html! { (leaf(&c.stack)) },
+                    html! { (leaf(&c.holder_stack)) },
+                ])))
+            }
+        }
+        (embed(dir, "tail.svg"))
+        (embed(dir, "tail-vs-typical.svg"))
     }
 }
 

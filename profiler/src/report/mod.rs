@@ -16,6 +16,7 @@ pub mod profile;
 pub mod sock;
 pub mod summary;
 pub mod table;
+pub mod why;
 
 use std::path::PathBuf;
 

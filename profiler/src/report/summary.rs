@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     alloc::AllocSummary, cpu::CpuSummary, futex::FutexSummary, offcpu::OffcpuSummary,
-    sock::LatencyReport,
+    sock::LatencyReport, why::WhyReport,
 };
 use crate::{container::Placement, framepointers::FramePointerCheck, unwind::UnwindStats};
 
@@ -43,6 +43,9 @@ pub struct Summary {
     /// Socket-to-reply latency per listening port.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sock: Option<LatencyReport>,
+    /// What made the slowest requests slow, per listening port.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub why: Option<WhyReport>,
     /// How user stacks were walked, and what the tables cost.
     pub unwind: UnwindStats,
     /// Every kernel-side counter of dropped or incomplete data, by name; all zero is a clean run.

@@ -77,6 +77,7 @@ pub fn options(pid: u32, duration: Duration, output: PathBuf) -> AttachOptions {
         futex: None,
         alloc: None,
         sock: None,
+        why: None,
         interval: None,
         unwind: profiler::unwind::UnwindMode::Auto,
         verbose: false,

@@ -116,7 +116,7 @@ impl Service for Pool {
             )
         };
         format!(
-            "connections={} peak_connections={} total_connections={} {} workers={workers} accepted={accepted} rejected={rejected} reasons={} leaked_bytes={} leaked_allocations={} slow_paths={}",
+            "connections={} peak_connections={} total_connections={} {} workers={workers} accepted={accepted} rejected={rejected} reasons={} leaked_bytes={} leaked_allocations={} slow_paths={} stalls={}",
             gauges.connections(),
             gauges.peak_connections(),
             gauges.total_connections(),
@@ -125,6 +125,7 @@ impl Service for Pool {
             knobs::LEAKED_BYTES.load(Ordering::Relaxed),
             knobs::LEAKED_ALLOCATIONS.load(Ordering::Relaxed),
             knobs::SLOW_PATHS.load(Ordering::Relaxed),
+            knobs::STALLS.load(Ordering::Relaxed),
         )
     }
 }
@@ -168,6 +169,10 @@ async fn serve(spec: Spec, config: PoolConfig) -> Result<(), PoolError> {
         listening.describe_cap(),
         config.knobs.describe()
     );
+    config
+        .knobs
+        .start_stalls(share_log::stall_share_log)
+        .map_err(ServeError::Stalls)?;
 
     let job_interval = config.job_interval;
     tokio::spawn(async move {

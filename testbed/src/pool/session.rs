@@ -87,7 +87,9 @@ impl Session {
             return Output::default();
         }
         let knobs = &self.config.knobs;
-        knobs.on_request();
+        if let Some((millis, spin)) = knobs.on_request() {
+            crate::knobs::slow_path(millis, spin);
+        }
         // Under --contend the hot lock is held across the whole request.
         let held = knobs
             .contend

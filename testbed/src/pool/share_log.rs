@@ -19,6 +19,13 @@ const RECENT_SHARES: usize = 4096;
 /// under `--contend` this is the hot lock, and a profiler names it by this symbol.
 pub static SHARE_LOG: Mutex<ShareLog> = Mutex::new(ShareLog::new());
 
+/// `--stall-every`'s job: holds [`SHARE_LOG`] across `millis` of work.
+pub extern "C" fn stall_share_log(millis: u64) {
+    let guard = share_log();
+    knobs::stall_work(millis);
+    drop(guard);
+}
+
 /// Locks [`SHARE_LOG`]; the log stays usable after a panic elsewhere (it holds only tallies).
 pub fn share_log() -> MutexGuard<'static, ShareLog> {
     SHARE_LOG.lock().unwrap_or_else(PoisonError::into_inner)
