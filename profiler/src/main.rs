@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::UnwindTables(args) => unwind_tables(&args),
         Command::Compare(args) => compare(args),
         Command::Baseline(command) => baseline(command),
+        Command::Checklist(args) => checklist(args, cli.verbose),
     };
     match result {
         Ok(code) => code,
@@ -82,6 +83,37 @@ fn watch_interrupts(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                     std::process::exit(128 + signal);
                 }
                 eprintln!("\nstopping: writing the outputs (interrupt again to exit without them)");
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+fn checklist(args: profiler::checklist::ChecklistArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    let opts = args.into_options(verbose)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_checklist_interrupts(stop.clone())?;
+    let verdict = profiler::checklist::run(&opts, &stop)?;
+    print!("{}", verdict.text);
+    Ok(ExitCode::from(verdict.exit_code()))
+}
+
+/// Ctrl-C, SIGTERM or SIGHUP ends the checklist: the step running stops its load, its capture
+/// and the server it started (in a process group of its own, which a terminal's Ctrl-C does not
+/// reach). Exiting at once would leave that server running, so a second signal only says so.
+fn watch_checklist_interrupts(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if stop.swap(true, Ordering::SeqCst) {
+                    eprintln!("\nstill stopping: the server started for this step goes first");
+                } else {
+                    eprintln!("\nstopping: the load, the capture and the server it started");
+                }
             }
         })
         .context("starting the signal thread")?;
