@@ -34,7 +34,10 @@ use self::{
     driver::Profile,
     steps::{Runner, StepError},
 };
-use crate::preflight::{self, PreflightError};
+use crate::{
+    preflight::{self, PreflightError},
+    rundir::RunDir,
+};
 
 /// The load driver, named in this one place: it is moving into a crate of its own.
 mod driver {
@@ -256,20 +259,8 @@ pub fn run(opts: &ChecklistOptions, stop: &AtomicBool) -> Result<Verdict, Checkl
             svg_bytes,
         ),
         checks::dropped_line(&[
-            (
-                "standard",
-                standard_run
-                    .as_ref()
-                    .map(|run| &run.summary.dropped)
-                    .map_err(String::as_str),
-            ),
-            (
-                "soak",
-                soak_run
-                    .as_ref()
-                    .map(|run| &run.summary.dropped)
-                    .map_err(String::as_str),
-            ),
+            ("standard", drops(&standard, &standard_run)),
+            ("soak", drops(&soak, &soak_run)),
         ]),
         checks::gate_line(
             previous_name,
@@ -328,6 +319,18 @@ pub fn run(opts: &ChecklistOptions, stop: &AtomicBool) -> Result<Verdict, Checkl
         failed_lines,
         regression,
     })
+}
+
+/// A capture's drop counters; a failed step's own line says why there are none.
+fn drops<'a>(
+    step: &Result<String, StepError>,
+    run: &'a Result<RunDir, String>,
+) -> checks::Drops<'a> {
+    match (step, run) {
+        (Err(_), _) => Err("no capture (the step failed)"),
+        (Ok(_), Err(e)) => Err(e.as_str()),
+        (Ok(_), Ok(run)) => Ok(&run.summary.dropped),
+    }
 }
 
 /// The checklist (latest, and kept by timestamp) and the marker, written last: an archive

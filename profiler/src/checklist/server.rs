@@ -71,15 +71,22 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
-    #[error("the server exited during start-up ({status}){}", tail_text(.stderr))]
-    ExitedAtStart { status: String, stderr: Vec<String> },
+    #[error("the server (pid {pid}) exited during start-up ({status}){}", tail_text(.stderr))]
+    ExitedAtStart {
+        pid: u32,
+        status: String,
+        stderr: Vec<String>,
+    },
     #[error(
-        "the server did not answer at {url} within {} ({last}){}: check --url, or give it \
+        "the server{} did not answer at {url} within {} ({last}){}: check --url, or give it \
          longer with --ready-timeout",
+        .pid.map(|p| format!(" (pid {p}, killed)")).unwrap_or_default(),
         humantime::format_duration(*.timeout),
         tail_text(.stderr)
     )]
     NotReady {
+        /// The process started, if we started one.
+        pid: Option<u32>,
         url: String,
         timeout: Duration,
         last: String,
@@ -91,6 +98,17 @@ pub enum ServerError {
     Gone { pid: u32 },
     #[error("interrupted")]
     Interrupted,
+}
+
+impl ServerError {
+    /// The process started, when a start failed after it was spawned.
+    pub fn started_pid(&self) -> Option<u32> {
+        match self {
+            Self::ExitedAtStart { pid, .. } => Some(*pid),
+            Self::NotReady { pid, .. } => *pid,
+            _ => None,
+        }
+    }
 }
 
 /// "; its last stderr lines: a | b", or nothing when it printed none.
@@ -171,6 +189,7 @@ pub fn start(
         }
         if let Some(status) = started.exited() {
             return Err(ServerError::ExitedAtStart {
+                pid: started.leader(),
                 status,
                 stderr: tail(&started.stderr, TAIL_LINES),
             });
@@ -180,6 +199,7 @@ pub fn start(
             Ok(()) => break,
             Err(err) if left.is_zero() => {
                 return Err(ServerError::NotReady {
+                    pid: Some(started.leader()),
                     url: url.to_string(),
                     timeout: ready_timeout,
                     last: err.to_string(),

@@ -165,6 +165,7 @@ impl<'a> Runner<'a> {
                 // It must still answer: a step against a server that does not is no measure.
                 server::probe(url, Duration::from_secs(5)).map_err(|err| {
                     ServerError::NotReady {
+                        pid: None,
                         url: url.to_string(),
                         timeout: Duration::from_secs(5),
                         last: err.to_string(),
@@ -263,6 +264,12 @@ impl<'a> Runner<'a> {
         let serving = match self.serve(step, &logs) {
             Ok(serving) => serving,
             Err(err) => {
+                if let StepError::Server(server) = &err
+                    && let Some(pid) = server.started_pid()
+                {
+                    record.pid = Some(pid);
+                    self.pids.push(pid);
+                }
                 record.error = Some(describe(&err));
                 self.steps.push(record);
                 return Err(err);
