@@ -15,7 +15,16 @@ use profiler::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|err| {
+        // clap exits 2 on a usage error, which for the checklist means a regression: a release
+        // pipeline must not read a mistyped option as one.
+        let subcommand = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+        if err.use_stderr() && subcommand.as_deref() == Some("checklist") {
+            let _ = err.print();
+            std::process::exit(1);
+        }
+        err.exit()
+    });
     let level = if cli.verbose { "debug" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp(None)

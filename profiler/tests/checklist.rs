@@ -527,3 +527,20 @@ fn a_server_that_exits_or_never_answers_fails_its_steps_and_nothing_is_left_runn
         }
     }
 }
+
+#[test]
+fn usage_errors_exit_1_not_the_regression_status() {
+    for args in [
+        &["v1", "--url", "stratum://127.0.0.1:3333"][..],
+        &["v1", "--smoke-s", "soon"],
+        &["v1", "--url", "tcp://x:1", "--pid", "1"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_profiler"))
+            .arg("checklist")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}: says why");
+    }
+}
