@@ -4,6 +4,10 @@
 #   docker run --rm --privileged --pid=host \
 #     -v /sys/kernel/tracing:/sys/kernel/tracing -v /sys/kernel/btf:/sys/kernel/btf:ro \
 #     -v "$PWD/results:/results" profiler attach --pid 4242 --duration 30s -o /results/run
+#
+# The release checklist is in the same binary: `profiler checklist RELEASE --pid PID --url URL
+# --results-dir /results` (add --network=host for a URL on the host's loopback). With --start
+# the server must be in the image: build one FROM this with it added.
 
 FROM rust:1.95-bookworm AS build
 # The eBPF programs build with a nightly and bpf-linker linked against that nightly's LLVM;

@@ -36,6 +36,10 @@ pub enum Command {
     /// Named baselines under results/baselines/: save a run, or check a run against one.
     #[command(subcommand)]
     Baseline(BaselineCommand),
+    /// The release checklist against a server: smoke, standard (captured with every family),
+    /// stress and soak (captured with --alloc) steps, archived under RESULTS/RELEASE/ and
+    /// compared with the previous release. Exits 1 when a line failed, 2 on a regression.
+    Checklist(crate::checklist::ChecklistArgs),
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +218,24 @@ impl AttachArgs {
     }
 }
 
+/// The options `profiler attach ARGS...` runs with, for code that captures the way the command
+/// does: the release checklist captures `--all` so, and gets whatever `--all` comes to mean.
+pub fn attach_options<I, T>(args: I, verbose: bool) -> Result<AttachOptions, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    #[derive(Parser)]
+    #[command(name = "attach")]
+    struct Attach {
+        #[command(flatten)]
+        args: AttachArgs,
+    }
+    let argv =
+        std::iter::once(std::ffi::OsString::from("attach")).chain(args.into_iter().map(Into::into));
+    Ok(Attach::try_parse_from(argv)?.args.into_options(verbose))
+}
+
 /// A duration on the command line: `30s`, `2m`, `1m30s`, `500ms`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<f64>() {
@@ -301,6 +323,24 @@ mod tests {
         assert!(opts(&["--sock", "--cpu"]).cpu.is_some());
         assert!(all.alloc.is_none(), "alloc stays opt-in");
         assert!(opts(&["--all", "--alloc"]).alloc.is_some());
+    }
+
+    #[test]
+    fn attach_options_are_those_of_the_command() {
+        let all = attach_options(["--all", "--pid", "7", "--duration", "1500ms"], false).unwrap();
+        let cli = opts_of(&["--all", "--pid", "7", "--duration", "1500ms"]);
+        assert_eq!(format!("{all:?}"), format!("{cli:?}"));
+        assert_eq!(all.duration, Some(Duration::from_millis(1500)));
+        assert!(attach_options(["--pid", "x"], false).is_err());
+    }
+
+    fn opts_of(args: &[&str]) -> AttachOptions {
+        let mut argv = vec!["profiler", "attach"];
+        argv.extend(args);
+        let Command::Attach(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("attach")
+        };
+        args.into_options(false)
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! command line and dispatches here, so tests and benchmarks run the same code the CLI does.
 
 pub mod btf;
+pub mod checklist;
 pub mod cli;
 pub mod compare;
 pub mod container;

@@ -15,7 +15,16 @@ use profiler::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|err| {
+        // clap exits 2 on a usage error, which for the checklist means a regression: a release
+        // pipeline must not read a mistyped option as one.
+        let subcommand = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+        if err.use_stderr() && subcommand.as_deref() == Some("checklist") {
+            let _ = err.print();
+            std::process::exit(1);
+        }
+        err.exit()
+    });
     let level = if cli.verbose { "debug" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp(None)
@@ -26,6 +35,7 @@ fn main() -> ExitCode {
         Command::UnwindTables(args) => unwind_tables(&args),
         Command::Compare(args) => compare(args),
         Command::Baseline(command) => baseline(command),
+        Command::Checklist(args) => checklist(args, cli.verbose),
     };
     match result {
         Ok(code) => code,
@@ -82,6 +92,37 @@ fn watch_interrupts(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                     std::process::exit(128 + signal);
                 }
                 eprintln!("\nstopping: writing the outputs (interrupt again to exit without them)");
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+fn checklist(args: profiler::checklist::ChecklistArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    let opts = args.into_options(verbose)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_checklist_interrupts(stop.clone())?;
+    let verdict = profiler::checklist::run(&opts, &stop)?;
+    print!("{}", verdict.text);
+    Ok(ExitCode::from(verdict.exit_code()))
+}
+
+/// Ctrl-C, SIGTERM or SIGHUP ends the checklist: the step running stops its load, its capture
+/// and the server it started (in a process group of its own, which a terminal's Ctrl-C does not
+/// reach). Exiting at once would leave that server running, so a second signal only says so.
+fn watch_checklist_interrupts(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if stop.swap(true, Ordering::SeqCst) {
+                    eprintln!("\nstill stopping: the server started for this step goes first");
+                } else {
+                    eprintln!("\nstopping: the load, the capture and the server it started");
+                }
             }
         })
         .context("starting the signal thread")?;

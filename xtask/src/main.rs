@@ -1,11 +1,11 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench | release-checklist | lint`.
+//! Project tasks: `cargo xtask setup | test | demo | bench | lint`. (The release checklist is
+//! `profiler checklist`, part of the shipped binary; `scripts/release-checklist.sh` wraps it.)
 //!
 //! `test` and `demo` run `setup` first, so on a fresh machine the README's two commands are all
 //! a user types.
 
 mod bench;
 mod demo;
-mod release;
 mod setup;
 mod util;
 
@@ -34,9 +34,6 @@ enum Task {
     Demo,
     /// Measure overhead and speed; results go to results/bench/.
     Bench(bench::BenchArgs),
-    /// The release checklist (scripts/release-checklist.sh): load, capture, soak, archive under
-    /// results/RELEASE/, compare with the previous release, PASS/FAIL per line.
-    ReleaseChecklist(release::ChecklistArgs),
     /// cargo fmt --check and clippy -D warnings over the workspace.
     Lint,
 }
@@ -49,8 +46,6 @@ fn main() -> ExitCode {
         Task::Test { args } => done(setup::run().and_then(|()| test(&args))),
         Task::Demo => done(setup::run().and_then(|()| demo::run())),
         Task::Bench(args) => done(setup::run().and_then(|()| bench::run(args))),
-        // Its own exit status: 1 when a line of the checklist failed.
-        Task::ReleaseChecklist(args) => setup::run().and_then(|()| release::run(args)),
         Task::Lint => done(setup::run().and_then(|()| lint())),
     };
     match result {
