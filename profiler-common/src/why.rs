@@ -132,8 +132,45 @@ pub struct ThreadReq {
     /// CPU spent that wait in the run queue, not queued behind other work.
     pub woken_ns: u64,
     pub on_cpu_ns: u64,
+    /// The last request it replied to, and when: one that arrived before then and that it
+    /// reads next waited behind it.
+    pub done: Done,
+    pub done_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<ThreadReq>() == 80);
+const _: () = assert!(core::mem::size_of::<ThreadReq>() == 168);
+
+/// What delayed a finished request: nanoseconds of [`category::CPU`], `RUNQUEUE`, `LOCK` and
+/// `BLOCKED`, and its lock. A request that waited behind it (queued in the socket, or in the
+/// server's own queue) waited for the same reasons, in the same proportions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Done {
+    pub work: [u64; 4],
+    pub lock: LockWait,
+}
+const _: () = assert!(core::mem::size_of::<Done>() == 80);
+
+impl Done {
+    pub fn of(req: &ReqState) -> Self {
+        Self {
+            work: [
+                req.ns[category::CPU],
+                req.ns[category::RUNQUEUE],
+                req.ns[category::LOCK],
+                req.ns[category::BLOCKED],
+            ],
+            lock: req.lock,
+        }
+    }
+}
+
+/// The categories [`Done::work`] holds, in order.
+pub const WORK: [usize; 4] = [
+    category::CPU,
+    category::RUNQUEUE,
+    category::LOCK,
+    category::BLOCKED,
+];
 
 /// The longest lock wait of a request.
 #[repr(C)]
@@ -228,7 +265,7 @@ pub const fn stays_runnable(prev_state: u64) -> bool {
 }
 
 impl_pod!(
-    WhyConfig, Stack, ThreadReq, LockWait, BlockWait, ReqState, ReqRecord
+    WhyConfig, Stack, ThreadReq, Done, LockWait, BlockWait, ReqState, ReqRecord
 );
 
 #[cfg(test)]

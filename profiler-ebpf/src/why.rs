@@ -15,8 +15,8 @@ use profiler_common::{
     futex::op,
     stats,
     why::{
-        BlockWait, LockWait, RECORDS_BYTES, ReqRecord, ReqState, SAMPLES, Stack, ThreadReq,
-        WhyConfig, category, current_category, state, stays_runnable,
+        BlockWait, Done, LockWait, RECORDS_BYTES, ReqRecord, ReqState, SAMPLES, Stack,
+        ThreadReq, WORK, WhyConfig, category, current_category, state, stays_runnable,
     },
 };
 
@@ -182,6 +182,8 @@ pub fn request_read(tid: u32, port_index: u32, arrived_ns: u64, now: u64) -> u64
     } else {
         ns[category::QUEUED] = now.saturating_sub(arrived_ns);
     }
+    // It arrived while this thread was still on an earlier request: it waited behind it.
+    let behind = (thread.done_ns > arrived_ns).then_some(thread.done);
     let req = ReqState {
         arrived_ns,
         last_ns: now,
@@ -196,6 +198,14 @@ pub fn request_read(tid: u32, port_index: u32, arrived_ns: u64, now: u64) -> u64
     if WHY_REQUESTS.insert(id, req, BPF_NOEXIST as u64).is_err() {
         count(stats::WHY_REQUESTS_FULL);
         return 0;
+    }
+    if let Some(done) = behind
+        && let Some(req) = WHY_REQUESTS.get_ptr_mut(id)
+    {
+        // SAFETY: the entry just inserted.
+        let req = unsafe { &mut *req };
+        let queued = req.ns[category::QUEUED];
+        inherit(req, category::QUEUED, queued, &done);
     }
     carry(thread, id, state::CPU, now);
     id
@@ -229,41 +239,35 @@ fn adopt(thread: &mut ThreadReq, done: &ReqState, now: u64) {
             let _ = WHY_ORPHANS.push(id, 0);
             continue;
         }
-        inherit(orphan, done, now);
+        // The orphan waited in the server's queue behind `done`.
+        advance(orphan, now);
+        let waited = orphan.ns[category::OTHER];
+        inherit(orphan, category::OTHER, waited, &Done::of(done));
         carry(thread, id, state::CPU, now);
         return;
     }
 }
 
-/// Charges `orphan`'s time with no carrier to the causes of `done`, the request ahead of it.
+/// Moves `waited` nanoseconds of `req` out of category `from` into the causes of `done` (the
+/// request it waited behind), in their proportions, and gives it `done`'s lock when it has
+/// none of its own. Nothing moves when `done` was not delayed by anything.
 #[inline(always)]
-fn inherit(orphan: &mut ReqState, done: &ReqState, now: u64) {
-    advance(orphan, now);
-    let waited = orphan.ns[category::OTHER];
-    let work = [
-        category::CPU,
-        category::RUNQUEUE,
-        category::LOCK,
-        category::BLOCKED,
-    ];
-    let total: u64 = work.iter().map(|&c| done.ns[c]).sum();
-    if total == 0 || waited == 0 {
+fn inherit(req: &mut ReqState, from: usize, waited: u64, done: &Done) {
+    let total: u64 = done.work.iter().sum();
+    if total == 0 || waited == 0 || from >= category::COUNT {
         return;
     }
     let mut moved = 0;
-    for c in work {
-        let share = waited / total * done.ns[c] + waited % total * done.ns[c] / total;
-        orphan.ns[c] += share;
+    for (i, c) in WORK.iter().enumerate() {
+        let part = done.work[i];
+        let share = waited / total * part + waited % total * part / total;
+        req.ns[*c] += share;
         moved += share;
     }
-    orphan.ns[category::OTHER] = waited.saturating_sub(moved);
-    if orphan.lock.futex == 0 && done.lock.futex != 0 {
-        orphan.lock = done.lock;
-        orphan.lock.ns = 0;
-    }
-    if orphan.blocked.ns == 0 && done.blocked.ns != 0 {
-        orphan.blocked = done.blocked;
-        orphan.blocked.ns = 0;
+    req.ns[from] = req.ns[from].saturating_sub(moved);
+    if req.lock.futex == 0 && done.lock.futex != 0 {
+        req.lock = done.lock;
+        req.lock.ns = 0;
     }
 }
 
@@ -303,6 +307,8 @@ pub fn request_replied(id: u64, tid: u32, reply_ns: u64) {
         if thread.req == id {
             thread.req = 0;
         }
+        thread.done = Done::of(req);
+        thread.done_ns = reply_ns;
         adopt(thread, req, reply_ns);
     }
     let _ = WHY_REQUESTS.remove(id);

@@ -158,7 +158,8 @@ pub struct AttachArgs {
     /// pointers only (fp), or tables only (dwarf).
     #[arg(long, value_enum, default_value_t = Unwind::Auto)]
     pub unwind: Unwind,
-    /// No live progress line.
+    /// No live progress line, and only the findings digest on the terminal (the tables are
+    /// in the reports).
     #[arg(long)]
     pub quiet: bool,
 }
@@ -214,6 +215,7 @@ impl AttachArgs {
             verbose,
             progress: !self.quiet,
             overwrite: self.overwrite,
+            details: !self.quiet,
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct AttachOptions {
     pub progress: bool,
     /// Replace an earlier run's reports in `output` instead of refusing.
     pub overwrite: bool,
+    /// The terminal text: every family's tables after the findings digest (false: the digest
+    /// alone).
+    pub details: bool,
 }
 
 impl AttachOptions {

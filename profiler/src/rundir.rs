@@ -16,6 +16,7 @@ use crate::{
     load::LoadReport,
     report::{
         alloc::{self, LeakReport, MemorySample},
+        findings,
         flamegraph::{self, Labels},
         folded, html,
         profile::WeightedStack,
@@ -34,6 +35,7 @@ pub const LOAD: &str = "load.json";
 pub const REPORTS: &[&str] = &[
     SUMMARY,
     html::FILE,
+    findings::FILE,
     "profile.pb.gz",
     "cpu.folded",
     "cpu.svg",

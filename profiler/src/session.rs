@@ -26,6 +26,7 @@ use crate::{
     procmaps::ProcessMaps,
     progress::Progress,
     report::{
+        findings::{self, Finding, FindingsFile},
         html,
         summary::{SCHEMA_VERSION, Summary, TargetSummary, TargetUsage},
     },
@@ -328,6 +329,7 @@ impl Session {
             offcpu_stacks: None,
             locks: None,
             leaks: None,
+            findings: Vec::new(),
             latency: None,
         };
         let mut finish = Finish {
@@ -355,9 +357,26 @@ impl Session {
             .map(|(name, count)| format!("{name}={count}"))
             .collect();
         if !losses.is_empty() {
-            notes.push(format!("kernel-side drops: {}", losses.join(", ")));
+            let said = format!("kernel-side drops: {}", losses.join(", "));
+            outcome.findings.push(Finding {
+                family: "warning".into(),
+                subject: "drops".into(),
+                impact: 1.0,
+                what: format!("{said}: figures that depend on them undercount"),
+                file: rundir::SUMMARY.into(),
+            });
+            notes.push(said);
         }
+        let digest = findings::digest(&outcome.findings);
+        writer.json(
+            findings::FILE,
+            &FindingsFile {
+                schema_version: findings::SCHEMA_VERSION,
+                findings: digest.clone(),
+            },
+        )?;
         let summary = &mut outcome.summary;
+        summary.findings = digest;
         summary.notes = notes.clone();
         summary.unwind = self.unwinder.stats().clone();
         summary.dropped = drops;
@@ -370,7 +389,13 @@ impl Session {
         for note in &notes {
             writer.say(&format!("note: {note}"));
         }
-        outcome.terminal = writer.into_terminal();
+        // The digest first; the tables after it, unless only the digest was asked for.
+        let mut terminal = findings::text(&outcome.summary.findings);
+        if self.opts.details {
+            terminal.push_str("\ndetails:\n");
+            terminal.push_str(&writer.into_terminal());
+        }
+        outcome.terminal = terminal;
         Ok(outcome)
     }
 

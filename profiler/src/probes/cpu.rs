@@ -17,10 +17,11 @@ use super::{Counters, Family, Finish, ProbeError, Setup, map, program_mut};
 use crate::{
     ebpf::LoadConfig,
     report::{
-        cpu::{CpuSummary, TOP_FUNCTIONS},
+        cpu::{CpuSummary, OVERHEAD, TOP_FUNCTIONS, is_probe_overhead},
+        findings::{Finding, percent},
         flamegraph::Labels,
         pprof,
-        profile::function_totals,
+        profile::{WeightedStack, function_totals},
         summary::thread_weights,
         table,
     },
@@ -115,11 +116,24 @@ impl Family for Cpu {
     fn finish(&mut self, f: &mut Finish<'_>) -> Result<(), ProbeError> {
         let counts = read(f.ebpf)?;
         let resolved = stacks::resolve(f.ebpf, &counts, f.maps, f.symbolizer)?;
+        // The probes' own samples are drawn apart, under one root, and left out of the
+        // target's top functions.
+        let (overhead, own): (Vec<WeightedStack>, Vec<WeightedStack>) = resolved
+            .stacks
+            .iter()
+            .cloned()
+            .partition(|s| is_probe_overhead(&s.frames));
+        let overhead_samples: u64 = overhead.iter().map(|s| s.weight).sum();
+        let mut drawn = own.clone();
+        drawn.extend(overhead.into_iter().map(|s| WeightedStack {
+            thread: OVERHEAD.into(),
+            ..s
+        }));
         let title = f.title("cpu");
         let subtitle = format!("{} Hz on-CPU samples", self.config.frequency);
         f.writer.flamegraph(
             "cpu",
-            &resolved.stacks,
+            &drawn,
             &Labels {
                 title: &title,
                 subtitle: Some(&subtitle),
@@ -127,19 +141,22 @@ impl Family for Cpu {
             },
         )?;
         let profile = pprof::cpu_profile(
-            &resolved.stacks,
+            &drawn,
             self.config.frequency,
             f.started_at.as_nanosecond() as i64,
             f.duration.as_nanos() as i64,
         );
         f.writer
             .write("profile.pb.gz", |out| pprof::write(&profile, out))?;
-        let totals = function_totals(&resolved.stacks, TOP_FUNCTIONS);
+        let totals = function_totals(&own, TOP_FUNCTIONS);
         let samples = f.counters.get(stats::CPU_SAMPLES);
+        let all: u64 = resolved.stacks.iter().map(|s| s.weight).sum();
         f.writer.say(&format!(
-            "cpu: {samples} samples at {} Hz over {:.1}s\n",
+            "cpu: {samples} samples at {} Hz over {:.1}s; probe overhead {overhead_samples} \
+             ({}: our BPF programs and uprobe traps in the target's threads)\n",
             self.config.frequency,
-            f.duration.as_secs_f64()
+            f.duration.as_secs_f64(),
+            percent(overhead_samples as f64 / all.max(1) as f64),
         ));
         f.writer.say(&table::top_functions(
             "Top functions by self time",
@@ -151,6 +168,30 @@ impl Family for Cpu {
             "samples",
             &totals.top_total,
         ));
+        for hot in totals.top_self.iter().filter(|s| s.share >= 0.1).take(3) {
+            let under = callers_of(&own, &hot.function);
+            f.outcome.findings.push(Finding {
+                family: PROBE.into(),
+                subject: format!("cpu {}", hot.function),
+                impact: hot.share * 0.8,
+                what: format!("{} of CPU in {}{under}", percent(hot.share), hot.function),
+                file: "cpu.svg".into(),
+            });
+        }
+        let overhead_share = overhead_samples as f64 / all.max(1) as f64;
+        if overhead_share >= 0.05 {
+            f.outcome.findings.push(Finding {
+                family: PROBE.into(),
+                subject: "probe overhead".into(),
+                impact: overhead_share * 0.5,
+                what: format!(
+                    "{} of the target's CPU samples were the profiler's own probes (BPF programs, \
+                     uprobe traps): drawn apart under {OVERHEAD}",
+                    percent(overhead_share)
+                ),
+                file: "cpu.svg".into(),
+            });
+        }
         f.summary().cpu = Some(CpuSummary {
             frequency_hz: self.config.frequency,
             samples,
@@ -160,8 +201,47 @@ impl Family for Cpu {
             top_total: totals.top_total,
             unwinders: resolved.unwinders,
             unwind_stops: resolved.stops,
+            overhead_samples,
         });
         f.outcome.cpu_stacks = Some(resolved.stacks);
         Ok(())
     }
+}
+
+/// Where a hot leaf `function` is called from, in a few words: " via slow_path (79%),
+/// stall_work (21%)" at the first level up where its callers part ways, else " under" its
+/// caller.
+fn callers_of(stacks: &[WeightedStack], function: &str) -> String {
+    let theirs: Vec<&WeightedStack> = stacks
+        .iter()
+        .filter(|s| s.frames.last().is_some_and(|f| f == function))
+        .collect();
+    let total: u64 = theirs.iter().map(|s| s.weight).sum();
+    if total == 0 {
+        return String::new();
+    }
+    let mut single = None;
+    for up in 1..=8 {
+        let mut at: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        for s in &theirs {
+            if let Some(i) = s.frames.len().checked_sub(1 + up) {
+                *at.entry(&s.frames[i]).or_default() += s.weight;
+            }
+        }
+        let mut parts: Vec<(&str, u64)> = at.into_iter().collect();
+        parts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let big: Vec<&(&str, u64)> = parts.iter().filter(|(_, w)| *w * 5 >= total).collect();
+        if big.len() >= 2 {
+            let via: Vec<String> = big
+                .iter()
+                .take(3)
+                .map(|(f, w)| format!("{f} ({})", percent(*w as f64 / total as f64)))
+                .collect();
+            return format!(" via {}", via.join(", "));
+        }
+        if up == 1 {
+            single = parts.first().map(|(f, _)| format!(" under {f}"));
+        }
+    }
+    single.unwrap_or_default()
 }

@@ -16,9 +16,12 @@ use crate::{
     ebpf::LoadConfig,
     report::{
         cpu::TOP_FUNCTIONS,
+        findings::{Finding, percent},
         flamegraph::Labels,
         futex::leaf_frames,
+        idle,
         offcpu::OffcpuSummary,
+        profile::WeightedStack,
         summary::{StackWeight, thread_weights},
     },
     stacks,
@@ -109,9 +112,15 @@ impl Family for Offcpu {
             stack.weight /= 1000;
         }
         resolved.stacks.retain(|s| s.weight > 0);
+        // Waiting for new work is idle, drawn and counted apart from blocking inside work.
+        for stack in &mut resolved.stacks {
+            let class = format!("[{}]", idle::class(&stack.frames));
+            stack.frames.insert(0, class);
+        }
         let title = f.title("off-CPU time");
         let subtitle = format!(
-            "weighted by microseconds off-CPU; blocks under {} not counted",
+            "weighted by microseconds off-CPU, [blocked] inside work apart from [idle] waiting \
+             for it; blocks under {} not counted",
             humantime::format_duration(self.config.min_block)
         );
         f.writer.flamegraph(
@@ -123,38 +132,83 @@ impl Family for Offcpu {
                 count_name: "us",
             },
         )?;
-        let total_us: u64 = resolved.stacks.iter().map(|s| s.weight).sum();
-        let mut top = resolved.stacks.clone();
-        top.sort_by_key(|s| std::cmp::Reverse(s.weight));
-        top.truncate(TOP_FUNCTIONS);
+        let (idle, blocked): (Vec<&WeightedStack>, Vec<&WeightedStack>) = resolved
+            .stacks
+            .iter()
+            .partition(|s| s.frames[0] == "[idle]");
+        let sum = |stacks: &[&WeightedStack]| stacks.iter().map(|s| s.weight).sum::<u64>();
+        let (blocked_us, idle_us) = (sum(&blocked), sum(&idle));
+        let heaviest = |mut stacks: Vec<&WeightedStack>, n: usize| {
+            stacks.sort_by_key(|s| std::cmp::Reverse(s.weight));
+            stacks.truncate(n);
+            stacks
+                .into_iter()
+                .map(|s| StackWeight {
+                    thread: s.thread.clone(),
+                    frames: s.frames[1..].to_vec(),
+                    weight: s.weight,
+                })
+                .collect::<Vec<_>>()
+        };
+        let top = heaviest(blocked, TOP_FUNCTIONS);
+        let idle_top = heaviest(idle, 3);
         let switches = f.counters.get(stats::OFFCPU_SWITCHES);
+        let ms = |us: u64| us as f64 / 1000.0;
         let mut text = format!(
-            "off-CPU: {:.1} ms in {switches} switches over {:.1}s; top blocking stacks:\n",
-            total_us as f64 / 1000.0,
+            "off-CPU: {:.1} ms blocked inside work, {:.1} ms idle (waiting for work), in \
+             {switches} switches over {:.1}s; top blocking stacks:\n",
+            ms(blocked_us),
+            ms(idle_us),
             f.duration.as_secs_f64()
         );
         for stack in &top {
             text.push_str(&format!(
                 "  {:>10.1} ms  {}: {}\n",
-                stack.weight as f64 / 1000.0,
+                ms(stack.weight),
                 stack.thread,
                 leaf_frames(&stack.frames, 6)
             ));
         }
+        if let Some(stack) = idle_top.first() {
+            text.push_str(&format!(
+                "  idle, most in {:.1} ms  {}: {}\n",
+                ms(stack.weight),
+                stack.thread,
+                leaf_frames(&stack.frames, 4)
+            ));
+        }
         f.writer.say(&text);
+        // Thread time the capture covered: the share of it one blocking stack took.
+        let threads = thread_weights(&resolved.stacks).len().max(1) as f64;
+        let covered_us = f.duration.as_secs_f64() * 1e6 * threads;
+        if let Some(worst) = top.first() {
+            let share = worst.weight as f64 / covered_us.max(1.0);
+            if share >= 0.05 {
+                f.outcome.findings.push(Finding {
+                    family: PROBE.into(),
+                    subject: format!("blocked {}", leaf_frames(&worst.frames, 1)),
+                    // Below what explains a tail or a lock: blocking here is per thread, and
+                    // some of it is a background job's own waiting.
+                    impact: share.min(1.0) * 0.3,
+                    what: format!(
+                        "{} of the threads' time blocked in {} ({})",
+                        percent(share),
+                        leaf_frames(&worst.frames, 3),
+                        worst.thread
+                    ),
+                    file: "offcpu.svg".into(),
+                });
+            }
+        }
         f.summary().offcpu = Some(OffcpuSummary {
             min_block_us: self.config.min_block.as_secs_f64() * 1e6,
-            total_us,
+            total_us: blocked_us + idle_us,
             switches,
             threads: thread_weights(&resolved.stacks),
-            top_stacks: top
-                .iter()
-                .map(|s| StackWeight {
-                    thread: s.thread.clone(),
-                    frames: s.frames.clone(),
-                    weight: s.weight,
-                })
-                .collect(),
+            top_stacks: top,
+            blocked_us,
+            idle_us,
+            idle_stacks: idle_top,
             unwinders: resolved.unwinders,
             unwind_stops: resolved.stops,
         });

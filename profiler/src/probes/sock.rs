@@ -29,6 +29,7 @@ use crate::{
         hist::Merged,
         sock::{self as report, LatencyReport, Timeseries},
     },
+    report::findings::Finding,
     tracefs::Format,
 };
 
@@ -403,6 +404,23 @@ impl Family for Sock {
             "latency (µs, per listening port):\n{}",
             text.trim_end()
         ));
+        for p in latency.ports.iter().filter(|p| p.requests >= 10) {
+            let s = &p.socket_to_reply;
+            f.outcome.findings.push(Finding {
+                family: PROBE.into(),
+                subject: format!("latency :{}", p.port),
+                // A tail ten times the median is worth explaining; else only a figure.
+                impact: if s.p99_us >= 10.0 * s.p50_us { 0.35 } else { 0.05 },
+                what: format!(
+                    "p99 {} on :{} (p50 {}, {:.0} requests/s): add --why for what makes it",
+                    report::duration(s.p99_us),
+                    p.port,
+                    report::duration(s.p50_us),
+                    s.rate_per_s
+                ),
+                file: "latency.txt".into(),
+            });
+        }
         f.summary().sock = Some(latency);
         f.outcome.latency = Some(data);
         Ok(())

@@ -345,6 +345,12 @@ impl Family for Why {
             )
         })?;
         f.writer.say(&format!("tail latency:\n{}", text.trim_end()));
+        f.outcome.findings.extend(
+            analysis
+                .ports
+                .iter()
+                .filter_map(|p| report::finding(p, &analysis.tail_rule)),
+        );
         f.summary().why = Some(analysis);
         Ok(())
     }

@@ -346,6 +346,52 @@ pub fn plausibility(samples: &[MemorySample]) -> Option<String> {
     })
 }
 
+/// The digest's lines: the fastest-growing leak suspects, and a live figure that cannot be
+/// true as a warning.
+pub fn findings(report: &LeakReport, series: &str) -> Vec<super::findings::Finding> {
+    let rss = &report.memory;
+    let fastest = report
+        .suspects
+        .iter()
+        .map(|s| s.growth_bytes_per_min)
+        .fold(0.0, f64::max)
+        .max(1.0);
+    let mut found: Vec<super::findings::Finding> = report
+        .suspects
+        .iter()
+        .take(2)
+        .map(|s| {
+            let n = s.frames.len();
+            let site = if n >= 2 { &s.frames[n - 2] } else { &s.kind };
+            super::findings::Finding {
+                family: "alloc".into(),
+                subject: format!("leak {site}"),
+                // The fastest grower first; any suspect matters more when RSS grows too.
+                impact: 0.4 * s.growth_bytes_per_min / fastest
+                    + if rss.over_10_percent { 0.5 } else { 0.3 },
+                what: format!(
+                    "{site} grows {}/min (oldest {:.0}s, {} live), RSS {:+.0}%",
+                    bytes(s.growth_bytes_per_min as i64),
+                    s.oldest_age_secs,
+                    bytes(s.live_bytes),
+                    rss.rss_growth_percent
+                ),
+                file: "leaks.txt".into(),
+            }
+        })
+        .collect();
+    if let Some(said) = &report.plausibility {
+        found.push(super::findings::Finding {
+            family: "warning".into(),
+            subject: "alloc plausibility".into(),
+            impact: 1.0,
+            what: said.clone(),
+            file: series.into(),
+        });
+    }
+    found
+}
+
 /// The memory series' file in a run directory.
 pub const MEMORY_CSV: &str = "memory_samples.csv";
 

@@ -59,21 +59,6 @@ fn unknown_class() -> String {
     "unknown".into()
 }
 
-/// Frames that mean waiting for work, not for a lock. Checked before LOCK_FRAMES so a
-/// condvar's internal mutex does not make it a lock.
-const WAIT_FRAMES: &[&str] = &[
-    "pthread_cond_",
-    "Condvar",
-    "condvar",
-    "::park",
-    "park_timeout",
-    "Parker",
-    "sem_wait",
-    "sem_timedwait",
-    "pthread_join",
-    "pthread_barrier_wait",
-    "Notify",
-];
 
 /// Frames that mean acquiring a lock another thread holds.
 const LOCK_FRAMES: &[&str] = &[
@@ -91,7 +76,7 @@ const LOCK_FRAMES: &[&str] = &[
 /// wait or a lock decides.
 pub fn classify(frames: &[String]) -> &'static str {
     for frame in frames.iter().rev() {
-        if WAIT_FRAMES.iter().any(|p| frame.contains(p)) {
+        if super::idle::WAIT_FRAMES.iter().any(|p| frame.contains(p)) {
             return "wait";
         }
         if LOCK_FRAMES.iter().any(|p| frame.contains(p)) {

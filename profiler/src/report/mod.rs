@@ -9,7 +9,9 @@ pub mod flamegraph;
 pub mod folded;
 pub mod futex;
 pub mod hist;
+pub mod findings;
 pub mod html;
+pub mod idle;
 pub mod offcpu;
 pub mod pprof;
 pub mod profile;
@@ -37,6 +39,8 @@ pub struct Outcome {
     pub locks: Option<Vec<LockReport>>,
     /// Leak suspects and live allocations, when `alloc` ran.
     pub leaks: Option<LeakReport>,
+    /// What the families found, every one (the digest is drawn from these).
+    pub findings: Vec<findings::Finding>,
     /// Every tracked port's histograms, when `sock` ran.
     pub latency: Option<Vec<PortData>>,
 }

@@ -14,8 +14,17 @@ pub struct OffcpuSummary {
     /// Times a target thread left the CPU.
     pub switches: u64,
     pub threads: Vec<ThreadWeight>,
-    /// Heaviest blocking stacks, microseconds.
+    /// Heaviest blocking stacks (waits inside work), microseconds.
     pub top_stacks: Vec<StackWeight>,
+    /// Of `total_us`, time blocked inside work, and time idle (waiting for new work: see
+    /// `report::idle`).
+    #[serde(default)]
+    pub blocked_us: u64,
+    #[serde(default)]
+    pub idle_us: u64,
+    /// Heaviest idle stacks, microseconds.
+    #[serde(default)]
+    pub idle_stacks: Vec<StackWeight>,
     pub unwinders: BTreeMap<String, u64>,
     pub unwind_stops: BTreeMap<String, u64>,
 }

@@ -137,7 +137,8 @@ pub fn served_secs(between: Option<(u64, u64)>, requests: u64, capture_secs: f64
     }
 }
 
-fn duration(us: f64) -> String {
+/// A latency for people: `412us`, `14.10ms`, `1.20s`.
+pub fn duration(us: f64) -> String {
     if us >= 1e6 {
         format!("{:.2}s", us / 1e6)
     } else if us >= 1e3 {

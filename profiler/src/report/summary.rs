@@ -32,6 +32,9 @@ pub struct Summary {
     pub end_reason: String,
     /// Things the user should know about this capture, in words.
     pub notes: Vec<String>,
+    /// The findings digest, strongest first (also `findings.json`).
+    #[serde(default)]
+    pub findings: Vec<super::findings::Finding>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cpu: Option<CpuSummary>,
     #[serde(skip_serializing_if = "Option::is_none", default)]

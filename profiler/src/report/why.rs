@@ -453,22 +453,26 @@ fn duration(us: f64) -> String {
     }
 }
 
-/// A cause in a few words: "81% waiting for lock SHARE_LOG (held by …;stall_loop)".
-fn phrase(c: &Cause) -> String {
-    let pct = c.share * 100.0;
+/// A cause in a few words: "81% waiting for lock SHARE_LOG (held by stall_loop)".
+pub fn phrase(c: &Cause) -> String {
+    format!("{:.0}% {}", c.share * 100.0, describe(c))
+}
+
+/// What a cause is: "waiting for lock SHARE_LOG (held by stall_loop)".
+fn describe(c: &Cause) -> String {
     let holder = if c.holder_stack.is_empty() {
         String::new()
     } else {
         format!(" (held by {})", leaf(&c.holder_stack))
     };
     match c.kind.as_str() {
-        "lock" => format!("{pct:.0}% waiting for lock {}{holder}", c.name),
-        "cpu" if c.stack.is_empty() => format!("{pct:.0}% {}", c.name),
-        "cpu" => format!("{pct:.0}% on CPU in {}", c.name),
-        "runqueue" => format!("{pct:.0}% in the run queue"),
-        "queued" => format!("{pct:.0}% queued before the read"),
-        "blocked" => format!("{pct:.0}% blocked in {}", c.name),
-        _ => format!("{pct:.0}% {}", c.name),
+        "lock" => format!("waiting for lock {}{holder}", c.name),
+        "cpu" if c.stack.is_empty() => c.name.clone(),
+        "cpu" => format!("on CPU in {}", c.name),
+        "runqueue" => "in the run queue".into(),
+        "queued" => "queued before the read".into(),
+        "blocked" => format!("blocked in {}", c.name),
+        _ => c.name.clone(),
     }
 }
 
@@ -481,6 +485,25 @@ fn summary_line(g: &Group, most: usize) -> String {
         .map(phrase)
         .collect();
     parts.join(", ")
+}
+
+/// The digest's line for a port: its tail's top cause.
+pub fn finding(p: &PortWhy, rule: &str) -> Option<super::findings::Finding> {
+    let top = p.tail.causes.first()?;
+    Some(super::findings::Finding {
+        family: "why".into(),
+        subject: format!("latency :{}", p.port),
+        // Explaining a port's tail outranks its bare p99 (`sock`'s finding on the subject).
+        impact: top.share.max(0.5),
+        what: format!(
+            "slowest requests on :{} ({rule}, ≥ {}): {:.0}% of their time {}",
+            p.port,
+            duration(p.tail.threshold_us),
+            top.share * 100.0,
+            describe(top)
+        ),
+        file: "tail.txt".into(),
+    })
 }
 
 /// `tail.txt` and the terminal's tail section.

@@ -83,6 +83,7 @@ pub fn options(pid: u32, duration: Duration, output: PathBuf) -> AttachOptions {
         verbose: false,
         progress: false,
         overwrite: false,
+        details: true,
     }
 }
 

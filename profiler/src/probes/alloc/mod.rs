@@ -572,6 +572,9 @@ impl Family for Alloc {
             report::render(&summary.leaks, TERMINAL_LEAKS)
         ));
         f.notes.extend(summary.leaks.plausibility.clone());
+        f.outcome
+            .findings
+            .extend(report::findings(&summary.leaks, report::MEMORY_CSV));
         f.outcome.leaks = Some(summary.leaks.clone());
         f.summary().alloc = Some(summary);
         Ok(())

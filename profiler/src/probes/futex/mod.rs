@@ -17,7 +17,7 @@ use self::namer::LockNamer;
 use super::{Counters, Family, Finish, ProbeError, Setup, map, program_mut};
 use crate::{
     ebpf::LoadConfig,
-    report::{self, flamegraph::Labels, futex::FutexSummary},
+    report::{self, findings::Finding, flamegraph::Labels, futex::FutexSummary},
     stacks::StackTable,
     tracefs::{self, Format},
 };
@@ -204,6 +204,32 @@ impl Family for Futex {
             "locks: {waits} futex waits, {wakes} wakes; top locks by total wait:\n{}",
             report::futex::render(&locks, TERMINAL_LOCKS)
         ));
+        // The most waited-for lock; condition variables and parks are idleness, not locks.
+        if let Some(lock) = locks.iter().find(|l| l.class == "lock") {
+            let covered_us = f.duration.as_secs_f64() * 1e6 * lock.waiters.max(1) as f64;
+            let share = lock.total_wait_us / covered_us.max(1.0);
+            if share >= 0.01 {
+                let waiter = lock
+                    .top_waiters
+                    .first()
+                    .map(|w| format!(", most from {}", report::futex::leaf_frames(&w.frames, 2)))
+                    .unwrap_or_default();
+                f.outcome.findings.push(Finding {
+                    family: PROBE.into(),
+                    subject: format!("lock {}", lock.name),
+                    impact: share.min(1.0) * 0.9,
+                    what: format!(
+                        "lock {}: {:.0} ms waited by {} threads over {:.0}s (p99 wait {:.1} ms){waiter}",
+                        lock.name,
+                        lock.total_wait_us / 1000.0,
+                        lock.waiters,
+                        f.duration.as_secs_f64(),
+                        lock.p99_us / 1000.0
+                    ),
+                    file: "locks.txt".into(),
+                });
+            }
+        }
         f.summary().futex = Some(FutexSummary {
             waits,
             wakes,

@@ -1,0 +1,72 @@
+//! Idle told apart from blocked. A thread off the CPU is *idle* when it waits for work to come
+//! to it: an event loop in `epoll_wait`/`poll`/`select` (the kernel's `ep_poll`, `do_sys_poll`,
+//! `do_select`), a runtime worker parked (tokio's and std's `park`), a pool thread on a
+//! condition variable, semaphore or barrier, a thread joining another. Everything else it waits
+//! for inside work is *blocked*: a lock another thread holds, I/O, a page fault, a sleep. Idle
+//! time is shown apart from blocked time and never ranked above it.
+
+/// Kernel frames of waiting for any of a set of fds to have work.
+const POLL_FRAMES: &[&str] = &[
+    "ep_poll_[k]",
+    "do_epoll_wait_[k]",
+    "do_sys_poll_[k]",
+    "do_select_[k]",
+    "core_sys_select_[k]",
+];
+
+/// User frames of waiting to be handed work (checked before a lock's, so a condition
+/// variable's internal mutex does not make it a lock).
+pub const WAIT_FRAMES: &[&str] = &[
+    "pthread_cond_",
+    "Condvar",
+    "condvar",
+    "::park",
+    "park_timeout",
+    "Parker",
+    "sem_wait",
+    "sem_timedwait",
+    "pthread_join",
+    "pthread_barrier_wait",
+    "Notify",
+];
+
+/// Whether an off-CPU or futex stack (root first) is a wait for new work.
+pub fn is_idle(frames: &[String]) -> bool {
+    frames
+        .iter()
+        .any(|f| POLL_FRAMES.contains(&f.as_str()) || WAIT_FRAMES.iter().any(|w| f.contains(w)))
+}
+
+/// The word for a class, as reports print it.
+pub fn class(frames: &[String]) -> &'static str {
+    if is_idle(frames) { "idle" } else { "blocked" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(f: &[&str]) -> Vec<String> {
+        f.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn waits_for_work_are_idle_and_waits_inside_work_are_not() {
+        for idle in [
+            &["main", "event_loop", "epoll_wait", "do_epoll_wait_[k]", "ep_poll_[k]"][..],
+            &["tokio::runtime::park::Inner::park", "syscall"],
+            &["worker", "pthread_cond_wait", "futex_wait_[k]"],
+            &["main", "read_requests", "poll", "do_sys_poll_[k]"],
+        ] {
+            assert!(is_idle(&frames(idle)), "{idle:?}");
+        }
+        for blocked in [
+            &["handle", "pthread_mutex_lock", "futex_wait_[k]"][..],
+            &["handle", "read", "ext4_file_read_iter_[k]"],
+            &["slow_path", "nanosleep", "hrtimer_nanosleep_[k]"],
+        ] {
+            assert!(!is_idle(&frames(blocked)), "{blocked:?}");
+            assert_eq!(class(&frames(blocked)), "blocked");
+        }
+    }
+}
