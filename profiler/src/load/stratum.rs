@@ -564,7 +564,7 @@ impl Miner {
                 let outcome = if message["result"] == Value::Bool(true) {
                     Outcome::Accepted
                 } else {
-                    match rejection(&message["error"]) {
+                    match rejection(&message) {
                         Some(why) => {
                             reason = why;
                             Outcome::Rejected(&reason)
@@ -601,9 +601,11 @@ impl Miner {
     }
 }
 
-/// Why the pool refused a share, by the stratum error codes; `None` when the error says our
-/// request itself was malformed (a JSON-RPC error), which is a protocol error.
-fn rejection(error: &Value) -> Option<String> {
+/// Why the pool refused a share (`reply` has no `result: true`), by the stratum error codes,
+/// or by ckpool's `reject-reason` beside a null error; `None` when the error says our request
+/// itself was malformed (a JSON-RPC error), which is a protocol error.
+fn rejection(reply: &Value) -> Option<String> {
+    let error = &reply["error"];
     let code = error
         .get(0)
         .or_else(|| error.get("code"))
@@ -617,7 +619,10 @@ fn rejection(error: &Value) -> Option<String> {
         Some(25) => "not-subscribed".to_string(),
         Some(code) if code < 0 => return None,
         Some(code) => format!("code {code}"),
-        None if error.is_null() => "refused".to_string(),
+        None if error.is_null() => match reply.get("reject-reason").and_then(Value::as_str) {
+            Some(why) if !why.trim().is_empty() => format!("refused ({})", why.trim()),
+            _ => "refused".to_string(),
+        },
         None => return None,
     })
 }
@@ -737,25 +742,30 @@ mod tests {
 
     #[test]
     fn rejections_by_code() {
+        let refused = |error: Value| rejection(&json!({"id": 3, "result": false, "error": error}));
         assert_eq!(
-            rejection(&json!([21, "Job not found", null])).as_deref(),
+            refused(json!([21, "Job not found", null])).as_deref(),
             Some("stale")
         );
         assert_eq!(
-            rejection(&json!([23, "Low difficulty share", null])).as_deref(),
+            refused(json!([23, "Low difficulty share", null])).as_deref(),
             Some("low-difficulty")
         );
         assert_eq!(
-            rejection(&json!({"code": 22, "message": "dup"})).as_deref(),
+            refused(json!({"code": 22, "message": "dup"})).as_deref(),
             Some("duplicate")
         );
+        assert_eq!(refused(json!([29, "?", null])).as_deref(), Some("code 29"));
+        assert_eq!(refused(Value::Null).as_deref(), Some("refused"));
+        assert_eq!(refused(json!([-32602, "Invalid params", null])), None);
+        assert_eq!(refused(json!("weird")), None);
+        // ckpool: a null error, the reason beside it.
+        let ckpool =
+            json!({"reject-reason": "Above target", "result": false, "error": null, "id": 9});
         assert_eq!(
-            rejection(&json!([29, "?", null])).as_deref(),
-            Some("code 29")
+            rejection(&ckpool).as_deref(),
+            Some("refused (Above target)")
         );
-        assert_eq!(rejection(&Value::Null).as_deref(), Some("refused"));
-        assert_eq!(rejection(&json!([-32602, "Invalid params", null])), None);
-        assert_eq!(rejection(&json!("weird")), None);
     }
 
     #[test]
