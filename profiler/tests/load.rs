@@ -61,6 +61,21 @@ fn assert_clean(report: &LoadReport) {
     let latency = report.latency_us.expect("latency percentiles");
     assert_eq!(latency.count, requests.replies);
     assert!(latency.is_ordered(), "{latency:?}");
+    // From the request leaving to the reply arriving lies inside from the scheduled send to
+    // our read of the reply, request by request, so at every percentile.
+    let sent = report.sent_latency_us.expect("sent latency percentiles");
+    assert_eq!(sent.count, requests.replies);
+    assert!(sent.is_ordered(), "{sent:?}");
+    assert!(
+        sent.p50 <= latency.p50 && sent.p99 <= latency.p99,
+        "{sent:?} {latency:?}"
+    );
+    // Both ends kernel-stamped: the kernel may switch receive stamps on a moment after the
+    // first socket asks, so a connection's first reply can lack one.
+    assert!(
+        requests.unstamped + requests.send_unstamped <= clients,
+        "{requests:?}"
+    );
     let connect = report.connect_us.expect("connect percentiles");
     assert_eq!(connect.count, clients);
     assert!(connect.is_ordered(), "{connect:?}");

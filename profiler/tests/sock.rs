@@ -207,36 +207,48 @@ fn pool_latency_matches_the_load_driver() {
     );
     // A job every 10 s reaches every miner: several pushes per miner, none of them paired.
     assert!(p.pushes >= 4 * p.connections, "{p:#?}");
-    // The driver's figure from its actual write to the reply's arrival in its socket: its
-    // figure from the scheduled send adds its own lateness in sending, which no server sees.
+    // The driver's figure from its request leaving (the kernel's send stamp) to the reply's
+    // arrival in its socket (the receive stamp): its figure from the scheduled send adds its
+    // own lateness in sending, which no server sees.
     let client = load.sent_latency_us.expect("driver latency");
     let ours = &p.socket_to_reply;
     eprintln!(
-        "socket-to-reply p50 {:.0} p99 {:.0} µs; driver p50 {} p99 {} µs ({} of {} unstamped)",
-        ours.p50_us, ours.p99_us, client.p50, client.p99, load.requests.unstamped, replies
-    );
-    // Timed by the kernel's receive stamps, not by when the driver got round to reading.
-    assert!(
-        load.requests.unstamped * 100 <= replies,
-        "{:?}",
-        load.requests
-    );
-    // p50 within 15% or 100 µs: the two clocks see the same requests. p99 rests on about nine
-    // replies of 900, where each side's own rare delays on two cores decide it: ours ends when
-    // the server's send call returns (the driver thread the reply wakes can preempt the server
-    // before that: 954 vs 763 µs), the driver's starts when its write returns and counts
-    // softirq work deferred past it (461 vs 865 µs, after the whole suite). So p99 is held to
-    // 50% or 500 µs.
-    assert!(
-        close(ours.p50_us, client.p50 as f64, 0.15, 100.0)
-            && close(ours.p99_us, client.p99 as f64, 0.50, 500.0),
-        "socket-to-reply p50 {:.0} p99 {:.0} µs vs driver p50 {} p99 {} µs (from the \
-         scheduled send: {:?}); {p:#?}",
+        "socket-to-reply p50 {:.0} p99 {:.0} µs; driver p50 {} p99 {} µs ({} of {} without a \
+         receive stamp, {} without a send stamp)",
         ours.p50_us,
         ours.p99_us,
         client.p50,
         client.p99,
-        load.latency_us,
+        load.requests.unstamped,
+        replies,
+        load.requests.send_unstamped
+    );
+    // Timed by the kernel's stamps at both ends, not by when the driver wrote or read.
+    assert!(
+        (load.requests.unstamped + load.requests.send_unstamped) * 100 <= replies,
+        "{:?}",
+        load.requests
+    );
+    let failure = format!(
+        "socket-to-reply p50 {:.0} p99 {:.0} µs vs driver p50 {} p99 {} µs (from the scheduled \
+         send: {:?}); {p:#?}",
+        ours.p50_us, ours.p99_us, client.p50, client.p99, load.latency_us,
+    );
+    // Request by request the server's interval (sk_data_ready to its send call's entry) lies
+    // inside the driver's (on loopback the send stamp is taken in loopback_xmit before the
+    // server's socket has the bytes, the receive stamp in netif_rx after the server began to
+    // send), so its median cannot be longer, but for the two histograms' resolution (0.8%
+    // ours, 0.1% the driver's).
+    assert!(
+        ours.p50_us <= client.p50 as f64 * 1.01,
+        "the server's median above the driver's: {failure}"
+    );
+    // Both within 15% or 100 µs: the two clocks see the same requests between nearly the same
+    // instants.
+    assert!(
+        close(ours.p50_us, client.p50 as f64, 0.15, 100.0)
+            && close(ours.p99_us, client.p99 as f64, 0.15, 100.0),
+        "{failure}"
     );
 }
 

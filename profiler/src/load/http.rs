@@ -1,22 +1,140 @@
 //! An HTTP/1.1 client on one keep-alive connection: requests go out on an open-loop schedule,
 //! one at a time (no pipelining), and each is timed from its scheduled send time to the end of
-//! its response body, so waiting behind a slow response counts.
+//! its response body, so waiting behind a slow response counts; and again from when the request
+//! left to when its response arrived, by the kernel's stamps.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    io,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll, ready},
+    time::{Instant, SystemTime},
+};
 
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode, body::Bytes, client::conn::http1, header};
 use hyper_util::rt::TokioIo;
 use rand::{SeedableRng, rngs::SmallRng};
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
 
 use super::{
     client::{
         Away, Plan, RECONNECT_BACKOFF, STOP_DRAIN, Slots, StopSignal, TIMER_SLACK, early,
         sleep_or_stop, timed_from,
     },
+    stamped::Stamped,
     stats::{ErrorClass, Live, Outcome},
 };
+
+/// What the socket under hyper saw since the exchange in flight began. hyper owns the socket
+/// and does its reads and writes in the connection's task, so [`Io`] notes here what timing
+/// the exchange needs; with one request at a time, everything noted belongs to it.
+#[derive(Debug, Default)]
+struct Marks {
+    /// Bytes written on the connection: send stamps are keyed by offsets into them.
+    written: u64,
+    /// Whether a read returned bytes since the exchange began.
+    read: bool,
+    /// The receive stamp of that first read: the response's first bytes.
+    arrival: Option<SystemTime>,
+    /// Send stamps taken off the socket's error queue since the exchange began, by offset.
+    left: Vec<(u32, SystemTime)>,
+}
+
+impl Marks {
+    /// Starts an exchange; returns where its bytes start in the stream.
+    fn begin(&mut self) -> u64 {
+        self.read = false;
+        self.arrival = None;
+        self.left.clear();
+        self.written
+    }
+
+    /// When the exchange that began at offset `start` left (the send stamp of the last byte
+    /// written since) and when its response arrived, each if the kernel said.
+    fn stamps(&self, start: u64) -> (Option<SystemTime>, Option<SystemTime>) {
+        let last_byte = (self.written > start).then(|| (self.written - 1) as u32);
+        let left = last_byte.and_then(|key| {
+            self.left
+                .iter()
+                .find(|&&(offset, _)| offset == key)
+                .map(|&(_, at)| at)
+        });
+        (left, self.arrival)
+    }
+}
+
+fn lock(marks: &Mutex<Marks>) -> std::sync::MutexGuard<'_, Marks> {
+    marks.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The socket hyper reads and writes, with kernel stamps noted in [`Marks`].
+struct Io {
+    stamped: Stamped<TcpStream>,
+    marks: Arc<Mutex<Marks>>,
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.stamped).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            let mut marks = lock(&this.marks);
+            if !marks.read {
+                marks.read = true;
+                marks.arrival = this.stamped.last_arrival();
+            }
+            // The request's send stamp was queued before its response could arrive.
+            this.stamped
+                .sent_stamps(|offset, at| marks.left.push((offset, at)));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(this.stamped.get_mut()).poll_write(cx, data))?;
+        lock(&this.marks).written += n as u64;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(this.stamped.get_mut()).poll_write_vectored(cx, bufs))?;
+        lock(&this.marks).written += n as u64;
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stamped.get_ref().is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().stamped.get_mut()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().stamped.get_mut()).poll_shutdown(cx)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HttpMethod {
@@ -110,10 +228,18 @@ pub async fn connection(
             Ok::<_, std::io::Error>(stream)
         })
         .await;
+        let marks = Arc::new(Mutex::new(Marks::default()));
         let handshake = match connected {
-            Ok(Ok(stream)) => http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-                .await
-                .ok(),
+            Ok(Ok(stream)) => {
+                // Stamps on before hyper writes anything: send stamps count from here.
+                let io = Io {
+                    stamped: Stamped::new(stream),
+                    marks: marks.clone(),
+                };
+                http1::handshake::<_, Full<Bytes>>(TokioIo::new(io))
+                    .await
+                    .ok()
+            }
             Ok(Err(_)) | Err(_) => None,
         };
         let Some((mut sender, conn)) = handshake else {
@@ -134,7 +260,7 @@ pub async fn connection(
         let ready = Instant::now();
         slots.ensure(ready + plan.phase(&mut rng), &plan);
         slots.pass(ready, &recorder);
-        let ended = exchange_all(&plan, &spec, &mut sender, &mut slots, &mut stop).await;
+        let ended = exchange_all(&plan, &spec, &mut sender, &marks, &mut slots, &mut stop).await;
         drop(sender);
         io.abort();
         recorder.disconnected();
@@ -178,6 +304,7 @@ async fn exchange_all(
     plan: &Plan,
     spec: &RequestSpec,
     sender: &mut http1::SendRequest<Full<Bytes>>,
+    marks: &Mutex<Marks>,
     slots: &mut Slots,
     stop: &mut StopSignal,
 ) -> Ended {
@@ -222,7 +349,9 @@ async fn exchange_all(
                 }
             };
             Live::add(&live.sent, 1);
+            let start = lock(marks).begin();
             let sending = Instant::now();
+            let sending_wall = SystemTime::now();
             let from = timed_from(scheduled, sending);
             let deadline = sending + plan.timeout;
             let exchange = async {
@@ -257,9 +386,22 @@ async fn exchange_all(
                 Ok(Ok((status, closing))) => {
                     let received = Instant::now();
                     let latency = received.saturating_duration_since(from);
-                    // Timed to our read: hyper does not hand us the kernel's receive stamp.
-                    let sent_latency = received.saturating_duration_since(sending);
-                    Live::add(&live.unstamped, 1);
+                    let (left, arrived) = lock(marks).stamps(start);
+                    let sent_latency = match arrived {
+                        Some(at) => match left.and_then(|left| at.duration_since(left).ok()) {
+                            Some(latency) => latency,
+                            None => {
+                                // No send stamp: from when we handed hyper the request.
+                                Live::add(&live.send_unstamped, 1);
+                                at.duration_since(sending_wall).unwrap_or_default()
+                            }
+                        },
+                        None => {
+                            // No receive stamp: to our read, which adds our own wake-up delay.
+                            Live::add(&live.unstamped, 1);
+                            received.saturating_duration_since(sending)
+                        }
+                    };
                     if status.is_success() {
                         recorder.reply(latency, sent_latency, Outcome::Accepted);
                     } else {
@@ -302,7 +444,49 @@ async fn exchange_all(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// An exchange is timed from the send stamp of the last byte written since it began, and
+    /// to the first read since; stamps of earlier exchanges, or of a write cut short, are not
+    /// its own.
+    #[test]
+    fn an_exchange_takes_the_stamp_of_its_last_byte() {
+        let at = |us| SystemTime::UNIX_EPOCH + Duration::from_micros(us);
+        let mut marks = Marks {
+            written: 300,
+            ..Marks::default()
+        };
+        let start = marks.begin();
+        assert_eq!(marks.stamps(start), (None, None), "nothing written yet");
+        marks.written += 120;
+        marks.left = vec![(299, at(1)), (359, at(2)), (419, at(3))];
+        marks.read = true;
+        marks.arrival = Some(at(9));
+        assert_eq!(marks.stamps(start), (Some(at(3)), Some(at(9))));
+        let start = marks.begin();
+        assert_eq!(
+            marks.stamps(start),
+            (None, None),
+            "the last exchange's stamps are gone"
+        );
+        marks.written += 10;
+        marks.left = vec![(425, at(4))];
+        assert_eq!(
+            marks.stamps(start),
+            (None, None),
+            "only part of it was stamped"
+        );
+        // Offsets wrap at 2³².
+        let mut marks = Marks {
+            written: u64::from(u32::MAX) + 5,
+            ..Marks::default()
+        };
+        let start = marks.begin() - 10;
+        marks.left = vec![(3, at(5))];
+        assert_eq!(marks.stamps(start).0, Some(at(5)));
+    }
 
     #[test]
     fn requests_carry_host_and_a_typed_body() {

@@ -581,6 +581,7 @@ fn build_report(options: &LoadOptions, recorder: &Recorder, measured: Measured) 
         unanswered: Live::get(&live.unanswered),
         late_replies: Live::get(&live.late_replies),
         unstamped: Live::get(&live.unstamped),
+        send_unstamped: Live::get(&live.send_unstamped),
     };
     let connections = Connections {
         clients_connected: Live::get(&live.clients_connected),

@@ -129,10 +129,14 @@ pub struct Requests {
     pub unanswered: u64,
     /// Arrived after their request had timed out (counted as timeouts, not replies).
     pub late_replies: u64,
-    /// Replies timed in `sent_latency_us` to when the driver read them, the kernel having given
-    /// no receive stamp (HTTP: all of them).
+    /// Replies timed in `sent_latency_us` to when the driver read them (and from the start of
+    /// its write call), the kernel having given no receive stamp.
     #[serde(default)]
     pub unstamped: u64,
+    /// Of the replies with a receive stamp, those timed in `sent_latency_us` from the driver's
+    /// write call, the kernel having given no send stamp for the request.
+    #[serde(default)]
+    pub send_unstamped: u64,
 }
 
 impl Requests {
@@ -325,10 +329,12 @@ pub struct LoadReport {
     pub accepted_rate_per_s: f64,
     /// Reply latency, from each request's scheduled send time to its reply.
     pub latency_us: Option<Percentiles>,
-    /// The same replies from the moment each request was actually written to the moment the
-    /// reply arrived in the driver's socket (the kernel's receive timestamp; HTTP: when it was
-    /// read): what the server and the network took, without the driver's own lateness in
-    /// sending or reading. This is what a server-side view such as `attach --sock` sees.
+    /// The same replies from the moment each request left (the kernel's send stamp of its last
+    /// byte) to the moment the reply arrived in the driver's socket (the kernel's receive
+    /// stamp): what the server and the network took, without the driver's own lateness in
+    /// sending or reading. A server-side view such as `attach --sock` lies inside it. Replies
+    /// missing a stamp are timed from the write call or to the read (`requests.send_unstamped`,
+    /// `requests.unstamped`).
     #[serde(default)]
     pub sent_latency_us: Option<Percentiles>,
     /// New-connection time: TCP connect.
@@ -513,13 +519,23 @@ impl LoadReport {
             }
         }
         if let Some(p) = &self.sent_latency_us {
-            let _ = writeln!(out, "  from the actual write to the reply's arrival:");
+            let _ = writeln!(
+                out,
+                "  from the request leaving to the reply's arrival (kernel send and receive stamps):"
+            );
             let _ = writeln!(out, "  {}", latency_line(p));
             if r.unstamped > 0 {
                 let _ = writeln!(
                     out,
                     "  ({} of them to our read of the reply: no kernel receive stamp)",
                     r.unstamped
+                );
+            }
+            if r.send_unstamped > 0 {
+                let _ = writeln!(
+                    out,
+                    "  ({} of them from our write call: no kernel send stamp)",
+                    r.send_unstamped
                 );
             }
         }

@@ -68,6 +68,9 @@ pub struct Live {
     pub late_replies: AtomicU64,
     /// Replies timed without the kernel's receive stamp: to our read of them instead.
     pub unstamped: AtomicU64,
+    /// Of the replies with a receive stamp, those whose request the kernel gave no send stamp
+    /// for: timed from our write call instead.
+    pub send_unstamped: AtomicU64,
     pub connect_errors: AtomicU64,
     pub timeouts: AtomicU64,
     pub protocol_errors: AtomicU64,
@@ -111,7 +114,7 @@ pub struct Recorder {
     /// The last `mining.set_difficulty` seen, for the note on a run with no accepted share.
     difficulty: Mutex<Option<f64>>,
     latency: Mutex<Histogram<u64>>,
-    /// The same replies timed from the actual write, without the sender's own lateness.
+    /// The same replies timed from when the request left, without the sender's own lateness.
     sent_latency: Mutex<Histogram<u64>>,
     connect: Mutex<Histogram<u64>>,
     handshake: Mutex<Histogram<u64>>,

@@ -223,24 +223,39 @@ struct Miner {
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     scheduled: Instant,
-    /// When its write began, on both clocks (the wall clock is what receive timestamps use),
-    /// and when the write returned.
+    /// When its write began, on both clocks (the wall clock is what kernel stamps use), and
+    /// when the write returned.
     sent: Instant,
     sent_wall: SystemTime,
     written_wall: SystemTime,
+    /// The offset in the stream of the write's last byte (mod 2³²): the key the kernel's
+    /// send stamp of it carries, when send stamps are on.
+    last_byte: Option<u32>,
+    /// That stamp: when the write's last byte went to the device.
+    left: Option<SystemTime>,
     deadline: Instant,
 }
 
 impl InFlight {
-    /// From the write to the reply's arrival (`at`, the kernel's receive stamp). On loopback the
-    /// server's socket has the bytes before our write returns, unless softirq work was deferred,
-    /// so the write's return is the better start: the write's own way through the stack is not
-    /// the server's time. But a reply stamped before that return means we were preempted on the
-    /// way out (the woken server ran on our CPU and answered): then the write's start.
-    fn sent_latency(&self, at: SystemTime) -> Duration {
-        at.duration_since(self.written_wall)
+    /// From when the request left to the reply's arrival (`at`, the kernel's receive stamp),
+    /// and whether the kernel stamped the leaving. With the send stamp, both ends are the
+    /// kernel's, on loopback one before the server's socket has the request and one after the
+    /// server began sending the reply, so a server-side view lies inside this interval.
+    /// Without it (`false`), from our write call: its return, when the server's socket has
+    /// the bytes unless softirq work was deferred (the write's own way through the stack is
+    /// not the server's time); or its start when the reply was stamped before that return,
+    /// which means we were preempted on the way out while the woken server answered.
+    fn sent_latency(&self, at: SystemTime) -> (Duration, bool) {
+        if let Some(left) = self.left
+            && let Ok(latency) = at.duration_since(left)
+        {
+            return (latency, true);
+        }
+        let latency = at
+            .duration_since(self.written_wall)
             .or_else(|_| at.duration_since(self.sent_wall))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        (latency, false)
     }
 }
 
@@ -290,6 +305,8 @@ impl Miner {
                 last,
             };
         }
+        // Bytes written on this connection: the offsets the kernel's send stamps are keyed by.
+        let mut written = hello.len() as u64;
         let deadline = Instant::now() + self.plan.timeout;
         let mut extranonce2_len = None;
         let mut authorized = false;
@@ -425,6 +442,14 @@ impl Miner {
                         },
                     }
                     let arrived = reader.get_ref().last_arrival();
+                    // The send stamps of requests this line may answer are queued by now.
+                    reader.get_ref().sent_stamps(|offset, at| {
+                        for request in outstanding.values_mut() {
+                            if request.last_byte == Some(offset) && request.left.is_none() {
+                                request.left = Some(at);
+                            }
+                        }
+                    });
                     let asked = self.on_line(&line, addr, (received, arrived), &mut outstanding, &mut timed_out, &mut work);
                     last = Some(String::from_utf8_lossy(&line).into_owned());
                     line.clear();
@@ -455,10 +480,13 @@ impl Miner {
                         return Ended::Closed { reconnect: None, last };
                     }
                     let written_wall = SystemTime::now();
+                    let last_byte = (reader.get_ref().stamps_sends() && !batch.is_empty())
+                        .then(|| (written + batch.len() as u64 - 1) as u32);
+                    written += batch.len() as u64;
                     let deadline = Instant::now() + self.plan.timeout;
                     Live::add(&recorder.live.sent, ids.len() as u64);
                     outstanding.extend(ids.into_iter().map(|(id, scheduled)| {
-                        (id, InFlight { scheduled, sent: sending, sent_wall, written_wall, deadline })
+                        (id, InFlight { scheduled, sent: sending, sent_wall, written_wall, last_byte, left: None, deadline })
                     }));
                 }
                 () = sleep_until_opt(next_deadline) => {
@@ -536,7 +564,7 @@ impl Miner {
                 let outcome = if message["result"] == Value::Bool(true) {
                     Outcome::Accepted
                 } else {
-                    match rejection(&message["error"]) {
+                    match rejection(&message) {
                         Some(why) => {
                             reason = why;
                             Outcome::Rejected(&reason)
@@ -546,7 +574,13 @@ impl Miner {
                 };
                 let (read_at, arrived) = received;
                 let sent_latency = match arrived {
-                    Some(at) => request.sent_latency(at),
+                    Some(at) => {
+                        let (latency, left_stamped) = request.sent_latency(at);
+                        if !left_stamped {
+                            Live::add(&recorder.live.send_unstamped, 1);
+                        }
+                        latency
+                    }
                     None => {
                         // No kernel stamp: up to our read, which adds our own wake-up delay.
                         Live::add(&recorder.live.unstamped, 1);
@@ -567,9 +601,11 @@ impl Miner {
     }
 }
 
-/// Why the pool refused a share, by the stratum error codes; `None` when the error says our
-/// request itself was malformed (a JSON-RPC error), which is a protocol error.
-fn rejection(error: &Value) -> Option<String> {
+/// Why the pool refused a share (`reply` has no `result: true`), by the stratum error codes,
+/// or by ckpool's `reject-reason` beside a null error; `None` when the error says our request
+/// itself was malformed (a JSON-RPC error), which is a protocol error.
+fn rejection(reply: &Value) -> Option<String> {
+    let error = &reply["error"];
     let code = error
         .get(0)
         .or_else(|| error.get("code"))
@@ -583,7 +619,10 @@ fn rejection(error: &Value) -> Option<String> {
         Some(25) => "not-subscribed".to_string(),
         Some(code) if code < 0 => return None,
         Some(code) => format!("code {code}"),
-        None if error.is_null() => "refused".to_string(),
+        None if error.is_null() => match reply.get("reject-reason").and_then(Value::as_str) {
+            Some(why) if !why.trim().is_empty() => format!("refused ({})", why.trim()),
+            _ => "refused".to_string(),
+        },
         None => return None,
     })
 }
@@ -638,26 +677,48 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>) -
 mod tests {
     use super::*;
 
-    /// A reply stamped after our write returned is timed from the return; one stamped before
-    /// it (we were preempted while the server answered) from the write's start.
+    /// With a send stamp, a reply is timed from it; without one, from our write's return, or
+    /// from its start when the reply was stamped before that return (we were preempted while
+    /// the server answered).
     #[test]
-    fn sent_latency_starts_at_the_write_unless_the_reply_beat_its_return() {
+    fn sent_latency_starts_at_the_send_stamp_else_at_the_write() {
         let now = Instant::now();
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let request = InFlight {
+        let at = |us| start + Duration::from_micros(us);
+        let unstamped = InFlight {
             scheduled: now,
             sent: now,
             sent_wall: start,
-            written_wall: start + Duration::from_micros(200),
+            written_wall: at(200),
+            last_byte: Some(99),
+            left: None,
             deadline: now,
         };
-        let at = |us| start + Duration::from_micros(us);
-        assert_eq!(request.sent_latency(at(350)), Duration::from_micros(150));
-        assert_eq!(request.sent_latency(at(150)), Duration::from_micros(150));
+        assert_eq!(
+            unstamped.sent_latency(at(350)),
+            (Duration::from_micros(150), false)
+        );
+        assert_eq!(
+            unstamped.sent_latency(at(150)),
+            (Duration::from_micros(150), false)
+        );
         // A clock step back leaves a zero, not a panic or a wrap.
         assert_eq!(
-            request.sent_latency(at(0) - Duration::from_secs(1)),
-            Duration::ZERO
+            unstamped.sent_latency(at(0) - Duration::from_secs(1)),
+            (Duration::ZERO, false)
+        );
+        let stamped = InFlight {
+            left: Some(at(20)),
+            ..unstamped
+        };
+        assert_eq!(
+            stamped.sent_latency(at(350)),
+            (Duration::from_micros(330), true)
+        );
+        // A reply stamped before its request left can only be a clock step: the write's times.
+        assert_eq!(
+            stamped.sent_latency(at(10)),
+            (Duration::from_micros(10), false)
         );
     }
 
@@ -681,25 +742,30 @@ mod tests {
 
     #[test]
     fn rejections_by_code() {
+        let refused = |error: Value| rejection(&json!({"id": 3, "result": false, "error": error}));
         assert_eq!(
-            rejection(&json!([21, "Job not found", null])).as_deref(),
+            refused(json!([21, "Job not found", null])).as_deref(),
             Some("stale")
         );
         assert_eq!(
-            rejection(&json!([23, "Low difficulty share", null])).as_deref(),
+            refused(json!([23, "Low difficulty share", null])).as_deref(),
             Some("low-difficulty")
         );
         assert_eq!(
-            rejection(&json!({"code": 22, "message": "dup"})).as_deref(),
+            refused(json!({"code": 22, "message": "dup"})).as_deref(),
             Some("duplicate")
         );
+        assert_eq!(refused(json!([29, "?", null])).as_deref(), Some("code 29"));
+        assert_eq!(refused(Value::Null).as_deref(), Some("refused"));
+        assert_eq!(refused(json!([-32602, "Invalid params", null])), None);
+        assert_eq!(refused(json!("weird")), None);
+        // ckpool: a null error, the reason beside it.
+        let ckpool =
+            json!({"reject-reason": "Above target", "result": false, "error": null, "id": 9});
         assert_eq!(
-            rejection(&json!([29, "?", null])).as_deref(),
-            Some("code 29")
+            rejection(&ckpool).as_deref(),
+            Some("refused (Above target)")
         );
-        assert_eq!(rejection(&Value::Null).as_deref(), Some("refused"));
-        assert_eq!(rejection(&json!([-32602, "Invalid params", null])), None);
-        assert_eq!(rejection(&json!("weird")), None);
     }
 
     #[test]
