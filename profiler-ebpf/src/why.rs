@@ -15,8 +15,8 @@ use profiler_common::{
     futex::op,
     stats,
     why::{
-        BlockWait, Done, LockWait, RECORDS_BYTES, ReqRecord, ReqState, SAMPLES, Stack,
-        ThreadReq, WORK, WhyConfig, category, current_category, state, stays_runnable,
+        BlockWait, Done, LockWait, RECORDS_BYTES, ReqRecord, ReqState, SAMPLES, Stack, ThreadReq,
+        WORK, WhyConfig, category, current_category, state, stays_runnable,
     },
 };
 

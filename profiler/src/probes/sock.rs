@@ -25,11 +25,11 @@ use super::{Counters, Family, Finish, ProbeError, Setup, Tick, attach_tracepoint
 use crate::{
     btf,
     ebpf::LoadConfig,
+    report::findings::Finding,
     report::{
         hist::Merged,
         sock::{self as report, LatencyReport, Timeseries},
     },
-    report::findings::Finding,
     tracefs::Format,
 };
 
@@ -410,7 +410,11 @@ impl Family for Sock {
                 family: PROBE.into(),
                 subject: format!("latency :{}", p.port),
                 // A tail ten times the median is worth explaining; else only a figure.
-                impact: if s.p99_us >= 10.0 * s.p50_us { 0.35 } else { 0.05 },
+                impact: if s.p99_us >= 10.0 * s.p50_us {
+                    0.35
+                } else {
+                    0.05
+                },
                 what: format!(
                     "p99 {} on :{} (p50 {}, {:.0} requests/s): add --why for what makes it",
                     report::duration(s.p99_us),

@@ -69,7 +69,15 @@ mod tests {
             "asm_exc_int3_[k]",
             "bpf_prog_9ca0d2a519f207c5_alloc_return_[k]"
         ])));
-        assert!(is_probe_overhead(&frames(&["main", "free", "asm_exc_debug_[k]"])));
-        assert!(!is_probe_overhead(&frames(&["main", "sha256d", "asm_sysvec_apic_timer_interrupt_[k]"])));
+        assert!(is_probe_overhead(&frames(&[
+            "main",
+            "free",
+            "asm_exc_debug_[k]"
+        ])));
+        assert!(!is_probe_overhead(&frames(&[
+            "main",
+            "sha256d",
+            "asm_sysvec_apic_timer_interrupt_[k]"
+        ])));
     }
 }

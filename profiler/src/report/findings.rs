@@ -102,7 +102,12 @@ mod tests {
             finding("sock", "latency :3333", 0.3, "p99 14 ms on :3333"),
             finding("cpu", "cpu sha256d", 0.4, "42% of CPU in sha256d"),
             finding("warning", "drops", 1.0, "kernel-side drops"),
-            finding("why", "latency :3333", 0.81, "p99 14 ms on :3333: 81% SHARE_LOG"),
+            finding(
+                "why",
+                "latency :3333",
+                0.81,
+                "p99 14 ms on :3333: 81% SHARE_LOG",
+            ),
         ];
         let digest = digest(&found);
         let whats: Vec<&str> = digest.iter().map(|f| f.what.as_str()).collect();
@@ -115,7 +120,10 @@ mod tests {
             ]
         );
         let text = text(&digest);
-        assert!(text.contains("   1. p99 14 ms on :3333: 81% SHARE_LOG  [x]"), "{text}");
+        assert!(
+            text.contains("   1. p99 14 ms on :3333: 81% SHARE_LOG  [x]"),
+            "{text}"
+        );
         assert!(text.contains("  warning: kernel-side drops"), "{text}");
     }
 }

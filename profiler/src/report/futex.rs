@@ -59,7 +59,6 @@ fn unknown_class() -> String {
     "unknown".into()
 }
 
-
 /// Frames that mean acquiring a lock another thread holds.
 const LOCK_FRAMES: &[&str] = &[
     "pthread_mutex_",

@@ -53,7 +53,13 @@ mod tests {
     #[test]
     fn waits_for_work_are_idle_and_waits_inside_work_are_not() {
         for idle in [
-            &["main", "event_loop", "epoll_wait", "do_epoll_wait_[k]", "ep_poll_[k]"][..],
+            &[
+                "main",
+                "event_loop",
+                "epoll_wait",
+                "do_epoll_wait_[k]",
+                "ep_poll_[k]",
+            ][..],
             &["tokio::runtime::park::Inner::park", "syscall"],
             &["worker", "pthread_cond_wait", "futex_wait_[k]"],
             &["main", "read_requests", "poll", "do_sys_poll_[k]"],

@@ -5,11 +5,11 @@
 
 pub mod alloc;
 pub mod cpu;
+pub mod findings;
 pub mod flamegraph;
 pub mod folded;
 pub mod futex;
 pub mod hist;
-pub mod findings;
 pub mod html;
 pub mod idle;
 pub mod offcpu;
