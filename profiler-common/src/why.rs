@@ -4,7 +4,8 @@
 //! (`sock`'s reply step). The threads working on it *carry* it: the reader, and every thread a
 //! carrier wakes that carries nothing (a handoff to a worker). At every scheduler event of a
 //! carrier the request's time since the last event goes to one category, from the state of its
-//! most active carrier: on a CPU, else waiting in a run queue, else blocked on a lock (a futex
+//! most active carrier (a thread woken by a carrier carries the request too when it carries
+//! none and serves requests itself, i.e. has replied to one before): on a CPU, else waiting in a run queue, else blocked on a lock (a futex
 //! wait), else blocked otherwise; with no carrier left (the thread moved on to another request)
 //! it is `other`. Time from the request's arrival to its read is `queued`, except the part the
 //! reading thread spent woken and waiting for a CPU (`runqueue`). A request its last carrier

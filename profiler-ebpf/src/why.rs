@@ -462,7 +462,10 @@ pub fn why_waking(ctx: TracePointContext) -> u32 {
     };
     // SAFETY: a live map value.
     let waker = unsafe { &mut *waker };
-    if carried(waker).is_some() {
+    // Only to a thread that serves requests (it has replied to one): a background job the
+    // target runs, woken because a carrier released a lock it waits for, is not handed the
+    // request (it would carry it while holding that lock).
+    if carried(waker).is_some() && wakee.done_ns != 0 {
         let req = waker.req;
         carry(wakee, req, state::RUNQUEUE, now);
     }

@@ -12,9 +12,12 @@
 //!   the connection cap, closes tallied by reason);
 //! - [`knobs`]: the ground-truth knobs both servers share (`--contend`, `--leak-bytes`,
 //!   `--slow-every`);
-//! - [`server`]: start either server on a free port from a test, a benchmark or the demo.
+//! - [`server`]: start either server on a free port from a test, a benchmark or the demo;
+//! - [`demo`]: the problems the demo plants in the pool, and the check that a capture found
+//!   them.
 
 pub mod conn;
+pub mod demo;
 pub mod fixture;
 pub mod knobs;
 pub mod ledger;

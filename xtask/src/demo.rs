@@ -1,6 +1,9 @@
-//! The main job on the bundled default: start `testbed-pool`, drive the standard load profile
-//! against it, attach the profiler with every family for the middle of the run, say where the
-//! reports are, and stop everything that was started.
+//! The main job on the bundled default: start `testbed-pool` with problems planted in it (a
+//! background job holding its hot lock, a leak, a CPU-heavy path: `testbed::demo`), drive the
+//! standard load profile against it, attach the profiler with every family for the middle of
+//! the run, print its findings digest, check that it names every planted problem, say where
+//! the reports are, and stop everything that was started. `--clean` runs the pool with
+//! nothing planted.
 
 use std::{
     path::Path,
@@ -10,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use testbed::{process::ChildGuard, server::Server};
+use testbed::{demo, process::ChildGuard, server::Server};
 
 use crate::util;
 
@@ -20,7 +23,7 @@ const CAPTURE: &str = "30s";
 /// What is left of the load run once the capture ends, with room for a slow machine.
 const LOAD_LEFT: Duration = Duration::from_secs(120);
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(clean: bool) -> anyhow::Result<()> {
     let profiler = util::build_profiler()?;
     let stamp = jiff::Timestamp::now()
         .strftime("%Y%m%dT%H%M%SZ")
@@ -30,13 +33,21 @@ pub fn run() -> anyhow::Result<()> {
         .join(format!("demo-{stamp}"));
     std::fs::create_dir_all(&out)?;
 
-    eprintln!("demo: starting testbed-pool");
-    let pool = Server::start("testbed-pool", &[]).context("starting testbed-pool")?;
+    let args: &[&str] = if clean { &[] } else { demo::ARGS };
+    if clean {
+        eprintln!("demo: starting testbed-pool with nothing planted");
+    } else {
+        eprintln!("demo: starting testbed-pool with problems planted (find them):");
+        for plant in demo::PLANTS {
+            eprintln!("  - {}", plant.name);
+        }
+    }
+    let pool = Server::start("testbed-pool", args).context("starting testbed-pool")?;
     eprintln!("demo: {}", pool.banner);
     let target = format!("stratum://{}", pool.addr);
     eprintln!("demo: standard load profile against {target} (70 s)");
     // Quiet: its live line would interleave with the profiler's; errors still show, and its
-    // report (stdout) is printed once it ends.
+    // report (stdout) goes to its files.
     let load = ChildGuard::spawn(
         Command::new(&profiler)
             .args([
@@ -57,6 +68,7 @@ pub fn run() -> anyhow::Result<()> {
         "demo: profiling pool pid {} with every family for {CAPTURE}",
         pool.pid()
     );
+    // --quiet: the digest alone on the terminal, the tables in the reports.
     let status = util::privileged(profiler.to_str().context("utf-8 path")?)
         .args([
             "attach",
@@ -73,16 +85,16 @@ pub fn run() -> anyhow::Result<()> {
     if !status.success() {
         bail!("profiler attach failed: {status}");
     }
-    let (load_status, report) = load.wait(LOAD_LEFT)?;
-    for line in report {
-        println!("{line}");
-    }
+    let (load_status, _) = load.wait(LOAD_LEFT)?;
     let tallies = pool.stop()?;
     if !load_status.success() {
-        bail!("the load driver failed: {load_status}");
+        bail!(
+            "the load driver failed ({load_status}): its report is in {}",
+            out.display()
+        );
     }
     println!(
-        "\ndemo: pool said: {}",
+        "\ndemo: the pool counted: {}",
         tallies
             .tallies
             .iter()
@@ -91,26 +103,45 @@ pub fn run() -> anyhow::Result<()> {
             .join(" ")
     );
     print_outputs(&out, &profile);
+    if clean {
+        return Ok(());
+    }
+    let findings = read_findings(&profile)?;
+    let (all, verdict) = demo::verdict(&findings);
+    println!("\ndemo: {verdict}");
+    if !all {
+        bail!(
+            "the digest missed a planted problem: see {}",
+            profile.display()
+        );
+    }
     Ok(())
+}
+
+/// The one-line findings of a capture's `findings.json`.
+fn read_findings(profile: &Path) -> anyhow::Result<Vec<String>> {
+    let path = profile.join("findings.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(json["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["what"].as_str().map(str::to_string))
+        .collect())
 }
 
 fn print_outputs(out: &Path, profile: &Path) {
     println!("demo: load report and profile in {}", out.display());
-    if let Ok(entries) = std::fs::read_dir(out) {
-        for entry in entries.filter_map(Result::ok) {
-            let path = entry.path();
-            if path.is_file() {
-                println!("  {}", path.display());
-            }
-        }
-    }
     println!("  {}  <- open this", profile.join("report.html").display());
     for file in [
+        "findings.json",
+        "tail.txt",
         "cpu.svg",
-        "offcpu.svg",
         "locks.txt",
         "leaks.txt",
-        "summary.json",
     ] {
         println!("  {}", profile.join(file).display());
     }

@@ -30,8 +30,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The main job: profile the bundled target under load and write the reports.
-    Demo,
+    /// The main job: profile the bundled pool, with problems planted in it, under load; print
+    /// the findings and check they name every planted problem.
+    Demo {
+        /// Plant nothing: the pool as it is.
+        #[arg(long)]
+        clean: bool,
+    },
     /// Measure overhead and speed; results go to results/bench/.
     Bench(bench::BenchArgs),
     /// cargo fmt --check and clippy -D warnings over the workspace.
@@ -44,7 +49,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Task::Setup => done(setup::run()),
         Task::Test { args } => done(setup::run().and_then(|()| test(&args))),
-        Task::Demo => done(setup::run().and_then(|()| demo::run())),
+        Task::Demo { clean } => done(setup::run().and_then(|()| demo::run(clean))),
         Task::Bench(args) => done(setup::run().and_then(|()| bench::run(args))),
         Task::Lint => done(setup::run().and_then(|()| lint())),
     };

@@ -230,7 +230,7 @@ fn callers_of(stacks: &[WeightedStack], function: &str) -> String {
         }
         let mut parts: Vec<(&str, u64)> = at.into_iter().collect();
         parts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let big: Vec<&(&str, u64)> = parts.iter().filter(|(_, w)| *w * 5 >= total).collect();
+        let big: Vec<&(&str, u64)> = parts.iter().filter(|(_, w)| *w * 10 >= total).collect();
         if big.len() >= 2 {
             let via: Vec<String> = big
                 .iter()

@@ -181,7 +181,14 @@ impl Family for Offcpu {
         // Thread time the capture covered: the share of it one blocking stack took.
         let threads = thread_weights(&resolved.stacks).len().max(1) as f64;
         let covered_us = f.duration.as_secs_f64() * 1e6 * threads;
-        if let Some(worst) = top.first() {
+        // A sleep is waiting for time, not for a resource: drawn as blocked, not a finding
+        // (the tail report says when a request slept).
+        let asleep = |s: &&StackWeight| {
+            s.frames
+                .iter()
+                .any(|f| f.starts_with("do_nanosleep") || f.starts_with("hrtimer_nanosleep"))
+        };
+        if let Some(worst) = top.iter().find(|s| !asleep(s)) {
             let share = worst.weight as f64 / covered_us.max(1.0);
             if share >= 0.05 {
                 f.outcome.findings.push(Finding {

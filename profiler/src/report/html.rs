@@ -23,6 +23,7 @@ pub const FILE: &str = "report.html";
 
 /// Sections every page has, in order; the headless-browser test checks for each id.
 pub const SECTIONS: &[(&str, &str)] = &[
+    ("findings", "Findings"),
     ("overview", "Overview"),
     ("cpu", "CPU"),
     ("offcpu", "Off-CPU"),
@@ -61,6 +62,7 @@ pub fn render(dir: &Path, summary: &Summary) -> String {
                         a href={ "#" (id) } { (name) }
                     }
                 }
+                (findings(summary))
                 (overview(summary))
                 (section("cpu", summary.cpu.as_ref(), "--cpu", |c| cpu(dir, c)))
                 (section("offcpu", summary.offcpu.as_ref(), "--offcpu", |o| offcpu(dir, o)))
@@ -92,6 +94,26 @@ fn section<T>(id: &str, value: Option<&T>, flag: &str, content: impl Fn(&T) -> M
             @match value {
                 Some(value) => (content(value)),
                 None => p class="none" { "Not captured in this run (enable with " code { (flag) } ")." },
+            }
+        }
+    }
+}
+
+/// The digest: what the capture found, strongest first, each with the file to open.
+fn findings(s: &Summary) -> Markup {
+    html! {
+        section id="findings" {
+            h2 { "Findings" }
+            @if s.findings.is_empty() {
+                p class="none" { "Nothing stood out: no hot function, contended lock, slow tail or leak." }
+            }
+            ol {
+                @for f in s.findings.iter().filter(|f| f.family != "warning") {
+                    li { (f.what) " " span class="none" { "(" (f.file) ")" } }
+                }
+            }
+            @for f in s.findings.iter().filter(|f| f.family == "warning") {
+                p class="note" { "warning: " (f.what) }
             }
         }
     }

@@ -74,6 +74,44 @@ pub fn function_totals(stacks: &[WeightedStack], n: usize) -> FunctionTotals {
     }
 }
 
+/// Frames of lock, wake and syscall machinery: a stack is named by the code that called them.
+pub const MACHINERY: &[&str] = &[
+    "syscall",
+    "futex",
+    "Mutex",
+    "mutex_",
+    "lock_contended",
+    "unlock",
+    "drop_in_place",
+    "MutexGuard",
+    "pthread_",
+    "__lll_",
+    "std::sys::sync",
+    "parking_lot",
+];
+
+/// What a stack is named by: its leafmost user frame that is not lock or syscall machinery
+/// (the function that took a lock, released it, or blocked), else its leafmost frame.
+pub fn named_frame(frames: &[String]) -> String {
+    let user = || {
+        frames
+            .iter()
+            .rev()
+            .filter(|f| !f.ends_with(crate::symbolize::KERNEL_SUFFIX))
+    };
+    user()
+        .find(|f| !is_machinery(f))
+        .or_else(|| user().next())
+        .or(frames.last())
+        .cloned()
+        .unwrap_or_else(|| "[no stack]".into())
+}
+
+/// Whether a frame is lock, wake or syscall machinery rather than the code that called it.
+pub fn is_machinery(frame: &str) -> bool {
+    MACHINERY.iter().any(|m| frame.contains(m))
+}
+
 /// Weight per thread name, heaviest first.
 pub fn thread_totals(stacks: &[WeightedStack]) -> Vec<(String, u64)> {
     let mut by_thread: BTreeMap<&str, u64> = BTreeMap::new();

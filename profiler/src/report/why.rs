@@ -9,7 +9,7 @@ use std::{collections::HashMap, fmt::Write as _, sync::Arc};
 use profiler_common::why::category;
 use serde::{Deserialize, Serialize};
 
-use super::futex::classify;
+use super::{futex::classify, profile::named_frame as leaf};
 
 /// Frames of a stack, root first (shared between the requests that hit it).
 pub type Frames = Arc<Vec<String>>;
@@ -157,53 +157,6 @@ fn quantile(sorted: &[u64], q: f64) -> u64 {
     sorted[rank - 1]
 }
 
-/// Frames of lock, wake and syscall machinery: a stack is named by the code that called them.
-const MACHINERY: &[&str] = &[
-    "syscall",
-    "futex",
-    "Mutex",
-    "mutex_",
-    "lock_contended",
-    "unlock",
-    "drop_in_place",
-    "MutexGuard",
-    "pthread_",
-    "__lll_",
-    "std::sys::sync",
-    "parking_lot",
-];
-
-/// Kernel frames of a thread waiting for any of its sockets or fds to have work.
-const IDLE_WAITS: &[&str] = &[
-    "ep_poll_[k]",
-    "do_sys_poll_[k]",
-    "do_select_[k]",
-    "core_sys_select_[k]",
-];
-
-/// Whether a blocked stack is a wait for new work (an event loop's poll), not a block inside
-/// a request.
-fn idle_wait(frames: &[String]) -> bool {
-    frames.iter().any(|f| IDLE_WAITS.contains(&f.as_str()))
-}
-
-/// What a stack is named by: its leafmost user frame that is not lock or syscall machinery
-/// (the function that took a lock, released it, or blocked), else its leafmost frame.
-fn leaf(frames: &[String]) -> String {
-    let user = || {
-        frames
-            .iter()
-            .rev()
-            .filter(|f| !f.ends_with(crate::symbolize::KERNEL_SUFFIX))
-    };
-    user()
-        .find(|f| !MACHINERY.iter().any(|m| f.contains(m)))
-        .or_else(|| user().next())
-        .or(frames.last())
-        .cloned()
-        .unwrap_or_else(|| "[no stack]".into())
-}
-
 #[derive(Default)]
 struct Acc {
     ns: f64,
@@ -274,6 +227,9 @@ fn frame_shares<'a>(samples: impl Iterator<Item = &'a Frames>) -> HashMap<String
 
 impl CpuNames<'_> {
     fn name(&self, stack: &Frames, shares: &HashMap<String, f64>) -> String {
+        if super::cpu::is_probe_overhead(stack) {
+            return super::cpu::OVERHEAD.into();
+        }
         let Self::Apart(other) = self else {
             return leaf(stack);
         };
@@ -288,7 +244,7 @@ impl CpuNames<'_> {
             return leaf(stack);
         }
         own.filter(|f| excess(f) >= best - 0.05)
-            .find(|f| !MACHINERY.iter().any(|m| f.contains(m)))
+            .find(|f| !super::profile::is_machinery(f))
             .cloned()
             .unwrap_or_else(|| leaf(stack))
     }
@@ -350,7 +306,7 @@ fn group(requests: &[&Request], names: &CpuNames<'_>) -> Group {
         match &r.blocked {
             // Its threads went back to waiting for new work (poll, epoll, select): nothing
             // worked on this request meanwhile, which is not the same as being blocked in it.
-            Some(at) if idle_wait(at) => causes.add(
+            Some(at) if super::idle::is_idle(at) => causes.add(
                 "other",
                 "waiting in the server, its threads back at waiting for new work".into(),
                 ns(category::BLOCKED),
@@ -487,16 +443,23 @@ fn summary_line(g: &Group, most: usize) -> String {
     parts.join(", ")
 }
 
-/// The digest's line for a port: its tail's top cause.
+/// The digest's line for a port: its tail's top cause, and the next when it has a tenth.
 pub fn finding(p: &PortWhy, rule: &str) -> Option<super::findings::Finding> {
     let top = p.tail.causes.first()?;
+    let next = p
+        .tail
+        .causes
+        .get(1)
+        .filter(|c| c.share >= 0.1)
+        .map(|c| format!(", {:.0}% {}", c.share * 100.0, describe(c)))
+        .unwrap_or_default();
     Some(super::findings::Finding {
         family: "why".into(),
         subject: format!("latency :{}", p.port),
         // Explaining a port's tail outranks its bare p99 (`sock`'s finding on the subject).
         impact: top.share.max(0.5),
         what: format!(
-            "slowest requests on :{} ({rule}, ≥ {}): {:.0}% of their time {}",
+            "slowest requests on :{} ({rule}, ≥ {}): {:.0}% of their time {}{next}",
             p.port,
             duration(p.tail.threshold_us),
             top.share * 100.0,

@@ -17,7 +17,9 @@ use self::namer::LockNamer;
 use super::{Counters, Family, Finish, ProbeError, Setup, map, program_mut};
 use crate::{
     ebpf::LoadConfig,
-    report::{self, findings::Finding, flamegraph::Labels, futex::FutexSummary},
+    report::{
+        self, findings::Finding, flamegraph::Labels, futex::FutexSummary, profile::named_frame,
+    },
     stacks::StackTable,
     tracefs::{self, Format},
 };
@@ -208,18 +210,22 @@ impl Family for Futex {
         if let Some(lock) = locks.iter().find(|l| l.class == "lock") {
             let covered_us = f.duration.as_secs_f64() * 1e6 * lock.waiters.max(1) as f64;
             let share = lock.total_wait_us / covered_us.max(1.0);
-            if share >= 0.01 {
-                let waiter = lock
-                    .top_waiters
+            // A lock that makes its slowest waits take milliseconds matters to a latency-
+            // sensitive server however small its share of the threads' time.
+            let impact = (share.min(1.0) * 0.9).max(if lock.p99_us >= 1000.0 { 0.3 } else { 0.0 });
+            if impact >= 0.01 {
+                // The wakers of a lock's waiters are its holders, releasing it.
+                let holder = lock
+                    .top_wakers
                     .first()
-                    .map(|w| format!(", most from {}", report::futex::leaf_frames(&w.frames, 2)))
+                    .map(|w| format!(", released most by {}", named_frame(&w.frames)))
                     .unwrap_or_default();
                 f.outcome.findings.push(Finding {
                     family: PROBE.into(),
                     subject: format!("lock {}", lock.name),
-                    impact: share.min(1.0) * 0.9,
+                    impact,
                     what: format!(
-                        "lock {}: {:.0} ms waited by {} threads over {:.0}s (p99 wait {:.1} ms){waiter}",
+                        "lock {}: {:.0} ms waited by {} threads over {:.0}s (p99 wait {:.1} ms){holder}",
                         lock.name,
                         lock.total_wait_us / 1000.0,
                         lock.waiters,
