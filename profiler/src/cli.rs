@@ -134,18 +134,18 @@ pub struct AttachArgs {
     #[arg(long)]
     pub allocator: Option<PathBuf>,
     /// alloc: a growing stack is a leak suspect once its oldest live allocation is this old.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub min_age: Duration,
     /// How often to snapshot allocation live bytes, the target's memory and latency
     /// percentiles (latency_timeseries.csv) [default: 5s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     pub interval: Option<Duration>,
     /// CPU samples per second.
     #[arg(short = 'F', long, default_value_t = 99,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub frequency: u64,
     /// Off-CPU blocks shorter than this are not counted.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1us")]
+    #[arg(long, value_parser = parse_duration, default_value = "1us")]
     pub min_block: Duration,
     /// Where to write reports [default: results/<comm>-<pid>-<UTC timestamp>/].
     #[arg(short, long)]
@@ -238,13 +238,7 @@ where
     Ok(Attach::try_parse_from(argv)?.args.into_options(verbose))
 }
 
-/// A duration on the command line: `30s`, `2m`, `1m30s`, `500ms`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    if let Ok(seconds) = text.parse::<f64>() {
-        return Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string());
-    }
-    humantime::parse_duration(text).map_err(|err| format!("{err} (e.g. 30s, 2m, 500ms)"))
-}
+pub use crate::load::parse_duration;
 
 /// A duration that must be more than zero.
 pub fn positive_duration(text: &str) -> Result<Duration, String> {

@@ -832,10 +832,18 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = run_dir(root.path(), "run", &summary(1, 1.0, 1000.0, &[]), "t;x 1\n");
         let report = |p99: u64| {
-            let mut report = crate::load::report::tests::sample();
-            let latency = report.latency_us.as_mut().unwrap();
-            latency.p99 = p99;
-            report.achieved_rate_per_s = 17.5;
+            let report = crate::load::LoadReport {
+                schema_version: crate::load::report::SCHEMA_VERSION,
+                latency_us: Some(crate::load::Percentiles {
+                    count: 1000,
+                    p50: 300,
+                    p95: 900,
+                    p99,
+                    ..Default::default()
+                }),
+                achieved_rate_per_s: 17.5,
+                ..Default::default()
+            };
             serde_json::to_string(&report).unwrap()
         };
         fs::write(dir.join("loadtest_smoke_1.json"), report(111)).unwrap();

@@ -9,7 +9,8 @@ pub mod container;
 pub mod ebpf;
 pub mod elf;
 pub mod framepointers;
-pub mod load;
+/// The load driver (`profiler load`), its own crate.
+pub use loadgen as load;
 
 pub mod options;
 pub mod preflight;

@@ -16,8 +16,7 @@ use std::{
 };
 
 use profiler::load::{
-    self, HttpMethod, LoadOptions, LoadReport, Profile, StopHandle, Target, bench_stress,
-    run_options,
+    self, HttpMethod, LoadOptions, LoadReport, Profile, StopHandle, Target, run_options,
 };
 use testbed::{process::ChildGuard, server::Server, wal};
 
@@ -440,27 +439,27 @@ fn ctrl_c_stops_the_cli_early_and_it_still_reports() {
 fn stress_profile_holds_1000_miners() {
     let pool = Server::start("testbed-pool", &[]).unwrap();
     let results = tempfile::tempdir().unwrap();
-    let bench = bench_stress(stratum(pool.addr), Some(results.path().to_path_buf())).unwrap();
+    let mut options = LoadOptions::new(stratum(pool.addr), Profile::Stress);
+    options.output_dir = Some(results.path().to_path_buf());
+    options.progress = true;
+    let report = run_options(options).unwrap();
     let stopped = pool.stop().unwrap();
     eprintln!(
         "stress: {:.1} shares/s, p99 {:?} µs, driver {:.1} % of the machine",
-        bench.shares_per_s,
-        bench.p99_us,
-        bench.driver_cpu_share * 100.0
+        report.achieved_rate_per_s,
+        report.latency_us.map(|l| l.p99),
+        report.driver.cpu_share * 100.0
     );
-    assert_clean(&bench.report);
-    assert_eq!(bench.miners_connected, 1000);
-    assert_eq!(bench.peak_connections, 1000);
+    assert_clean(&report);
+    assert_eq!(report.connections.clients_connected, 1000);
+    assert_eq!(report.connections.peak_concurrent, 1000);
     assert_eq!(stopped.count("peak_connections").unwrap(), 1000);
-    assert_eq!(
-        stopped.count("accepted").unwrap(),
-        bench.report.requests.accepted
-    );
+    assert_eq!(stopped.count("accepted").unwrap(), report.requests.accepted);
     // 1000 x 20/min is 333/s once ramped up; over the whole window (ramp-up included) a bit
     // under 300/s.
-    assert!(bench.shares_per_s > 250.0, "{bench:?}");
+    assert!(report.achieved_rate_per_s > 250.0, "{report:?}");
     assert!(
-        bench.driver_cpu_share < 0.5,
+        report.driver.cpu_share < 0.5,
         "the driver should not be the bottleneck"
     );
 }

@@ -9,6 +9,7 @@
 //! - a share meets its target when the header hash, read as a little-endian 256-bit number, is at
 //!   most the target.
 
+use loadgen::wire::code;
 use rand::RngCore;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -278,16 +279,16 @@ pub enum Reject {
 impl Reject {
     pub fn code(&self) -> i64 {
         match self {
-            Self::Other(_) => 20,
-            Self::Stale => 21,
-            Self::Duplicate => 22,
-            Self::LowDifficulty => 23,
-            Self::Unauthorized => 24,
-            Self::NotSubscribed => 25,
-            Self::Parse(_) => -32700,
-            Self::InvalidRequest(_) => -32600,
-            Self::UnknownMethod(_) => -32601,
-            Self::InvalidParams(_) => -32602,
+            Self::Other(_) => code::OTHER,
+            Self::Stale => code::STALE,
+            Self::Duplicate => code::DUPLICATE,
+            Self::LowDifficulty => code::LOW_DIFFICULTY,
+            Self::Unauthorized => code::UNAUTHORIZED,
+            Self::NotSubscribed => code::NOT_SUBSCRIBED,
+            Self::Parse(_) => code::PARSE,
+            Self::InvalidRequest(_) => code::INVALID_REQUEST,
+            Self::UnknownMethod(_) => code::METHOD_NOT_FOUND,
+            Self::InvalidParams(_) => code::INVALID_PARAMS,
         }
     }
 

@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncWriteExt, BufReader},
     net::TcpStream,
     sync::watch,
 };
@@ -23,21 +23,12 @@ use crate::{
     conn::Close,
     stratum::{Job, Reject},
 };
+use loadgen::wire::{self, LineRead};
 
 /// Longest request line accepted; a longer one gets an error and a disconnect.
 pub const MAX_LINE: usize = 16 * 1024;
 /// A client that does not read its replies for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How a read of one request line ended.
-enum LineRead {
-    /// `buf` holds a line, newline included.
-    Line,
-    /// The peer closed; `buf` holds whatever came after the last newline.
-    Eof,
-    /// More than [`MAX_LINE`] bytes without a newline.
-    TooLong,
-}
 
 /// Reads up to the next newline into `buf`, never holding more than `MAX_LINE + 1` bytes.
 /// Cancel-safe: bytes read before a cancellation stay in `buf` for the next call.
@@ -45,15 +36,7 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
 ) -> io::Result<LineRead> {
-    let limit = (MAX_LINE + 1).saturating_sub(buf.len()) as u64;
-    reader.take(limit).read_until(b'\n', buf).await?;
-    Ok(if buf.last() == Some(&b'\n') {
-        LineRead::Line
-    } else if buf.len() > MAX_LINE {
-        LineRead::TooLong
-    } else {
-        LineRead::Eof
-    })
+    wire::read_line(reader, buf, MAX_LINE).await
 }
 
 /// Serves one miner until it leaves (`Ok(None)`) or the pool drops it (`Ok(Some(why))`).

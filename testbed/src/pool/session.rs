@@ -1,6 +1,7 @@
 //! One miner connection's protocol state, free of sockets: it takes request lines and jobs and
 //! says what to write back, so it is tested from strings.
 
+use loadgen::wire::method;
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -129,13 +130,13 @@ impl Session {
         };
         let params = request.get("params").unwrap_or(&Value::Null);
         match method {
-            "mining.subscribe" => self.subscribe(&id, output),
-            "mining.authorize" => output.lines.push(match self.authorize(params) {
+            method::SUBSCRIBE => self.subscribe(&id, output),
+            method::AUTHORIZE => output.lines.push(match self.authorize(params) {
                 Ok(()) => result_reply(&id, &json!(true)),
                 Err(reject) => error_reply(&id, &reject),
             }),
-            "mining.extranonce.subscribe" => output.lines.push(result_reply(&id, &json!(true))),
-            "mining.submit" => self.submit(&id, params, now, output, log),
+            method::EXTRANONCE_SUBSCRIBE => output.lines.push(result_reply(&id, &json!(true))),
+            method::SUBMIT => self.submit(&id, params, now, output, log),
             other => output
                 .lines
                 .push(error_reply(&id, &Reject::UnknownMethod(other.to_string()))),
@@ -149,8 +150,8 @@ impl Session {
             id,
             &json!([
                 [
-                    ["mining.set_difficulty", subscription],
-                    ["mining.notify", subscription]
+                    [method::SET_DIFFICULTY, subscription],
+                    [method::NOTIFY, subscription]
                 ],
                 hex::encode(self.extranonce1),
                 EXTRANONCE2_LEN
@@ -158,12 +159,12 @@ impl Session {
         ));
         output
             .lines
-            .push(push("mining.set_difficulty", &json!([self.difficulty()])));
+            .push(push(method::SET_DIFFICULTY, &json!([self.difficulty()])));
         if let Some(job) = &self.current {
             // The miner knows no job yet, so this one starts clean whatever the pool said.
             let mut params = job.notify_params();
             params[8] = json!(true);
-            output.lines.push(push("mining.notify", &params));
+            output.lines.push(push(method::NOTIFY, &params));
         }
     }
 
@@ -250,7 +251,7 @@ impl Session {
             output.lines.extend(self.retarget(now));
             output
                 .lines
-                .push(push("mining.notify", &job.notify_params()));
+                .push(push(method::NOTIFY, &job.notify_params()));
         }
         output
     }
@@ -267,7 +268,7 @@ impl Session {
     fn retarget(&mut self, now: Instant) -> Option<String> {
         let next = self.vardiff.retarget(now)?;
         self.target = Target::from_difficulty(next);
-        Some(push("mining.set_difficulty", &json!([next])))
+        Some(push(method::SET_DIFFICULTY, &json!([next])))
     }
 }
 

@@ -17,8 +17,7 @@
 //!
 //! From code: build [`LoadOptions`] (e.g. `LoadOptions::new(target, Profile::Smoke)`, then set
 //! fields) and call [`run_options`], which returns a [`LoadReport`] and writes it under
-//! `output_dir` if set. [`bench_stress`] runs the stress profile and sums it up as a
-//! [`StressBench`].
+//! `output_dir` if set.
 
 mod client;
 mod cpu;
@@ -31,6 +30,7 @@ mod stamped;
 mod stats;
 mod stratum;
 pub mod target;
+pub mod wire;
 
 use std::{
     io::IsTerminal,
@@ -42,7 +42,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinSet};
 
 use self::{
@@ -148,7 +147,9 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+/// A duration on any of the profiler's command lines: `30s`, `2m`, `1m30s`, `500ms`, or a bare
+/// number of seconds. The one parser every subcommand uses.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     // A bare number means seconds.
     if let Ok(seconds) = text.parse::<f64>() {
         return Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string());
@@ -720,50 +721,6 @@ async fn progress(plan: Arc<Plan>, duration: Duration, threads: usize) {
     }
 }
 
-/// What `cargo xtask bench load` reports: the stress profile against a pool.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StressBench {
-    /// Share replies per second over the send window (ramp-up included).
-    pub shares_per_s: f64,
-    pub accepted_per_s: f64,
-    /// Reply latency p99 in microseconds (`None`: no replies).
-    pub p99_us: Option<u64>,
-    /// The driver's CPU over the machine's capacity (0..1).
-    pub driver_cpu_share: f64,
-    /// The driver's CPU in cores kept busy.
-    pub driver_cpu_cores: f64,
-    pub miners_connected: u64,
-    pub peak_connections: u64,
-    pub errors: Errors,
-    pub report: LoadReport,
-}
-
-impl StressBench {
-    pub fn from_report(report: LoadReport) -> Self {
-        Self {
-            shares_per_s: report.achieved_rate_per_s,
-            accepted_per_s: report.accepted_rate_per_s,
-            p99_us: report.latency_us.map(|l| l.p99),
-            driver_cpu_share: report.driver.cpu_share,
-            driver_cpu_cores: report.driver.cpu_cores,
-            miners_connected: report.connections.clients_connected,
-            peak_connections: report.connections.peak_concurrent,
-            errors: report.errors,
-            report,
-        }
-    }
-}
-
-/// Runs the stress profile (1000 miners, 120 s, 20 shares/min each, 30 s ramp-up) against a
-/// stratum pool, writing the report files into `output_dir` if given.
-pub fn bench_stress(target: Target, output_dir: Option<PathBuf>) -> Result<StressBench, LoadError> {
-    let mut options = LoadOptions::new(target, Profile::Stress);
-    options.output_dir = output_dir;
-    options.progress = true;
-    options.handle_ctrl_c = true;
-    run_options(options).map(StressBench::from_report)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -885,15 +842,5 @@ mod tests {
             };
             assert!(err.to_string().contains("fraction from 0 to 1"), "{err}");
         }
-    }
-
-    #[test]
-    fn stress_bench_reads_the_report() {
-        let report = report::tests::sample();
-        let bench = StressBench::from_report(report.clone());
-        assert_eq!(bench.shares_per_s, report.achieved_rate_per_s);
-        assert_eq!(bench.p99_us, Some(1210));
-        assert_eq!(bench.driver_cpu_share, 0.01);
-        assert_eq!(bench.miners_connected, 100);
     }
 }

@@ -19,7 +19,7 @@ use super::slo::SloResult;
 pub const SCHEMA_VERSION: u32 = 2;
 
 /// Latency figures in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     pub count: u64,
     pub min: u64,
@@ -63,7 +63,7 @@ impl Percentiles {
 }
 
 /// How the run was set up.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     /// Miners (stratum) or connections (HTTP).
     pub miners: usize,
@@ -181,7 +181,7 @@ pub struct Connections {
 }
 
 /// The last message received before a server closed a connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloseExample {
     /// The line (stratum) or status (HTTP), shortened; or that nothing came.
     pub last: String,
@@ -295,7 +295,7 @@ impl Errors {
 }
 
 /// The driver's own CPU use, so a reader can tell whether the driver was the bottleneck.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct DriverUsage {
     /// User plus system CPU time of the driver's process over the run.
     pub cpu_s: f64,
@@ -309,7 +309,7 @@ pub struct DriverUsage {
 }
 
 /// Everything a load run measured. Serializes to the `.json` report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadReport {
     pub schema_version: u32,
     pub profile: String,
@@ -711,7 +711,7 @@ impl LoadReport {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::load::slo::{self, Slo};
+    use crate::slo::{self, Slo};
 
     pub(crate) fn sample() -> LoadReport {
         let latency = Percentiles {

@@ -13,7 +13,7 @@ use std::{
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufRead, AsyncWriteExt, BufReader},
     net::TcpStream,
 };
 
@@ -24,6 +24,7 @@ use super::{
     },
     stamped::Stamped,
     stats::{ErrorClass, Live, Outcome},
+    wire::{self, LineRead},
 };
 
 /// Longest reply line read; a pool sending more is broken.
@@ -295,8 +296,8 @@ impl Miner {
         // Handshake: subscribe and authorize together, then wait for both replies and a job.
         let hello = format!(
             "{}\n{}\n",
-            json!({"id": SUBSCRIBE_ID, "method": "mining.subscribe", "params": ["profiler-load/1.0"]}),
-            json!({"id": AUTHORIZE_ID, "method": "mining.authorize",
+            json!({"id": SUBSCRIBE_ID, "method": wire::method::SUBSCRIBE, "params": ["profiler-load/1.0"]}),
+            json!({"id": AUTHORIZE_ID, "method": wire::method::AUTHORIZE,
                    "params": [self.worker, self.credentials.password]}),
         );
         if write.write_all(hello.as_bytes()).await.is_err() {
@@ -363,7 +364,7 @@ impl Miner {
                     authorized = true;
                 }
                 _ => {
-                    if message["method"] == "mining.notify" {
+                    if message["method"] == wire::method::NOTIFY {
                         work = Work::from_notify(&message["params"]).or(work);
                     } else if let Some(reconnect) = self.push(&message, addr) {
                         return Ended::Closed {
@@ -509,13 +510,13 @@ impl Miner {
     fn push(&self, message: &Value, current: SocketAddr) -> Option<Reconnect> {
         let recorder = &self.plan.recorder;
         match message.get("method").and_then(Value::as_str)? {
-            "mining.set_difficulty" => {
+            wire::method::SET_DIFFICULTY => {
                 if let Some(difficulty) = message["params"].get(0).and_then(Value::as_f64) {
                     recorder.set_difficulty(difficulty);
                 }
                 None
             }
-            "client.reconnect" => {
+            wire::method::RECONNECT => {
                 let reconnect = Reconnect::from_params(&message["params"], current);
                 Live::add(&recorder.live.reconnect_requests, 1);
                 if reconnect.not_followed.is_some() {
@@ -545,7 +546,7 @@ impl Miner {
             return None;
         };
         if message.get("method").is_some() {
-            if message["method"] == "mining.notify" {
+            if message["method"] == wire::method::NOTIFY {
                 match Work::from_notify(&message["params"]) {
                     Some(next) => *work = next,
                     None => recorder.error(ErrorClass::Protocol),
@@ -611,14 +612,12 @@ fn rejection(reply: &Value) -> Option<String> {
         .or_else(|| error.get("code"))
         .and_then(Value::as_i64);
     Some(match code {
-        Some(20) => "other".to_string(),
-        Some(21) => "stale".to_string(),
-        Some(22) => "duplicate".to_string(),
-        Some(23) => "low-difficulty".to_string(),
-        Some(24) => "unauthorized".to_string(),
-        Some(25) => "not-subscribed".to_string(),
-        Some(code) if code < 0 => return None,
-        Some(code) => format!("code {code}"),
+        Some(code) => match wire::code::rejection(code) {
+            Some(name) => name.to_string(),
+            // A JSON-RPC error: our request was malformed, which is no rejection.
+            None if code < 0 => return None,
+            None => format!("code {code}"),
+        },
         None if error.is_null() => match reply.get("reject-reason").and_then(Value::as_str) {
             Some(why) if !why.trim().is_empty() => format!("refused ({})", why.trim()),
             _ => "refused".to_string(),
@@ -648,7 +647,7 @@ fn submit_line(
     }
     let mut line = json!({
         "id": id,
-        "method": "mining.submit",
+        "method": wire::method::SUBMIT,
         "params": [worker, work.job_id, hex, work.ntime, format!("{nonce:08x}")],
     })
     .to_string();
@@ -656,20 +655,16 @@ fn submit_line(
     line
 }
 
-/// Reads one line into `buf` (newline included). `Ok(false)` at end of stream. Cancel-safe:
+/// Reads one reply line into `buf` (newline included). `Ok(false)` at end of stream. Cancel-safe:
 /// a partial line stays in `buf` for the next call.
 async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>) -> io::Result<bool> {
-    let limit = (MAX_LINE + 1).saturating_sub(buf.len()) as u64;
-    reader.take(limit).read_until(b'\n', buf).await?;
-    if buf.last() == Some(&b'\n') {
-        Ok(true)
-    } else if buf.len() > MAX_LINE {
-        Err(io::Error::new(
+    match wire::read_line(reader, buf, MAX_LINE).await? {
+        LineRead::Line => Ok(true),
+        LineRead::Eof => Ok(false),
+        LineRead::TooLong => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "reply line too long",
-        ))
-    } else {
-        Ok(false)
+        )),
     }
 }
 
