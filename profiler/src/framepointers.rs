@@ -2,10 +2,6 @@
 //! prologues: with them, nearly every function starts `push %rbp; mov %rsp,%rbp`.
 //! Without them, frame-pointer stacks through that binary come out short, and we say so.
 
-use crate::{
-    procmaps::ProcessMaps,
-    unwind::{UnwindMode, Unwinder},
-};
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 use serde::{Deserialize, Serialize};
 
@@ -79,39 +75,6 @@ fn sets_up_frame(code: &[u8]) -> bool {
     code[push + 1..]
         .windows(MOV_RSP_RBP.len())
         .any(|w| w == MOV_RSP_RBP)
-}
-
-/// Says so when the main binary lacks frame pointers and nothing else will walk it.
-pub fn check_main_binary(
-    maps: &ProcessMaps,
-    unwinder: &Unwinder,
-    notes: &mut Vec<String>,
-) -> Option<FramePointerCheck> {
-    let binary = maps.main_binary()?;
-    // SAFETY: read-only map of a file we hold open; a concurrent truncation could fault, which
-    // for an executable that is running cannot happen (ETXTBSY).
-    let data = unsafe { memmap2::Mmap::map(&binary.file) }.ok()?;
-    let check = check(&data).ok()?;
-    if check.has_frame_pointers == Some(false) {
-        let what = format!(
-            "{} seems built without frame pointers ({} of {} functions set one up)",
-            binary.path.display(),
-            check.with_frame_pointer,
-            check.functions_checked
-        );
-        if unwinder.has_table(binary.id) {
-            log::info!("{what}; walking it with its .eh_frame tables");
-        } else if unwinder.mode() == UnwindMode::FramePointer {
-            notes.push(format!(
-                "{what}: user stacks through it will be short (--unwind auto walks its .eh_frame tables)"
-            ));
-        } else {
-            notes.push(format!(
-                "{what} and has no .eh_frame tables: user stacks through it will be short"
-            ));
-        }
-    }
-    Some(check)
 }
 
 #[cfg(test)]

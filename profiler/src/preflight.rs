@@ -288,20 +288,6 @@ pub fn rss_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// What `pid` used since `cpu_at_start` seconds of CPU: its CPU over `duration` and its RSS now.
-pub fn usage(
-    pid: u32,
-    cpu_at_start: Option<f64>,
-    duration: std::time::Duration,
-) -> Option<crate::report::summary::TargetUsage> {
-    let (before, after) = (cpu_at_start?, cpu_seconds(pid)?);
-    Some(crate::report::summary::TargetUsage {
-        cpu_seconds: after - before,
-        cpu_percent: (after - before) / duration.as_secs_f64().max(1e-9) * 100.0,
-        rss_kb: rss_kb(pid)?,
-    })
-}
-
 /// CLOCK_MONOTONIC in nanoseconds, the clock of the kernel's `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);

@@ -20,7 +20,7 @@ pub use crate::{options::AttachOptions, report::Outcome};
 
 use crate::{
     ebpf::{self, LoadConfig},
-    framepointers::{self, FramePointerCheck},
+    framepointers::FramePointerCheck,
     preflight::{self, OutputDir, PreflightError, Target},
     probes::{self, Counters, Family, Finish, ProbeError, Setup, Tick},
     procmaps::ProcessMaps,
@@ -146,7 +146,7 @@ impl Session {
         // measures.
         let (mut unwinder, frame_pointers) = if families.iter().any(|f| f.walks_stacks()) {
             let unwinder = Unwinder::prepare(opts.unwind, &maps);
-            let check = framepointers::check_main_binary(&maps, &unwinder, &mut notes);
+            let check = crate::unwind::check_main_binary(&maps, &unwinder, &mut notes);
             (unwinder, check)
         } else {
             (Unwinder::unused(), None)
@@ -291,7 +291,7 @@ impl Session {
         // Ages are as of the end of the capture, not of the (slower) report writing.
         let ended_ns = preflight::monotonic_ns();
         let alive = end != EndReason::TargetExited;
-        let usage = preflight::usage(self.opts.pid, self.cpu_at_start, duration).filter(|_| alive);
+        let usage = usage(self.opts.pid, self.cpu_at_start, duration).filter(|_| alive);
         // Every family stops counting at one instant before anything is detached: detached one
         // by one, a target allocating flat out had its frees (or allocations) counted alone in
         // the window, and the last snapshot was off by a whole burst.
@@ -420,4 +420,18 @@ impl Session {
             ..Summary::default()
         }
     }
+}
+
+/// What `pid` used since `cpu_at_start` seconds of CPU: its CPU over `duration` and its RSS now.
+fn usage(
+    pid: u32,
+    cpu_at_start: Option<f64>,
+    duration: std::time::Duration,
+) -> Option<TargetUsage> {
+    let (before, after) = (cpu_at_start?, preflight::cpu_seconds(pid)?);
+    Some(TargetUsage {
+        cpu_seconds: after - before,
+        cpu_percent: (after - before) / duration.as_secs_f64().max(1e-9) * 100.0,
+        rss_kb: preflight::rss_kb(pid)?,
+    })
 }

@@ -28,7 +28,7 @@ use crate::{
     report::findings::Finding,
     report::{
         hist::Merged,
-        sock::{self as report, LatencyReport, Timeseries},
+        sock::{self as report, LatencyReport, PortData, Timeseries},
     },
     tracefs::Format,
 };
@@ -215,20 +215,6 @@ impl Ports {
         }
         Ok(())
     }
-}
-
-/// What the kernel counted for one port, so far.
-#[derive(Debug, Clone, Default)]
-pub struct PortData {
-    pub port: u16,
-    pub socket_to_reply: Merged,
-    pub service: Merged,
-    pub new_connection: Merged,
-    pub first_request: Merged,
-    pub pushes: u64,
-    pub unseen: u64,
-    /// The first and last reply on the port (ns, monotonic), when there was one.
-    pub replies_between: Option<(u64, u64)>,
 }
 
 /// Every tracked port's histograms and counters, summed over CPUs.

@@ -12,7 +12,7 @@ use profiler_common::alloc::{AllocKey, StackAllocs, kind};
 use serde::{Deserialize, Serialize};
 
 use super::profile::WeightedStack;
-use crate::{probes::alloc::Allocator, stacks::StackTable};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AllocSummary {
@@ -28,6 +28,21 @@ pub struct AllocSummary {
     #[serde(default)]
     pub nested: u64,
     pub leaks: LeakReport,
+}
+
+/// The allocator found, and the symbol probed for each function.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocator {
+    /// "glibc", "jemalloc", "tcmalloc", "mimalloc", "static" (linked into the main binary),
+    /// or "custom" (--allocator).
+    pub name: String,
+    /// Its file as the target sees it.
+    pub path: PathBuf,
+    /// (function, symbol) pairs probed.
+    pub symbols: Vec<(String, String)>,
+    /// (function, bytes past the symbol) where each probe sits (see `probe_point`).
+    #[serde(default)]
+    pub offsets: Vec<(String, u64)>,
 }
 
 /// Stacks listed among the largest that are not growing.
@@ -158,7 +173,8 @@ pub struct LeakReport {
 pub struct Analysis<'a> {
     pub snapshots: &'a Snapshots,
     pub stacks: &'a [(AllocKey, StackAllocs)],
-    pub table: &'a StackTable,
+    /// Names a user stack, root first.
+    pub frames: &'a dyn Fn(u64) -> Vec<String>,
     /// Monotonic now, ns (what the kernel's timestamps count from).
     pub now_ns: u64,
     pub min_age_secs: f64,
@@ -176,7 +192,7 @@ pub fn kind_name(code: u8) -> &'static str {
 
 impl Analysis<'_> {
     fn frames(&self, key: &AllocKey) -> Vec<String> {
-        let mut frames = self.table.user_frames(key.user_stack);
+        let mut frames = (self.frames)(key.user_stack);
         frames.push(kind_name(key.kind).to_string());
         frames
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{profile::FunctionShare, summary::ThreadWeight};
+use super::profile::{FunctionShare, ThreadWeight};
 
 /// How many functions the summary and the terminal list.
 pub const TOP_FUNCTIONS: usize = 10;

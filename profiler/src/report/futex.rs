@@ -1,15 +1,9 @@
 //! Lock contention reports from the futex maps: each lock with its name, who waits on it and
 //! for how long, and who wakes its waiters.
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
-
-use super::{hist::Merged, profile::WeightedStack};
-use crate::{
-    probes::futex::{FutexData, namer::LockNamer},
-    stacks::StackTable,
-};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FutexSummary {
@@ -20,7 +14,7 @@ pub struct FutexSummary {
 }
 
 /// Stacks listed per lock, waiters and wakers each.
-const STACKS_PER_LOCK: usize = 5;
+pub const STACKS_PER_LOCK: usize = 5;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockStack {
@@ -87,7 +81,7 @@ pub fn classify(frames: &[String]) -> &'static str {
 
 /// Locks first (contention is what the table is for), then unknowns, then waits; each by
 /// total wait.
-fn rank(class: &str) -> u8 {
+pub fn rank(class: &str) -> u8 {
     match class {
         "lock" => 0,
         "unknown" => 1,
@@ -95,128 +89,8 @@ fn rank(class: &str) -> u8 {
     }
 }
 
-fn us(ns: u64) -> f64 {
+pub fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
-}
-
-/// Every lock that was waited on: contended locks first, then condition waits, each most
-/// total wait first.
-pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -> Vec<LockReport> {
-    struct Acc {
-        waits: u64,
-        total: u64,
-        max: u64,
-        hist: Merged,
-        waiter_stacks: Vec<(u64, u64, u64)>,
-    }
-    let mut by_lock: HashMap<u64, Acc> = HashMap::new();
-    for (key, wait) in &data.waits {
-        let acc = by_lock.entry(key.uaddr).or_insert_with(|| Acc {
-            waits: 0,
-            total: 0,
-            max: 0,
-            hist: Merged::default(),
-            waiter_stacks: Vec::new(),
-        });
-        acc.waits += wait.count;
-        acc.total += wait.total_ns;
-        acc.max = acc.max.max(wait.max_ns);
-        acc.hist.add(&wait.hist);
-        acc.waiter_stacks
-            .push((key.user_stack, wait.count, wait.total_ns));
-    }
-    let mut waiters: HashMap<u64, u64> = HashMap::new();
-    for (waiter, _) in &data.waiters {
-        *waiters.entry(waiter.uaddr).or_default() += 1;
-    }
-    let mut wakers: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
-    for (key, count) in &data.wakes {
-        wakers
-            .entry(key.uaddr)
-            .or_default()
-            .push((key.user_stack, *count));
-    }
-    let mut reports: Vec<LockReport> = by_lock
-        .into_iter()
-        .map(|(uaddr, mut acc)| {
-            let lock = namer.name(uaddr);
-            acc.waiter_stacks.sort_by_key(|s| std::cmp::Reverse(s.2));
-            let mut lock_wakers = wakers.remove(&uaddr).unwrap_or_default();
-            lock_wakers.sort_by_key(|w| std::cmp::Reverse(w.1));
-            let top_waiters: Vec<LockStack> = acc
-                .waiter_stacks
-                .iter()
-                .take(STACKS_PER_LOCK)
-                .map(|&(stack, count, total)| LockStack {
-                    frames: stacks.user_frames(stack),
-                    count,
-                    wait_us: us(total),
-                })
-                .collect();
-            let class = top_waiters
-                .first()
-                .map_or("unknown", |s| classify(&s.frames));
-            LockReport {
-                address: format!("{uaddr:#x}"),
-                name: lock.name,
-                kind: lock.kind,
-                class: class.into(),
-                waiters: waiters.get(&uaddr).copied().unwrap_or(0),
-                waits: acc.waits,
-                total_wait_us: us(acc.total),
-                mean_wait_us: if acc.waits == 0 {
-                    0.0
-                } else {
-                    us(acc.total) / acc.waits as f64
-                },
-                max_wait_us: us(acc.max),
-                p50_us: us(acc.hist.quantile(0.50)),
-                p90_us: us(acc.hist.quantile(0.90)),
-                p99_us: us(acc.hist.quantile(0.99)),
-                top_waiters,
-                top_wakers: lock_wakers
-                    .iter()
-                    .take(STACKS_PER_LOCK)
-                    .map(|&(stack, count)| LockStack {
-                        frames: stacks.user_frames(stack),
-                        count,
-                        wait_us: 0.0,
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
-    reports.sort_by(|a, b| {
-        rank(&a.class)
-            .cmp(&rank(&b.class))
-            .then(b.total_wait_us.total_cmp(&a.total_wait_us))
-    });
-    reports
-}
-
-/// Every (lock, waiter stack) as a stack rooted at the lock, weighted by microseconds waited.
-pub fn weighted_stacks(
-    data: &FutexData,
-    stacks: &StackTable,
-    reports: &[LockReport],
-) -> Vec<WeightedStack> {
-    let names: HashMap<&str, &str> = reports
-        .iter()
-        .map(|r| (r.address.as_str(), r.name.as_str()))
-        .collect();
-    data.waits
-        .iter()
-        .map(|(key, wait)| {
-            let address = format!("{:#x}", key.uaddr);
-            let name = names.get(address.as_str()).copied().unwrap_or(&address);
-            WeightedStack {
-                thread: format!("lock {name}"),
-                tid: 0,
-                frames: stacks.user_frames(key.user_stack),
-                weight: wait.total_ns / 1000,
-            }
-        })
-        .collect()
 }
 
 /// The lock table for the terminal and `locks.txt`: the first `n` locks with their stacks.

@@ -22,8 +22,9 @@ pub mod why;
 
 use std::path::PathBuf;
 
-use self::{alloc::LeakReport, futex::LockReport, profile::WeightedStack, summary::Summary};
-use crate::probes::sock::PortData;
+use self::{
+    alloc::LeakReport, futex::LockReport, profile::WeightedStack, sock::PortData, summary::Summary,
+};
 
 /// What a finished capture produced.
 pub struct Outcome {

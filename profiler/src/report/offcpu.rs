@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::summary::{StackWeight, ThreadWeight};
+use super::profile::{StackWeight, ThreadWeight};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OffcpuSummary {

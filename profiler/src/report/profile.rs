@@ -112,6 +112,27 @@ pub fn is_machinery(frame: &str) -> bool {
     MACHINERY.iter().any(|m| frame.contains(m))
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ThreadWeight {
+    pub name: String,
+    pub weight: u64,
+}
+
+/// A stack (root first) and its weight.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackWeight {
+    pub thread: String,
+    pub frames: Vec<String>,
+    pub weight: u64,
+}
+
+/// Weight per thread, heaviest first.
+pub fn thread_weights(stacks: &[WeightedStack]) -> Vec<ThreadWeight> {
+    thread_totals(stacks)
+        .into_iter()
+        .map(|(name, weight)| ThreadWeight { name, weight })
+        .collect()
+}
 /// Weight per thread name, heaviest first.
 pub fn thread_totals(stacks: &[WeightedStack]) -> Vec<(String, u64)> {
     let mut by_thread: BTreeMap<&str, u64> = BTreeMap::new();

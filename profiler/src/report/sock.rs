@@ -9,7 +9,20 @@ use profiler_common::hist::slot_mid;
 use serde::{Deserialize, Serialize};
 
 use super::hist::Merged;
-use crate::probes::sock::PortData;
+
+/// What the kernel counted for one port, so far.
+#[derive(Debug, Clone, Default)]
+pub struct PortData {
+    pub port: u16,
+    pub socket_to_reply: Merged,
+    pub service: Merged,
+    pub new_connection: Merged,
+    pub first_request: Merged,
+    pub pushes: u64,
+    pub unseen: u64,
+    /// The first and last reply on the port (ns, monotonic), when there was one.
+    pub replies_between: Option<(u64, u64)>,
+}
 
 /// One distribution, in microseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use super::{
     alloc::AllocSummary, cpu::CpuSummary, futex::FutexSummary, offcpu::OffcpuSummary,
     sock::LatencyReport, why::WhyReport,
 };
-use crate::{container::Placement, framepointers::FramePointerCheck, unwind::UnwindStats};
+use crate::{container::Placement, framepointers::FramePointerCheck};
 
 /// Bumped whenever a field changes meaning or is removed (adding fields does not bump it).
 /// Readers take every version up to this one, older ones through serde defaults.
@@ -83,24 +83,26 @@ pub struct TargetUsage {
     pub rss_kb: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ThreadWeight {
-    pub name: String,
-    pub weight: u64,
+/// What the unwinding tables cost and cover, for `summary.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UnwindStats {
+    pub mode: String,
+    /// Distinct binaries with a table.
+    pub binaries: usize,
+    /// Mapped binaries without CFI (walked with frame pointers in `auto`).
+    pub binaries_without_cfi: usize,
+    pub rows: u64,
+    pub rows_capacity: u64,
+    /// Rows whose rule the kernel cannot evaluate (walks stop there).
+    pub unsupported_rows: u64,
+    /// Kernel memory for rows and mappings.
+    pub map_bytes: u64,
+    /// Time spent compiling tables.
+    pub build_ms: f64,
+    /// Times the mappings changed during the capture (dlopen, dlclose).
+    pub mapping_updates: u64,
+    /// Executable mappings beyond what the kernel side holds.
+    pub mappings_dropped: u64,
 }
 
-/// A stack (root first) and its weight.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StackWeight {
-    pub thread: String,
-    pub frames: Vec<String>,
-    pub weight: u64,
-}
-
-/// Weight per thread, heaviest first.
-pub fn thread_weights(stacks: &[super::profile::WeightedStack]) -> Vec<ThreadWeight> {
-    super::profile::thread_totals(stacks)
-        .into_iter()
-        .map(|(name, weight)| ThreadWeight { name, weight })
-        .collect()
-}
+pub use super::profile::{StackWeight, ThreadWeight, thread_weights};

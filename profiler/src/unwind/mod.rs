@@ -23,8 +23,9 @@ use object::Object;
 use profiler_common::unwind::{
     self as common, MAX_MAPPINGS, MappingEntry, ProcessMappings, UnwindRow,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use crate::report::summary::UnwindStats;
 use crate::{
     elf::{Segment, segments, text_bias},
     procmaps::{Backing, MappedFile, ProcessMaps, parse_maps},
@@ -75,28 +76,6 @@ pub enum UnwindError {
     },
     #[error("cannot map {} into memory", common::ROWS_MAP)]
     Mmap(#[source] std::io::Error),
-}
-
-/// What the unwinding tables cost and cover, for `summary.json`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct UnwindStats {
-    pub mode: String,
-    /// Distinct binaries with a table.
-    pub binaries: usize,
-    /// Mapped binaries without CFI (walked with frame pointers in `auto`).
-    pub binaries_without_cfi: usize,
-    pub rows: u64,
-    pub rows_capacity: u64,
-    /// Rows whose rule the kernel cannot evaluate (walks stop there).
-    pub unsupported_rows: u64,
-    /// Kernel memory for rows and mappings.
-    pub map_bytes: u64,
-    /// Time spent compiling tables.
-    pub build_ms: f64,
-    /// Times the mappings changed during the capture (dlopen, dlclose).
-    pub mapping_updates: u64,
-    /// Executable mappings beyond what the kernel side holds.
-    pub mappings_dropped: u64,
 }
 
 /// A compiled table and where it went in `UNWIND_ROWS`.
@@ -432,6 +411,39 @@ fn own_vdso() -> Option<Vec<u8>> {
     let mut image = vec![0; (vdso.end - vdso.start) as usize];
     mem.read_exact_at(&mut image, vdso.start).ok()?;
     Some(image)
+}
+
+/// Says so when the main binary lacks frame pointers and nothing else will walk it.
+pub fn check_main_binary(
+    maps: &ProcessMaps,
+    unwinder: &Unwinder,
+    notes: &mut Vec<String>,
+) -> Option<crate::framepointers::FramePointerCheck> {
+    let binary = maps.main_binary()?;
+    // SAFETY: read-only map of a file we hold open; a concurrent truncation could fault, which
+    // for an executable that is running cannot happen (ETXTBSY).
+    let data = unsafe { memmap2::Mmap::map(&binary.file) }.ok()?;
+    let check = crate::framepointers::check(&data).ok()?;
+    if check.has_frame_pointers == Some(false) {
+        let what = format!(
+            "{} seems built without frame pointers ({} of {} functions set one up)",
+            binary.path.display(),
+            check.with_frame_pointer,
+            check.functions_checked
+        );
+        if unwinder.has_table(binary.id) {
+            log::info!("{what}; walking it with its .eh_frame tables");
+        } else if unwinder.mode() == UnwindMode::FramePointer {
+            notes.push(format!(
+                "{what}: user stacks through it will be short (--unwind auto walks its .eh_frame tables)"
+            ));
+        } else {
+            notes.push(format!(
+                "{what} and has no .eh_frame tables: user stacks through it will be short"
+            ));
+        }
+    }
+    Some(check)
 }
 
 #[cfg(test)]

@@ -24,7 +24,6 @@ use profiler_common::{
     alloc::{self, AllocConfig, AllocKey, StackAllocs, kind},
     stats,
 };
-use serde::{Deserialize, Serialize};
 
 use super::{Counters, Family, Finish, ProbeError, Setup, Tick, map, program_mut};
 use crate::{
@@ -32,8 +31,8 @@ use crate::{
     procmaps::{Backing, ProcessMaps},
     report::{
         alloc::{
-            self as report, AllocSummary, Analysis, MemorySample, Snapshots, live_totals,
-            memory_csv, sample_memory,
+            self as report, AllocSummary, Allocator, Analysis, MemorySample, Snapshots,
+            live_totals, memory_csv, sample_memory,
         },
         flamegraph::Labels,
     },
@@ -147,21 +146,6 @@ const LIBRARIES: &[(&str, &str)] = &[
     ("libtcmalloc", "tcmalloc"),
     ("libmimalloc", "mimalloc"),
 ];
-
-/// The allocator found, and the symbol probed for each function.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allocator {
-    /// "glibc", "jemalloc", "tcmalloc", "mimalloc", "static" (linked into the main binary),
-    /// or "custom" (--allocator).
-    pub name: String,
-    /// Its file as the target sees it.
-    pub path: PathBuf,
-    /// (function, symbol) pairs probed.
-    pub symbols: Vec<(String, String)>,
-    /// (function, bytes past the symbol) where each probe sits (see `probe_point`).
-    #[serde(default)]
-    pub offsets: Vec<(String, u64)>,
-}
 
 impl Allocator {
     fn new(name: &str, path: PathBuf, data: &[u8], symbols: Vec<(String, String)>) -> Self {
@@ -520,7 +504,7 @@ impl Family for Alloc {
         let analysis = Analysis {
             snapshots: &self.snapshots,
             stacks: &stacks,
-            table: &table,
+            frames: &|hash| table.user_frames(hash),
             now_ns: f.ended_ns,
             min_age_secs: self.config.min_age.as_secs_f64(),
             interval_secs: f.interval.as_secs_f64(),

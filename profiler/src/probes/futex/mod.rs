@@ -5,9 +5,9 @@
 
 pub mod namer;
 
-use std::io::Write as _;
+use std::{collections::HashMap, io::Write as _};
 
-use aya::{Ebpf, maps::HashMap, programs::TracePoint};
+use aya::{Ebpf, maps::HashMap as BpfHashMap, programs::TracePoint};
 use profiler_common::{
     futex::{self, FutexConfig, FutexKey, FutexWait, FutexWaiter},
     stats,
@@ -18,7 +18,12 @@ use super::{Counters, Family, Finish, ProbeError, Setup, map, program_mut};
 use crate::{
     ebpf::LoadConfig,
     report::{
-        self, findings::Finding, flamegraph::Labels, futex::FutexSummary, profile::named_frame,
+        self,
+        findings::Finding,
+        flamegraph::Labels,
+        futex::{FutexSummary, LockReport, LockStack, STACKS_PER_LOCK, classify, rank, us},
+        hist::Merged,
+        profile::{WeightedStack, named_frame},
     },
     stacks::StackTable,
     tracefs::{self, Format},
@@ -123,7 +128,7 @@ fn entries<K: aya::Pod, V: aya::Pod>(
     ebpf: &Ebpf,
     name: &'static str,
 ) -> Result<Vec<(K, V)>, ProbeError> {
-    let table: HashMap<_, K, V> = map(ebpf, PROBE, name)?;
+    let table: BpfHashMap<_, K, V> = map(ebpf, PROBE, name)?;
     table
         .iter()
         .collect::<Result<Vec<_>, _>>()
@@ -140,6 +145,126 @@ pub fn read(ebpf: &Ebpf) -> Result<FutexData, ProbeError> {
         wakes: entries(ebpf, futex::WAKES_MAP)?,
         waiters: entries(ebpf, futex::WAITERS_MAP)?,
     })
+}
+
+/// Every lock that was waited on: contended locks first, then condition waits, each most
+/// total wait first.
+pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -> Vec<LockReport> {
+    struct Acc {
+        waits: u64,
+        total: u64,
+        max: u64,
+        hist: Merged,
+        waiter_stacks: Vec<(u64, u64, u64)>,
+    }
+    let mut by_lock: HashMap<u64, Acc> = HashMap::new();
+    for (key, wait) in &data.waits {
+        let acc = by_lock.entry(key.uaddr).or_insert_with(|| Acc {
+            waits: 0,
+            total: 0,
+            max: 0,
+            hist: Merged::default(),
+            waiter_stacks: Vec::new(),
+        });
+        acc.waits += wait.count;
+        acc.total += wait.total_ns;
+        acc.max = acc.max.max(wait.max_ns);
+        acc.hist.add(&wait.hist);
+        acc.waiter_stacks
+            .push((key.user_stack, wait.count, wait.total_ns));
+    }
+    let mut waiters: HashMap<u64, u64> = HashMap::new();
+    for (waiter, _) in &data.waiters {
+        *waiters.entry(waiter.uaddr).or_default() += 1;
+    }
+    let mut wakers: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    for (key, count) in &data.wakes {
+        wakers
+            .entry(key.uaddr)
+            .or_default()
+            .push((key.user_stack, *count));
+    }
+    let mut reports: Vec<LockReport> = by_lock
+        .into_iter()
+        .map(|(uaddr, mut acc)| {
+            let lock = namer.name(uaddr);
+            acc.waiter_stacks.sort_by_key(|s| std::cmp::Reverse(s.2));
+            let mut lock_wakers = wakers.remove(&uaddr).unwrap_or_default();
+            lock_wakers.sort_by_key(|w| std::cmp::Reverse(w.1));
+            let top_waiters: Vec<LockStack> = acc
+                .waiter_stacks
+                .iter()
+                .take(STACKS_PER_LOCK)
+                .map(|&(stack, count, total)| LockStack {
+                    frames: stacks.user_frames(stack),
+                    count,
+                    wait_us: us(total),
+                })
+                .collect();
+            let class = top_waiters
+                .first()
+                .map_or("unknown", |s| classify(&s.frames));
+            LockReport {
+                address: format!("{uaddr:#x}"),
+                name: lock.name,
+                kind: lock.kind,
+                class: class.into(),
+                waiters: waiters.get(&uaddr).copied().unwrap_or(0),
+                waits: acc.waits,
+                total_wait_us: us(acc.total),
+                mean_wait_us: if acc.waits == 0 {
+                    0.0
+                } else {
+                    us(acc.total) / acc.waits as f64
+                },
+                max_wait_us: us(acc.max),
+                p50_us: us(acc.hist.quantile(0.50)),
+                p90_us: us(acc.hist.quantile(0.90)),
+                p99_us: us(acc.hist.quantile(0.99)),
+                top_waiters,
+                top_wakers: lock_wakers
+                    .iter()
+                    .take(STACKS_PER_LOCK)
+                    .map(|&(stack, count)| LockStack {
+                        frames: stacks.user_frames(stack),
+                        count,
+                        wait_us: 0.0,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    reports.sort_by(|a, b| {
+        rank(&a.class)
+            .cmp(&rank(&b.class))
+            .then(b.total_wait_us.total_cmp(&a.total_wait_us))
+    });
+    reports
+}
+
+/// Every (lock, waiter stack) as a stack rooted at the lock, weighted by microseconds waited.
+pub fn weighted_stacks(
+    data: &FutexData,
+    stacks: &StackTable,
+    reports: &[LockReport],
+) -> Vec<WeightedStack> {
+    let names: HashMap<&str, &str> = reports
+        .iter()
+        .map(|r| (r.address.as_str(), r.name.as_str()))
+        .collect();
+    data.waits
+        .iter()
+        .map(|(key, wait)| {
+            let address = format!("{:#x}", key.uaddr);
+            let name = names.get(address.as_str()).copied().unwrap_or(&address);
+            WeightedStack {
+                thread: format!("lock {name}"),
+                tid: 0,
+                frames: stacks.user_frames(key.user_stack),
+                weight: wait.total_ns / 1000,
+            }
+        })
+        .collect()
 }
 
 /// The `futex` family: lock contention by lock and stack, and who wakes the waiters.
@@ -184,14 +309,14 @@ impl Family for Futex {
             f.symbolizer,
         )?;
         let mut namer = LockNamer::new(f.maps);
-        let locks = report::futex::build(&data, &table, &mut namer);
+        let locks = build(&data, &table, &mut namer);
         let text = report::futex::render(&locks, LOCKS_LISTED);
         f.writer
             .write("locks.txt", |out| out.write_all(text.as_bytes()))?;
         let title = f.title("lock waits");
         f.writer.flamegraph(
             "locks",
-            &report::futex::weighted_stacks(&data, &table, &locks),
+            &weighted_stacks(&data, &table, &locks),
             &Labels {
                 title: &title,
                 subtitle: Some("futex waits by lock and waiter stack, weighted by microseconds"),
