@@ -55,6 +55,12 @@ pub fn count(stat: u32) {
     }
 }
 
+/// This CPU's value of a stats counter.
+#[inline(always)]
+pub fn this_cpu_count(stat: u32) -> u64 {
+    STATS.get(stat).copied().unwrap_or(0)
+}
+
 /// Adds `by` to `map[key]`, creating the entry. Returns false, having counted `full_stat`,
 /// when the map has no room.
 #[inline(always)]

@@ -328,6 +328,7 @@ impl Session {
             offcpu_stacks: None,
             locks: None,
             leaks: None,
+            growth: None,
             latency: None,
         };
         let mut finish = Finish {

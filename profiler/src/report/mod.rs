@@ -10,6 +10,7 @@ pub mod folded;
 pub mod futex;
 pub mod hist;
 pub mod html;
+pub mod memory;
 pub mod offcpu;
 pub mod pprof;
 pub mod profile;
@@ -37,6 +38,8 @@ pub struct Outcome {
     pub locks: Option<Vec<LockReport>>,
     /// Leak suspects and live allocations, when `alloc` ran.
     pub leaks: Option<LeakReport>,
+    /// Memory growth by stack, when `memory` ran.
+    pub growth: Option<memory::GrowthReport>,
     /// Every tracked port's histograms, when `sock` ran.
     pub latency: Option<Vec<PortData>>,
 }
