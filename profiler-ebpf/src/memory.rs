@@ -1,7 +1,7 @@
 //! `memory`: growth by the stack that faulted the pages in, and releases by range (see
 //! `profiler_common::memory` for the rule). Nothing here runs per allocator call: a fault
 //! costs a lookup, and a stack walk only when it grows a page not held already; a mapping
-//! call costs a lookup per 2 MiB of its range plus one per page held in it.
+//! call costs a lookup per chunk of its range plus one per page held in it.
 
 use core::ffi::c_void;
 
@@ -15,13 +15,15 @@ use aya_ebpf::{
 };
 use profiler_common::{
     memory::{
-        CHUNK_SHIFT, Change, ChangeKey, FAULT_WRITE, Growth, GrowthKey, MAP_ANONYMOUS, MAP_FIXED,
-        MAX_RELEASE_STEPS, MemoryConfig, Remap, USER_ADDRESS_END, fault, madvise_releases, op,
+        CHUNK_PAGES, CHUNK_PAGES_SHIFT, Change, ChangeKey, Chunk, FAULT_WRITE, Growth, GrowthKey,
+        MAP_ANONYMOUS, MAP_FIXED, MAX_RELEASE_STEPS, MemoryConfig, NO_STACK_OWNER, Remap,
+        USER_ADDRESS_END, fault, madvise_releases, op,
     },
+    stack::NO_USER_STACK,
     stats,
 };
 
-use crate::shared::{EEXIST, add_to, atomic_add, count, target_thread, this_cpu_count, user_stack};
+use crate::shared::{atomic_add, count, count_by, target_thread, this_cpu_count, user_stack};
 
 #[unsafe(no_mangle)]
 static MEMORY_CONFIG: Global<MemoryConfig> = Global::new(MemoryConfig {
@@ -45,13 +47,14 @@ static MEMORY_CONFIG: Global<MemoryConfig> = Global::new(MemoryConfig {
     _pad: 0,
 });
 
-/// Allocated per entry: a target that grows little holds little here. Sized by the family.
+/// Allocated per entry (4 KiB each): a target that grows little holds little here. Sized by
+/// the family.
 #[map]
-static MEMORY_PAGES: HashMap<u64, GrowthKey> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+static MEMORY_CHUNKS: HashMap<u64, Chunk> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
-/// 65536 chunks of 2 MiB: 128 GiB of address space holding counted pages.
+/// Never written: the zeros a new chunk starts from (4 KiB is far more than the BPF stack).
 #[map]
-static MEMORY_CHUNKS: HashMap<u64, u64> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+static MEMORY_ZERO: Array<Chunk> = Array::with_max_entries(1, 0);
 
 #[map]
 static MEMORY_GROWTH: HashMap<GrowthKey, Growth> = HashMap::with_max_entries(32768, 0);
@@ -110,35 +113,34 @@ fn on_fault(ctx: &TracePointContext, kind: u8) {
         return;
     }
     count(stats::MEMORY_FAULTS);
-    let page = address >> config.page_shift << config.page_shift;
-    // Held already: swapped back in, or copied after a fork. Checked before the stack walk,
-    // which is the expensive part.
-    if MEMORY_PAGES.get_ptr(page).is_some() {
+    let page = address >> config.page_shift;
+    let Some(chunk) = chunk_for(page >> CHUNK_PAGES_SHIFT) else {
+        count(stats::MEMORY_PAGES_FULL);
         return;
-    }
-    let chunk = page >> CHUNK_SHIFT;
-    // The chunk counts the page before the page is held, so a release never misses it.
-    if !add_to(&MEMORY_CHUNKS, &chunk, 1, stats::MEMORY_PAGES_FULL) {
-        return;
-    }
-    let key = GrowthKey {
-        user_stack: user_stack(ctx, tid, false),
-        tgid,
-        kind,
-        _pad: [0; 3],
     };
-    match MEMORY_PAGES.insert(page, key, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        Err(e) => {
-            // Another thread faulted the same page first (it counted it), or the map is full.
-            chunk_add(chunk, u64::MAX);
-            if e != -EEXIST {
-                count(stats::MEMORY_PAGES_FULL);
-            }
-            return;
-        }
+    let slot = (page as usize) & (CHUNK_PAGES - 1);
+    // SAFETY: a live map value; the index is masked into the array.
+    let owner = unsafe { &mut (*chunk).owners[slot] };
+    // Held already: swapped back in, or copied after a fork. Checked before the stack walk,
+    // which is the expensive part. (Two threads faulting one page at the same instant may
+    // both count it: no compare-and-swap here.)
+    if *owner != 0 {
+        return;
     }
+    let stack = user_stack(ctx, tid, false);
+    *owner = if stack == NO_USER_STACK {
+        NO_STACK_OWNER
+    } else {
+        stack
+    };
+    // SAFETY: as above; counters move by atomic adds.
+    unsafe { atomic_add(&raw mut (*chunk).held, 1) };
     count(stats::MEMORY_GROWN);
+    let key = GrowthKey {
+        user_stack: stack,
+        tgid,
+        _pad: 0,
+    };
     let Some(entry) = growth_entry(&key) else {
         count(stats::MEMORY_STACKS_FULL);
         return;
@@ -147,7 +149,23 @@ fn on_fault(ctx: &TracePointContext, kind: u8) {
     unsafe {
         atomic_add(&raw mut (*entry).pages, 1);
         atomic_add((&raw mut (*entry).held_pages).cast(), 1);
+        if kind == fault::KERNEL {
+            atomic_add(&raw mut (*entry).kernel_pages, 1);
+        }
     }
+}
+
+/// The chunk holding page numbers `index * CHUNK_PAGES ..`, created empty if need be.
+#[inline(always)]
+fn chunk_for(index: u64) -> Option<*mut Chunk> {
+    if let Some(chunk) = MEMORY_CHUNKS.get_ptr_mut(index) {
+        return Some(chunk);
+    }
+    let zero = MEMORY_ZERO.get_ptr(0)?;
+    // SAFETY: the zero chunk is never written. Another CPU may insert it first; either way
+    // the lookup below finds it.
+    let _ = MEMORY_CHUNKS.insert(index, unsafe { &*zero }, BPF_NOEXIST as u64);
+    MEMORY_CHUNKS.get_ptr_mut(index)
 }
 
 #[inline(always)]
@@ -159,98 +177,116 @@ fn growth_entry(key: &GrowthKey) -> Option<*mut Growth> {
     MEMORY_GROWTH.get_ptr_mut(key)
 }
 
-#[inline(always)]
-fn chunk_add(chunk: u64, by: u64) {
-    if let Some(held) = MEMORY_CHUNKS.get_ptr_mut(chunk) {
-        atomic_add(held, by);
-    }
-}
-
-/// A release (or move) in progress, for `release_step`.
+/// A release (or move) in progress, for `release_step`. Page numbers, not addresses.
 #[repr(C)]
 struct Release {
     cursor: u64,
     end: u64,
-    page_size: u64,
-    /// The chunk of `cursor` once it is known to hold pages (u64::MAX: none checked yet).
-    checked_chunk: u64,
-    /// mremap moving the mapping: added to each held page's address (0: a release).
+    /// mremap moving the mapping: added to each held page's number (0: a release).
     move_by: u64,
+    tgid: u64,
+    /// The run of pages released one after another from one stack, given back to that stack
+    /// in one update when it ends. Its length comes from loop indices: a count kept in this
+    /// context would be known exactly to the verifier, which then sees a new state every
+    /// step and rejects the loop.
+    run_owner: u64,
+    run_first: u64,
+    run_last: u64,
+}
+
+/// Gives the current run's pages back to the stack that grew them.
+#[inline(always)]
+fn end_run(r: &mut Release) {
+    if r.run_owner == 0 {
+        return;
+    }
+    let pages = r.run_last.wrapping_sub(r.run_first).wrapping_add(1);
+    let key = GrowthKey {
+        user_stack: if r.run_owner == NO_STACK_OWNER {
+            NO_USER_STACK
+        } else {
+            r.run_owner
+        },
+        tgid: r.tgid as u32,
+        _pad: 0,
+    };
+    if let Some(entry) = MEMORY_GROWTH.get_ptr_mut(key) {
+        // SAFETY: a live map value; two's complement adds subtract.
+        unsafe { atomic_add((&raw mut (*entry).held_pages).cast(), pages.wrapping_neg()) };
+    }
+    count_by(stats::MEMORY_RELEASED, pages);
+    r.run_owner = 0;
 }
 
 /// One step: skips a chunk that holds no page, or looks at one page.
 #[inline(never)]
-extern "C" fn release_step(_index: u64, ctx: *mut c_void) -> i64 {
+extern "C" fn release_step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the context `release` gave it.
     let r = unsafe { &mut *ctx.cast::<Release>() };
     if r.cursor >= r.end {
         return 1;
     }
-    let chunk = r.cursor >> CHUNK_SHIFT;
-    if chunk != r.checked_chunk {
-        // SAFETY: a read of a counter; a concurrent change only makes the skip conservative.
-        let held = unsafe { MEMORY_CHUNKS.get(chunk) }.copied().unwrap_or(0);
-        if held == 0 {
-            r.cursor = (chunk + 1) << CHUNK_SHIFT;
-            return 0;
-        }
-        r.checked_chunk = chunk;
-    }
-    let page = r.cursor;
-    r.cursor += r.page_size;
-    // SAFETY: copied out before the entry is removed.
-    let Some(owner) = (unsafe { MEMORY_PAGES.get(page) }).copied() else {
+    let chunk_index = r.cursor >> CHUNK_PAGES_SHIFT;
+    let chunk = MEMORY_CHUNKS.get_ptr_mut(chunk_index);
+    // SAFETY: a read of a live map value's counter.
+    let Some(chunk) = chunk.filter(|c| unsafe { (**c).held } != 0) else {
+        end_run(r);
+        r.cursor = (chunk_index + 1) << CHUNK_PAGES_SHIFT;
         return 0;
     };
-    // Whoever removes it accounts for it (another CPU may be releasing the same page).
-    if MEMORY_PAGES.remove(page).is_err() {
+    let page = r.cursor;
+    r.cursor += 1;
+    // SAFETY: a live map value; the index is masked into the array.
+    let slot = unsafe { &mut (*chunk).owners[(page as usize) & (CHUNK_PAGES - 1)] };
+    let owner = *slot;
+    if owner == 0 {
+        end_run(r);
         return 0;
     }
-    chunk_add(chunk, u64::MAX);
+    *slot = 0;
+    // SAFETY: as above.
+    unsafe { atomic_add(&raw mut (*chunk).held, u64::MAX) };
     if r.move_by != 0 {
         let to = page.wrapping_add(r.move_by);
-        if add_to(
-            &MEMORY_CHUNKS,
-            &(to >> CHUNK_SHIFT),
-            1,
-            stats::MEMORY_PAGES_FULL,
-        ) {
-            if MEMORY_PAGES.insert(to, owner, BPF_ANY as u64).is_ok() {
-                return 0;
+        if let Some(dest) = chunk_for(to >> CHUNK_PAGES_SHIFT) {
+            // SAFETY: as above.
+            unsafe {
+                (*dest).owners[(to as usize) & (CHUNK_PAGES - 1)] = owner;
+                atomic_add(&raw mut (*dest).held, 1);
             }
-            chunk_add(to >> CHUNK_SHIFT, u64::MAX);
-            count(stats::MEMORY_PAGES_FULL);
+            end_run(r);
+            return 0;
         }
+        count(stats::MEMORY_PAGES_FULL);
     }
-    if let Some(entry) = MEMORY_GROWTH.get_ptr_mut(owner) {
-        // SAFETY: a live map value; two's complement adds subtract.
-        unsafe { atomic_add((&raw mut (*entry).held_pages).cast(), u64::MAX) };
+    if owner != r.run_owner {
+        end_run(r);
+        r.run_owner = owner;
+        r.run_first = index;
     }
-    // Counted in the per-CPU stat, not in `r`: a counter in the loop's context that the
-    // verifier knows exactly gives it a new state every step, and it rejects the loop.
-    count(stats::MEMORY_RELEASED);
+    r.run_last = index;
     0
 }
 
-/// Releases every held page in `[start, start + len)`, or with `move_by` moves them by that
-/// much; returns the pages released.
+/// Releases every held page in `[start, start + len)`, or with `move_by` (bytes) moves them by
+/// that much; returns the pages released.
 #[inline(always)]
 fn release(start: u64, len: u64, move_by: u64) -> u64 {
     let shift = MEMORY_CONFIG.load().page_shift;
-    let page_size = 1u64 << shift;
-    let begin = start >> shift << shift;
     let end = start.saturating_add(len).min(USER_ADDRESS_END);
-    let end = end.saturating_add(page_size - 1) >> shift << shift;
-    if end <= begin {
+    let mut r = Release {
+        cursor: start >> shift,
+        end: (end + (1 << shift) - 1) >> shift,
+        // A move to a lower address wraps: shifted arithmetically, it stays a negative step.
+        move_by: ((move_by as i64) >> shift) as u64,
+        tgid: u64::from(target_thread().map_or(0, |(tgid, _)| tgid)),
+        run_owner: 0,
+        run_first: 0,
+        run_last: 0,
+    };
+    if r.end <= r.cursor {
         return 0;
     }
-    let mut r = Release {
-        cursor: begin,
-        end,
-        page_size,
-        checked_chunk: u64::MAX,
-        move_by,
-    };
     // This CPU's count before and after is what this call released: nothing else runs on
     // the CPU meanwhile (programs do not nest, and do not migrate).
     let before = this_cpu_count(stats::MEMORY_RELEASED);
@@ -264,6 +300,7 @@ fn release(start: u64, len: u64, move_by: u64) -> u64 {
             0,
         );
     }
+    end_run(&mut r);
     if r.cursor < r.end {
         count(stats::MEMORY_RELEASE_CUT);
     }

@@ -55,6 +55,15 @@ pub fn count(stat: u32) {
     }
 }
 
+/// Adds `by` to a stats counter.
+#[inline(always)]
+pub fn count_by(stat: u32, by: u64) {
+    if let Some(slot) = STATS.get_ptr_mut(stat) {
+        // SAFETY: the pointer is into this CPU's slot of a live map.
+        unsafe { *slot += by };
+    }
+}
+
 /// This CPU's value of a stats counter.
 #[inline(always)]
 pub fn this_cpu_count(stat: u32) -> u64 {

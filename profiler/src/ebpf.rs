@@ -171,7 +171,7 @@ mod tests {
             why::ARMED_MAP,
             why::ORPHANS_MAP,
             alloc::ARMED_MAP,
-            memory::PAGES_MAP,
+            memory::ZERO_MAP,
             memory::CHUNKS_MAP,
             memory::GROWTH_MAP,
             memory::CHANGES_MAP,

@@ -35,14 +35,14 @@ const TERMINAL_LISTED: usize = 5;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Pages held at most (growth beyond is counted as dropped).
-    pub max_pages: u32,
+    /// Chunks of 512 pages with growth in them, at most (growth beyond is counted as dropped).
+    pub max_chunks: u32,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            max_pages: memory::DEFAULT_MAX_PAGES,
+            max_chunks: memory::DEFAULT_MAX_CHUNKS,
         }
     }
 }
@@ -180,7 +180,7 @@ impl Family for Memory {
     fn configure(&mut self, setup: &Setup<'_>, load: &mut LoadConfig) -> Result<(), ProbeError> {
         self.pid = setup.pid;
         load.global(memory::CONFIG_GLOBAL, &kernel_config()?);
-        load.map_size(memory::PAGES_MAP, self.config.max_pages);
+        load.map_size(memory::CHUNKS_MAP, self.config.max_chunks);
         Ok(())
     }
 

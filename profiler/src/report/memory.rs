@@ -10,7 +10,7 @@
 
 use std::{collections::HashMap, fmt::Write as _};
 
-use profiler_common::memory::{Change, ChangeKey, Growth, GrowthKey, fault, op};
+use profiler_common::memory::{Change, ChangeKey, Growth, GrowthKey, op};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -81,14 +81,16 @@ impl GrowthSnapshots {
 pub struct GrowthStack {
     /// Root first; the leaf is the function that touched the page.
     pub frames: Vec<String>,
-    /// "page fault", or "page fault in a syscall" (the kernel filling a user buffer).
-    pub kind: String,
     /// Held at the end: grown during the capture and not released.
     pub bytes: u64,
     pub pages: u64,
     /// Grown during the capture, held or not.
     pub grown_bytes: u64,
     pub released_bytes: u64,
+    /// Of `grown_bytes`, what the kernel wrote for it in a syscall (a read into a fresh
+    /// buffer).
+    #[serde(default)]
+    pub syscall_bytes: u64,
     /// Least-squares slope of the bytes held, per minute.
     pub rate_bytes_per_min: f64,
     /// Share of every stack's held bytes, in percent.
@@ -160,8 +162,8 @@ pub struct GrowthReport {
     pub note: Option<String>,
 }
 
-/// A stack's frames (root first) and how it grew (one of `fault`).
-type NamedStack = (Vec<String>, u8);
+/// A stack's frames, root first.
+type NamedStack = Vec<String>;
 
 /// What the family hands the analysis.
 pub struct Analysis<'a> {
@@ -173,13 +175,6 @@ pub struct Analysis<'a> {
     pub page_size: u64,
     pub interval_secs: f64,
     pub memory: &'a [MemorySample],
-}
-
-pub fn fault_name(code: u8) -> &'static str {
-    fault::NAMES
-        .get(usize::from(code))
-        .copied()
-        .unwrap_or("unknown")
 }
 
 pub fn op_name(code: u8) -> &'static str {
@@ -216,7 +211,7 @@ impl Analysis<'_> {
         let mut groups: HashMap<NamedStack, Vec<(GrowthKey, Growth)>> = HashMap::new();
         for (key, g) in self.growth {
             groups
-                .entry((self.frames(key.user_stack), key.kind))
+                .entry(self.frames(key.user_stack))
                 .or_default()
                 .push((*key, *g));
         }
@@ -233,7 +228,7 @@ impl Analysis<'_> {
             .sum();
         let mut suspects = Vec::new();
         let mut others = Vec::new();
-        for ((frames, kind), members) in self.named_stacks() {
+        for (frames, members) in self.named_stacks() {
             let keys: Vec<GrowthKey> = members.iter().map(|(k, _)| *k).collect();
             let series = self.snapshots.held(&keys);
             let (slope, keeps_growing) = growth(&series);
@@ -242,13 +237,14 @@ impl Analysis<'_> {
                 .map(|(_, g)| g.held_pages.max(0) as u64)
                 .sum();
             let grown: u64 = members.iter().map(|(_, g)| g.pages).sum();
+            let in_syscalls: u64 = members.iter().map(|(_, g)| g.kernel_pages).sum();
             let stack = GrowthStack {
                 frames,
-                kind: fault_name(kind).to_string(),
                 bytes: held * page,
                 pages: held,
                 grown_bytes: grown * page,
                 released_bytes: grown.saturating_sub(held) * page,
+                syscall_bytes: in_syscalls * page,
                 rate_bytes_per_min: slope * 60.0 * page as f64,
                 share_percent: if held_total == 0 {
                     0.0
@@ -533,8 +529,7 @@ mod tests {
         GrowthKey {
             user_stack: stack,
             tgid: 1,
-            kind: fault::USER,
-            _pad: [0; 3],
+            _pad: 0,
         }
     }
 
@@ -564,6 +559,7 @@ mod tests {
                     Growth {
                         pages: 100 * i,
                         held_pages: 100 * i as i64,
+                        kernel_pages: 0,
                     },
                 ),
                 (
@@ -571,6 +567,7 @@ mod tests {
                     Growth {
                         pages: 500,
                         held_pages: 500,
+                        kernel_pages: 100,
                     },
                 ),
                 // Grows 50 pages every interval and gives them back: it never holds more.
@@ -579,6 +576,7 @@ mod tests {
                     Growth {
                         pages: 50 * (i + 1),
                         held_pages: 50,
+                        kernel_pages: 0,
                     },
                 ),
             ];
@@ -616,6 +614,7 @@ mod tests {
             .map(|g| g.frames.last().unwrap().as_str())
             .collect();
         assert_eq!(growers, ["warm_up", "churn"]);
+        assert_eq!(report.growers[0].syscall_bytes, 100 * 4096);
         let churn = &report.growers[1];
         assert_eq!(
             (churn.grown_bytes, churn.released_bytes),
