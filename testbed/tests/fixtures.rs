@@ -80,7 +80,7 @@ fn memory_growth() {
     ready(&mut child);
     let lines = run_to_exit(child);
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert_eq!(shape(&lines[0]), "done leaked N churned N");
+    assert_eq!(shape(&lines[0]), "done leaked N churned N cpu_ns N");
 }
 
 #[test]
