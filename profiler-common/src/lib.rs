@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod cpu;
 pub mod futex;
 pub mod hist;
+pub mod memory;
 pub mod offcpu;
 pub mod sock;
 pub mod stack;

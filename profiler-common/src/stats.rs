@@ -68,8 +68,21 @@ pub const WHY_REQUESTS: u32 = 26;
 pub const WHY_REQUESTS_FULL: u32 = 27;
 /// why: finished requests lost because the ring buffer to userspace was full.
 pub const WHY_RECORDS_LOST: u32 = 28;
+/// memory: write faults of the target on user pages.
+pub const MEMORY_FAULTS: u32 = 29;
+/// memory: pages counted as growth (a write fault on a page not held already).
+pub const MEMORY_GROWN: u32 = 30;
+/// memory: held pages released (munmap, madvise, brk down, mremap shrinking, MAP_FIXED).
+pub const MEMORY_RELEASED: u32 = 31;
+/// memory: growth not counted because `MEMORY_PAGES` or `MEMORY_CHUNKS` was full.
+pub const MEMORY_PAGES_FULL: u32 = 32;
+/// memory: growth or mapping calls not counted by stack because their map was full.
+pub const MEMORY_STACKS_FULL: u32 = 33;
+/// memory: releases of ranges too large to follow to their end (past
+/// `memory::MAX_RELEASE_STEPS`): the rest of the range kept its pages.
+pub const MEMORY_RELEASE_CUT: u32 = 34;
 
-pub const COUNT: u32 = 29;
+pub const COUNT: u32 = 35;
 
 /// Names used in reports and `summary.json`, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -102,10 +115,16 @@ pub const NAMES: [&str; COUNT as usize] = [
     "why_requests",
     "why_requests_full",
     "why_records_lost",
+    "memory_faults",
+    "memory_grown",
+    "memory_released",
+    "memory_pages_full",
+    "memory_stacks_full",
+    "memory_release_cut",
 ];
 
 /// Counters that count events rather than losses; summaries keep them apart from drops.
-pub const EVENTS: [u32; 11] = [
+pub const EVENTS: [u32; 14] = [
     CPU_SAMPLES,
     WHY_REQUESTS,
     SOCK_REQUESTS,
@@ -119,4 +138,7 @@ pub const EVENTS: [u32; 11] = [
     // and glibc calling itself.
     ALLOC_UNKNOWN_FREES,
     ALLOC_NESTED,
+    MEMORY_FAULTS,
+    MEMORY_GROWN,
+    MEMORY_RELEASED,
 ];

@@ -9,6 +9,7 @@
 mod alloc;
 mod cpu;
 mod futex;
+mod memory;
 mod offcpu;
 mod shared;
 mod sock;

@@ -55,6 +55,21 @@ pub fn count(stat: u32) {
     }
 }
 
+/// Adds `by` to a stats counter.
+#[inline(always)]
+pub fn count_by(stat: u32, by: u64) {
+    if let Some(slot) = STATS.get_ptr_mut(stat) {
+        // SAFETY: the pointer is into this CPU's slot of a live map.
+        unsafe { *slot += by };
+    }
+}
+
+/// This CPU's value of a stats counter.
+#[inline(always)]
+pub fn this_cpu_count(stat: u32) -> u64 {
+    STATS.get(stat).copied().unwrap_or(0)
+}
+
 /// Adds `by` to `map[key]`, creating the entry. Returns false, having counted `full_stat`,
 /// when the map has no room.
 #[inline(always)]

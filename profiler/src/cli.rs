@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    probes::{alloc, cpu, futex, offcpu, sock, why},
+    probes::{alloc, cpu, futex, memory, offcpu, sock, why},
     session::AttachOptions,
     unwind::UnwindMode,
 };
@@ -99,8 +99,8 @@ pub struct AttachArgs {
     /// exits].
     #[arg(short, long, value_parser = positive_duration)]
     pub duration: Option<Duration>,
-    /// Every family but alloc (which costs more): cpu, offcpu, futex, sock and why, on one
-    /// timeline into one output directory. Add --alloc for allocations too.
+    /// Every family but alloc (which costs more): cpu, offcpu, futex, sock, why and memory,
+    /// on one timeline into one output directory. Add --alloc for allocations too.
     #[arg(long)]
     pub all: bool,
     /// Sample on-CPU stacks (the default when no probe is named).
@@ -115,6 +115,11 @@ pub struct AttachArgs {
     /// Allocation tracking and leak suspects (uprobes on the target's allocator).
     #[arg(long)]
     pub alloc: bool,
+    /// Memory growth by stack, cheap enough to leave on: pages the target faults in and still
+    /// holds, by the stack that touched them, and the mapping calls that release them; leak
+    /// suspects are stacks that keep holding more while the target's memory grows.
+    #[arg(long)]
+    pub memory: bool,
     /// Socket-to-reply and service latency per listening port, and new-connection wait.
     #[arg(long, visible_alias = "latency")]
     pub sock: bool,
@@ -187,7 +192,7 @@ impl AttachArgs {
         let why = self.all || self.why;
         let cpu = self.all
             || self.cpu
-            || !(self.offcpu || self.futex || self.alloc || self.sock || self.why);
+            || !(self.offcpu || self.futex || self.alloc || self.memory || self.sock || self.why);
         let offcpu = self.all || self.offcpu;
         let futex = self.all || self.futex;
         // `why` follows the requests `sock` pairs.
@@ -208,6 +213,7 @@ impl AttachArgs {
                 allocator: self.allocator.clone(),
                 min_age: self.min_age,
             }),
+            memory: (self.all || self.memory).then(memory::Config::default),
             sock: sock.then_some(sock::Config {}),
             why: why.then_some(why::Config { tail: self.tail }),
             interval: self.interval,
@@ -318,6 +324,12 @@ mod tests {
         );
         assert!(opts(&["--sock", "--cpu"]).cpu.is_some());
         assert!(all.alloc.is_none(), "alloc stays opt-in");
+        assert!(
+            all.memory.is_some(),
+            "memory growth is cheap enough for --all"
+        );
+        let memory = opts(&["--memory"]);
+        assert!(memory.memory.is_some() && memory.cpu.is_none() && memory.alloc.is_none());
         assert!(opts(&["--all", "--alloc"]).alloc.is_some());
     }
 

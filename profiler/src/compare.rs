@@ -189,6 +189,21 @@ impl Percentile {
 /// What the latency and throughput gates read: the load driver's report, else `sock`.
 const LATENCY_SOURCE: &str = "a load report (load.json) or a `--sock` capture";
 
+/// Both runs' leak suspects from the source they share: allocations (`--alloc`) where both
+/// tracked them, else memory growth (`--memory`). Runs that share none compare as one side
+/// lacking suspects, since the stacks of one source are not those of the other.
+fn leak_suspects(old: &Run, new: &Run) -> (Option<BTreeSet<String>>, Option<BTreeSet<String>>) {
+    match (
+        (old.leak_suspects(), old.growth_suspects()),
+        (new.leak_suspects(), new.growth_suspects()),
+    ) {
+        ((Some(o), _), (Some(n), _)) | ((_, Some(o)), (_, Some(n))) => (Some(o), Some(n)),
+        ((None, None), (None, None)) => (None, None),
+        ((None, None), _) => (None, Some(BTreeSet::new())),
+        _ => (Some(BTreeSet::new()), None),
+    }
+}
+
 impl Run {
     fn rss_kb(&self) -> Option<f64> {
         let summary = &self.run.summary;
@@ -199,6 +214,10 @@ impl Run {
             .map(|u| u.rss_kb as f64)
             .or_else(|| {
                 let memory = &summary.alloc.as_ref()?.leaks.memory;
+                (memory.rss_end_kb > 0).then_some(memory.rss_end_kb as f64)
+            })
+            .or_else(|| {
+                let memory = &summary.memory.as_ref()?.growth.memory;
                 (memory.rss_end_kb > 0).then_some(memory.rss_end_kb as f64)
             })
     }
@@ -254,6 +273,19 @@ impl Run {
             .map(|p| p.socket_to_reply.rate_per_s)
             .collect();
         (!served.is_empty()).then(|| served.iter().sum())
+    }
+
+    /// Suspects of memory growth (`--memory`); `None` when the run did not follow growth.
+    fn growth_suspects(&self) -> Option<BTreeSet<String>> {
+        let memory = self.run.summary.memory.as_ref()?;
+        Some(
+            memory
+                .growth
+                .suspects
+                .iter()
+                .map(|s| s.frames.join(";"))
+                .collect(),
+        )
     }
 
     /// Leak suspects' stacks; `None` when the run tracked no allocations.
@@ -448,7 +480,7 @@ pub fn compare(
             false,
         ),
     ];
-    let new_leaks: Vec<String> = match (old_run.leak_suspects(), new_run.leak_suspects()) {
+    let new_leaks: Vec<String> = match leak_suspects(&old_run, &new_run) {
         (Some(old_leaks), Some(new_leaks)) => {
             let grown: Vec<String> = new_leaks
                 .into_iter()
@@ -484,7 +516,7 @@ pub fn compare(
         (Some(_), None) => {
             return Err(CompareError::Missing {
                 gate: "new leak suspects".into(),
-                what: "an `--alloc` capture",
+                what: "an `--alloc` or `--memory` capture",
                 has: old_run.run.dir.clone(),
                 lacks: new_run.run.dir.clone(),
             });
@@ -492,7 +524,7 @@ pub fn compare(
         (None, Some(_)) => {
             return Err(CompareError::Missing {
                 gate: "new leak suspects".into(),
-                what: "an `--alloc` capture",
+                what: "an `--alloc` or `--memory` capture",
                 has: new_run.run.dir.clone(),
                 lacks: old_run.run.dir.clone(),
             });
@@ -1024,5 +1056,48 @@ mod tests {
         fs::create_dir_all(&empty).unwrap();
         fs::write(empty.join("summary.json"), "{}").unwrap();
         assert!(save_baseline(&results, "v2", &empty, false).is_err());
+    }
+
+    /// Runs that followed memory growth (and tracked no allocations) gate on its suspects;
+    /// a run of each source compares as one lacking the other's.
+    #[test]
+    fn growth_suspects_gate_when_both_runs_followed_growth() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let with_growth = |suspects: &[&[&str]]| {
+            let mut s = summary(100_000, 50.0, 1000.0, &[]);
+            s.alloc = None;
+            let mut memory = crate::report::memory::MemorySummary::default();
+            memory.growth.suspects = suspects
+                .iter()
+                .map(|frames| crate::report::memory::GrowthStack {
+                    frames: frames.iter().map(|f| f.to_string()).collect(),
+                    ..Default::default()
+                })
+                .collect();
+            s.memory = Some(memory);
+            s
+        };
+        let folded = "t;x 1\n";
+        let old = run_dir(
+            root,
+            "old",
+            &with_growth(&[&["main", "cache_fill"]]),
+            folded,
+        );
+        let new = run_dir(
+            root,
+            "new",
+            &with_growth(&[&["main", "cache_fill"], &["main", "leak_96"]]),
+            folded,
+        );
+        let c = compare(&old, &new, &root.join("cmp1"), &Gates::default()).unwrap();
+        assert_eq!(result_of(&c, "new leak suspects"), "fail");
+        assert_eq!(c.new_leak_suspects, vec!["main;leak_96"]);
+        let allocs = run_dir(root, "alloc", &summary(100_000, 50.0, 1000.0, &[]), folded);
+        assert!(matches!(
+            compare(&allocs, &new, &root.join("cmp2"), &Gates::default()),
+            Err(CompareError::Missing { .. })
+        ));
     }
 }

@@ -85,7 +85,7 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use profiler_common::{alloc, cpu, futex, offcpu, sock, stack, stats, unwind, why};
+    use profiler_common::{alloc, cpu, futex, memory, offcpu, sock, stack, stats, unwind, why};
 
     use super::*;
 
@@ -122,6 +122,14 @@ mod tests {
             why::FUTEX_ENTER_PROGRAM,
             why::FUTEX_EXIT_PROGRAM,
             why::IDLE_PROGRAM,
+            memory::FAULT_USER_PROGRAM,
+            memory::FAULT_KERNEL_PROGRAM,
+            memory::BRK_PROGRAM,
+            memory::MMAP_PROGRAM,
+            memory::MUNMAP_PROGRAM,
+            memory::MADVISE_PROGRAM,
+            memory::MREMAP_ENTER_PROGRAM,
+            memory::MREMAP_EXIT_PROGRAM,
         ];
         for program in programs {
             assert!(
@@ -163,6 +171,13 @@ mod tests {
             why::ARMED_MAP,
             why::ORPHANS_MAP,
             alloc::ARMED_MAP,
+            memory::ZERO_MAP,
+            memory::CHUNKS_MAP,
+            memory::GROWTH_MAP,
+            memory::CHANGES_MAP,
+            memory::BRK_MAP,
+            memory::REMAPS_MAP,
+            memory::ARMED_MAP,
         ] {
             assert!(
                 object.maps.contains_key(map),

@@ -5,7 +5,8 @@ use std::{path::PathBuf, time::Duration};
 
 use crate::{
     probes::{
-        self, Family, alloc::Alloc, cpu::Cpu, futex::Futex, offcpu::Offcpu, sock::Sock, why::Why,
+        self, Family, alloc::Alloc, cpu::Cpu, futex::Futex, memory::Memory, offcpu::Offcpu,
+        sock::Sock, why::Why,
     },
     unwind::UnwindMode,
 };
@@ -23,6 +24,8 @@ pub struct AttachOptions {
     pub offcpu: Option<probes::offcpu::Config>,
     pub futex: Option<probes::futex::Config>,
     pub alloc: Option<probes::alloc::Config>,
+    /// Memory growth by stack from page faults and mapping calls.
+    pub memory: Option<probes::memory::Config>,
     pub sock: Option<probes::sock::Config>,
     /// Tail attribution; needs `sock`, which pairs the requests.
     pub why: Option<probes::why::Config>,
@@ -57,6 +60,10 @@ impl AttachOptions {
         }
         if let Some(config) = &self.alloc {
             families.push(Box::new(Alloc::new(config.clone())));
+        }
+        // After `alloc`: it writes the memory series and leaks.txt itself when `alloc` did not.
+        if let Some(config) = &self.memory {
+            families.push(Box::new(Memory::new(config.clone())));
         }
         if let Some(config) = &self.sock {
             families.push(Box::new(Sock::new(config.clone())));

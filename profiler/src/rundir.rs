@@ -19,6 +19,7 @@ use crate::{
         findings,
         flamegraph::{self, Labels},
         folded, html,
+        memory::{self, GrowthReport},
         profile::WeightedStack,
         sock::LatencyReport,
         summary::{SCHEMA_VERSION, Summary},
@@ -49,6 +50,10 @@ pub const REPORTS: &[&str] = &[
     "leaks.txt",
     "leaks.json",
     alloc::MEMORY_CSV,
+    memory::TEXT,
+    memory::JSON,
+    "memory.folded",
+    "memory.svg",
     "latency.txt",
     "latency.json",
     "latency.hgrm",
@@ -127,6 +132,11 @@ impl RunDir {
     /// `leaks.json`, when the run captured `alloc`.
     pub fn leaks(&self) -> Result<Option<LeakReport>, RunDirError> {
         self.optional("leaks.json", "leak report")
+    }
+
+    /// `growth.json`, when the run captured `memory`.
+    pub fn growth(&self) -> Result<Option<GrowthReport>, RunDirError> {
+        self.optional(memory::JSON, "growth report")
     }
 
     /// `memory_samples.csv`, when the run captured `alloc`: empty when it has none.

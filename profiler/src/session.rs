@@ -330,6 +330,7 @@ impl Session {
             locks: None,
             leaks: None,
             findings: Vec::new(),
+            growth: None,
             latency: None,
         };
         let mut finish = Finish {

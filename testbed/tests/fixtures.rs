@@ -71,6 +71,19 @@ fn alloc_patterns() {
 }
 
 #[test]
+fn memory_growth() {
+    let mut child = start(
+        "memory_growth",
+        "check-memory_growth",
+        &["1000", "0.05", "16", "8"],
+    );
+    ready(&mut child);
+    let lines = run_to_exit(child);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(shape(&lines[0]), "done leaked N churned N cpu_ns N");
+}
+
+#[test]
 fn alloc_ring() {
     let mut child = start("alloc_ring", "check-alloc_ring", &["10", "5", "1", "64"]);
     let first = child.lines_until("", WAIT).unwrap();

@@ -24,6 +24,11 @@ const APT_PACKAGES: &[&str] = &[
     "linux-perf",
     // report.html is checked in a headless browser.
     "chromium",
+    // `bench memory` measures real servers under their own load tools.
+    "memcached",
+    "libmemcached-tools",
+    "redis-server",
+    "redis-tools",
 ];
 
 /// The bpf-linker release known to build against the machine's nightly LLVM.

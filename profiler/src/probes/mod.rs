@@ -1,4 +1,4 @@
-//! The probe families: `cpu`, `offcpu`, `futex`, `sock`, `alloc`. Each is one module here
+//! The probe families: `cpu`, `offcpu`, `futex`, `sock`, `alloc`, `memory`, `why`. Each is one module here
 //! implementing [`Family`] (with its kernel half in `profiler-ebpf/src/<family>.rs`, its shared
 //! types in `profiler-common/src/<family>.rs` and its report values in `report/<family>.rs`).
 //! The session drives a list of families through one lifecycle:
@@ -9,6 +9,7 @@
 pub mod alloc;
 pub mod cpu;
 pub mod futex;
+pub mod memory;
 pub mod offcpu;
 pub mod sock;
 pub mod why;
@@ -333,6 +334,7 @@ pub(crate) fn set_armed(
 const CLOSERS: &[&str] = &[
     profiler_common::alloc::RETURN_PROGRAM,
     profiler_common::alloc::MMAP_EXIT_PROGRAM,
+    profiler_common::memory::MREMAP_EXIT_PROGRAM,
 ];
 
 /// Detaches and unloads every loaded program, so nothing more is recorded while the maps are

@@ -142,7 +142,7 @@ pub struct MemorySample {
     pub live_count: i64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemoryGrowth {
     /// RSS at one minute into the capture (or the first sample of a shorter one).
     pub rss_baseline_kb: u64,

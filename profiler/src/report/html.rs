@@ -8,10 +8,13 @@ use std::{fs, path::Path};
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
+use super::memory::MemorySummary;
+
 use super::{
     alloc::{AllocSummary, MemorySample},
     cpu::CpuSummary,
     futex::FutexSummary,
+    memory::{GrowthStack, bytes},
     offcpu::OffcpuSummary,
     sock::LatencyReport,
     summary::Summary,
@@ -31,6 +34,7 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ("latency", "Latency"),
     ("tail", "Tail latency"),
     ("alloc", "Allocations"),
+    ("memory", "Memory growth"),
     ("drops", "Dropped events"),
 ];
 
@@ -70,6 +74,7 @@ pub fn render(dir: &Path, summary: &Summary) -> String {
                 (section("latency", summary.sock.as_ref(), "--sock", |s| latency(dir, s)))
                 (section("tail", summary.why.as_ref(), "--why", |w| tail(dir, w)))
                 (section("alloc", summary.alloc.as_ref(), "--alloc", |a| alloc(dir, a)))
+                (section("memory", summary.memory.as_ref(), "--memory", |m| memory(dir, m)))
                 section id="drops" {
                     h2 { "Dropped events" }
                     (table(&["counter", "count"], summary.dropped.iter().map(|(name, count)| {
@@ -294,6 +299,55 @@ fn alloc(dir: &Path, a: &AllocSummary) -> Markup {
         }
         (memory_chart(&samples))
         (embed(dir, "alloc.svg"))
+    }
+}
+
+fn memory(dir: &Path, m: &MemorySummary) -> Markup {
+    let g = &m.growth;
+    let samples = super::alloc::read_memory_csv(dir).unwrap_or_default();
+    let head = [
+        "rate", "held", "share", "pages", "grown", "released", "stack",
+    ];
+    let rows = |stacks: &[GrowthStack]| -> Vec<Vec<Markup>> {
+        stacks
+            .iter()
+            .take(10)
+            .map(|s| {
+                vec![
+                    html! { (bytes(s.rate_bytes_per_min.max(0.0) as u64)) "/min" },
+                    html! { (bytes(s.bytes)) },
+                    html! { (format!("{:.1}%", s.share_percent)) },
+                    html! { (s.pages) },
+                    html! { (bytes(s.grown_bytes)) },
+                    html! { (bytes(s.released_bytes)) },
+                    html! { (frames(&s.frames)) },
+                ]
+            })
+            .collect()
+    };
+    html! {
+        @if let Some(said) = &g.note {
+            p class="note" { (said) }
+        }
+        p {
+            (bytes(g.grown_bytes)) " grown, " (bytes(g.released_bytes)) " released, "
+            (bytes(g.held_bytes)) " held; anonymous memory "
+            (format!("{:+}", g.anon_change_kb)) " KiB"
+            @if g.anon_growing { " (growing)" }
+            "; " (m.faults) " write faults."
+        }
+        h3 { "Leak suspects" }
+        @if g.suspects.is_empty() {
+            p class="none" { "None: no stack kept holding more while anonymous memory grew." }
+        } @else {
+            (table(&head, rows(&g.suspects).into_iter()))
+        }
+        h3 { "Largest growers" }
+        (table(&head, rows(&g.growers).into_iter()))
+        h3 { "Memory" }
+        (memory_chart(&samples))
+        (embed(dir, "memory.svg"))
+        p class="none" { (g.rule) }
     }
 }
 

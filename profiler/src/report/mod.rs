@@ -12,6 +12,7 @@ pub mod futex;
 pub mod hist;
 pub mod html;
 pub mod idle;
+pub mod memory;
 pub mod offcpu;
 pub mod pprof;
 pub mod profile;
@@ -42,6 +43,8 @@ pub struct Outcome {
     pub leaks: Option<LeakReport>,
     /// What the families found, every one (the digest is drawn from these).
     pub findings: Vec<findings::Finding>,
+    /// Memory growth by stack, when `memory` ran.
+    pub growth: Option<memory::GrowthReport>,
     /// Every tracked port's histograms, when `sock` ran.
     pub latency: Option<Vec<PortData>>,
 }

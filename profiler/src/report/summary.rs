@@ -9,7 +9,9 @@ use super::{
     alloc::AllocSummary, cpu::CpuSummary, futex::FutexSummary, offcpu::OffcpuSummary,
     sock::LatencyReport, why::WhyReport,
 };
-use crate::{container::Placement, framepointers::FramePointerCheck};
+use crate::{
+    container::Placement, framepointers::FramePointerCheck, report::memory::MemorySummary,
+};
 
 /// Bumped whenever a field changes meaning or is removed (adding fields does not bump it).
 /// Readers take every version up to this one, older ones through serde defaults.
@@ -43,6 +45,9 @@ pub struct Summary {
     pub futex: Option<FutexSummary>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub alloc: Option<AllocSummary>,
+    /// Memory growth by stack (page faults and mapping calls).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub memory: Option<MemorySummary>,
     /// Socket-to-reply latency per listening port.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sock: Option<LatencyReport>,

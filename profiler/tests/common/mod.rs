@@ -76,6 +76,7 @@ pub fn options(pid: u32, duration: Duration, output: PathBuf) -> AttachOptions {
         offcpu: None,
         futex: None,
         alloc: None,
+        memory: None,
         sock: None,
         why: None,
         interval: None,

@@ -3,6 +3,9 @@
 //! `--alloc --alloc-sample 64`, and with bpftrace's bare probes on the same functions
 //! (uprobe+uretprobe on malloc, uprobe on free, counting only): the floor any uprobe-based
 //! tracker pays. Interleaved round by round; the added cost per pair is (traced - bare) / pairs.
+//! All of it on glibc's malloc and on jemalloc's (the fixture linked with `-ljemalloc`): the
+//! floor probes each function at its entry, where the kernel single-steps an instruction it
+//! cannot emulate (jemalloc's `free` begins with nine), while the profiler probes past them.
 //! Then the profiler's own memory with a million live allocations tracked.
 
 use std::{path::Path, process::Command, thread, time::Duration};
@@ -20,6 +23,13 @@ use crate::util;
 const PAIRS: u64 = 300_000;
 const LIVE: u64 = 1_000_000;
 const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+
+/// The allocators measured: name, the library the floor probes, the fixture's link flags.
+const ALLOCATORS: [(&str, &str, &[&str]); 2] = [
+    ("glibc", LIBC, &[]),
+    ("jemalloc", JEMALLOC, &["-ljemalloc"]),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Tool {
@@ -56,37 +66,96 @@ struct Result {
     timestamp: String,
     rounds: usize,
     pairs: u64,
-    configs: Vec<Config>,
-    /// `--alloc --alloc-sample 64` over the floor, per pair.
-    sampled_over_floor: f64,
+    allocators: Vec<AllocatorResult>,
     live_allocations: u64,
     profiler_peak_rss_mb_with_live: f64,
 }
 
+#[derive(Debug, Serialize)]
+struct AllocatorResult {
+    allocator: &'static str,
+    configs: Vec<Config>,
+    /// `--alloc --alloc-sample 64` over the floor, per pair.
+    sampled_over_floor: f64,
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let profiler = util::build_profiler()?;
-    let fixture = build_c(&CBuild {
-        source: "malloc_bench",
-        output: "malloc_bench",
-        cflags: &[
-            "-O2",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-fno-builtin-malloc",
-            "-fno-builtin-free",
-        ],
-        libs: &[],
-    })?;
+    let rounds = args.rounds.max(5);
+    let mut allocators = Vec::new();
+    let mut glibc_fixture = None;
+    for (allocator, library, libs) in ALLOCATORS {
+        let fixture = build_c(&CBuild {
+            source: "malloc_bench",
+            output: &format!("malloc_bench-{allocator}"),
+            cflags: &[
+                "-O2",
+                "-g",
+                "-fno-omit-frame-pointer",
+                "-fno-builtin-malloc",
+                "-fno-builtin-free",
+            ],
+            libs,
+        })?;
+        allocators.push(
+            measure_allocator(allocator, library, &fixture, &profiler, rounds)
+                .with_context(|| allocator.to_string())?,
+        );
+        glibc_fixture.get_or_insert(fixture);
+    }
+    let fixture = glibc_fixture.context("the glibc fixture")?;
+    let rss = live_rss(&fixture, &profiler)?;
+    let result = Result {
+        bench: "alloc",
+        timestamp: jiff::Timestamp::now().to_string(),
+        rounds,
+        pairs: PAIRS,
+        allocators,
+        live_allocations: LIVE,
+        profiler_peak_rss_mb_with_live: rss,
+    };
+    for a in &result.allocators {
+        println!(
+            "
+{}: malloc(64)+free pairs (median of {rounds} interleaved rounds)",
+            a.allocator
+        );
+        for c in &a.configs {
+            println!(
+                "  {:<36} {:>9.1} ns/pair added   x{:.1}",
+                c.name, c.added_ns_per_pair, c.median_ratio
+            );
+        }
+        println!(
+            "  sampled tracking costs {:.2}x the bare-probe floor",
+            a.sampled_over_floor
+        );
+    }
+    println!(
+        "  profiler peak RSS with {} live allocations tracked: {:.1} MB",
+        LIVE, result.profiler_peak_rss_mb_with_live
+    );
+    let path = write_result("alloc", &result)?;
+    println!("written to {}", path.display());
+    Ok(())
+}
+
+fn measure_allocator(
+    allocator: &'static str,
+    library: &str,
+    fixture: &Path,
+    profiler: &Path,
+    rounds: usize,
+) -> anyhow::Result<AllocatorResult> {
     let tools = [Tool::Bare, Tool::Full, Tool::Sampled, Tool::Floor];
     let mut runs: Vec<Vec<u64>> = tools.iter().map(|_| Vec::new()).collect();
-    let rounds = args.rounds.max(5);
     for round in 0..rounds {
         for k in 0..tools.len() {
             let i = (k + round) % tools.len();
-            let ns = measure(tools[i], &fixture, &profiler)
+            let ns = measure(tools[i], fixture, profiler, library)
                 .with_context(|| format!("round {round}, {}", tools[i].name()))?;
             eprintln!(
-                "round {}/{rounds}: {:<36} {:>8.1} ns/pair",
+                "{allocator} round {}/{rounds}: {:<36} {:>8.1} ns/pair",
                 round + 1,
                 tools[i].name(),
                 ns as f64 / PAIRS as f64
@@ -117,38 +186,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         })
         .collect();
     let sampled_over_floor = configs[2].added_ns_per_pair / configs[3].added_ns_per_pair;
-    let rss = live_rss(&fixture, &profiler)?;
-    let result = Result {
-        bench: "alloc",
-        timestamp: jiff::Timestamp::now().to_string(),
-        rounds,
-        pairs: PAIRS,
+    Ok(AllocatorResult {
+        allocator,
         configs,
         sampled_over_floor,
-        live_allocations: LIVE,
-        profiler_peak_rss_mb_with_live: rss,
-    };
-    println!("\nmalloc(64)+free pairs (median of {rounds} interleaved rounds)");
-    for c in &result.configs {
-        println!(
-            "  {:<36} {:>9.1} ns/pair added   x{:.1}",
-            c.name, c.added_ns_per_pair, c.median_ratio
-        );
-    }
-    println!(
-        "  sampled tracking costs {:.2}x the bare-probe floor",
-        result.sampled_over_floor
-    );
-    println!(
-        "  profiler peak RSS with {} live allocations tracked: {:.1} MB",
-        LIVE, result.profiler_peak_rss_mb_with_live
-    );
-    let path = write_result("alloc", &result)?;
-    println!("written to {}", path.display());
-    Ok(())
+    })
 }
 
-fn attach(tool: Tool, profiler: &Path, pid: &str, out: &Path) -> anyhow::Result<Option<Attached>> {
+fn attach(
+    tool: Tool,
+    profiler: &Path,
+    pid: &str,
+    out: &Path,
+    library: &str,
+) -> anyhow::Result<Option<Attached>> {
     let profiler_cmd = |sample: &str| {
         let mut cmd = Command::new(profiler);
         cmd.args([
@@ -170,9 +221,9 @@ fn attach(tool: Tool, profiler: &Path, pid: &str, out: &Path) -> anyhow::Result<
         Tool::Sampled => Some(Attached::spawn(profiler_cmd("64"), Some("profiling pid"))?),
         Tool::Floor => {
             let script = format!(
-                "uprobe:{LIBC}:malloc /pid == {pid}/ {{ @m = count(); }} \
-                 uretprobe:{LIBC}:malloc /pid == {pid}/ {{ @r = count(); }} \
-                 uprobe:{LIBC}:free /pid == {pid}/ {{ @f = count(); }}"
+                "uprobe:{library}:malloc /pid == {pid}/ {{ @m = count(); }} \
+                 uretprobe:{library}:malloc /pid == {pid}/ {{ @r = count(); }} \
+                 uprobe:{library}:free /pid == {pid}/ {{ @f = count(); }}"
             );
             let mut cmd = Command::new("bpftrace");
             cmd.args(["-e", &script]);
@@ -183,12 +234,12 @@ fn attach(tool: Tool, profiler: &Path, pid: &str, out: &Path) -> anyhow::Result<
     })
 }
 
-fn measure(tool: Tool, fixture: &Path, profiler: &Path) -> anyhow::Result<u64> {
+fn measure(tool: Tool, fixture: &Path, profiler: &Path, library: &str) -> anyhow::Result<u64> {
     let mut target = ChildGuard::spawn(Command::new(fixture).args(["pairs", &PAIRS.to_string()]))?;
     target.wait_for_line("ready", Duration::from_secs(10))?;
     let pid = target.pid().to_string();
     let out = std::env::temp_dir().join(format!("profiler-bench-alloc-{}", std::process::id()));
-    let attached = attach(tool, profiler, &pid, &out)?;
+    let attached = attach(tool, profiler, &pid, &out, library)?;
     target.signal(libc::SIGUSR1)?;
     let line = target.wait_for_line("elapsed_ns", Duration::from_secs(300))?;
     let ns = line
@@ -219,7 +270,7 @@ fn live_rss(fixture: &Path, profiler: &Path) -> anyhow::Result<f64> {
     let pid = target.pid().to_string();
     let out =
         std::env::temp_dir().join(format!("profiler-bench-alloc-live-{}", std::process::id()));
-    let attached = attach(Tool::Full, profiler, &pid, &out)?.context("profiler attached")?;
+    let attached = attach(Tool::Full, profiler, &pid, &out, LIBC)?.context("profiler attached")?;
     target.signal(libc::SIGUSR1)?;
     target.wait_for_line("holding", Duration::from_secs(300))?;
     let rss = attached.stop()?;

@@ -4,6 +4,7 @@
 mod alloc;
 mod cpu;
 mod futex;
+mod memory;
 mod sock;
 
 use std::{
@@ -60,6 +61,7 @@ pub enum Which {
     Futex,
     Alloc,
     Sock,
+    Memory,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -68,6 +70,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Futex => futex::run(&args),
         Which::Alloc => alloc::run(&args),
         Which::Sock => sock::run(&args),
+        Which::Memory => memory::run(&args),
     }
 }
 

@@ -108,6 +108,9 @@ fn preserved(function: &str) -> &'static [u8] {
     }
 }
 
+/// Bytes of a function's body scanned for branches into its first instructions, at most.
+const BODY_SCANNED: u64 = 64 * 1024;
+
 /// Each function's probe offset from its symbol, where the kernel can emulate the instruction.
 fn probe_offsets(data: &[u8], symbols: &[(String, String)]) -> Vec<(String, u64)> {
     let Ok(file) = object::File::parse(data) else {
@@ -119,8 +122,15 @@ fn probe_offsets(data: &[u8], symbols: &[(String, String)]) -> Vec<(String, u64)
             .chain(file.symbols())
             .find(|s| s.is_definition() && s.name() == Ok(symbol))?;
         let section = file.section_by_index(sym.section_index()?).ok()?;
+        // The whole body, so branches back into the skipped instructions are seen; a symbol
+        // without a size gets a window its first instructions surely fit in.
+        let size = match sym.size() {
+            0 => 256,
+            size => size.min(BODY_SCANNED),
+        };
+        let available = section.address() + section.size() - sym.address();
         section
-            .data_range(sym.address(), 32)
+            .data_range(sym.address(), size.min(available))
             .ok()
             .flatten()
             .map(<[u8]>::to_vec)
@@ -129,7 +139,7 @@ fn probe_offsets(data: &[u8], symbols: &[(String, String)]) -> Vec<(String, u64)
         .iter()
         .map(|(function, symbol)| {
             let offset = code_of(symbol).map_or(0, |code| {
-                probe_point::fast_offset(&code, preserved(function))
+                probe_point::safe_offset(&code, preserved(function))
             });
             (function.clone(), offset)
         })
@@ -596,5 +606,21 @@ mod tests {
         assert!(found.symbol("posix_memalign").is_some());
         // glibc's free opens with `test %rdi,%rdi`, which would be single-stepped.
         assert!(found.offset("free") > 0, "{:?}", found.offsets);
+        // memalign opens with `cmpb $0,...(%rip)`.
+        assert!(found.offset("memalign") > 0, "{:?}", found.offsets);
+    }
+
+    /// Debian's jemalloc: `free` starts with nine straight-line instructions, probed past them.
+    #[test]
+    fn jemalloc_free_is_probed_at_its_first_branch() {
+        let path = Path::new("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2");
+        let Ok(data) = std::fs::read(path) else {
+            eprintln!("skipped: no {}", path.display());
+            return;
+        };
+        let symbols = resolve(&defined_functions(&data));
+        let allocator = Allocator::new("jemalloc", path.into(), &data, symbols);
+        assert!(allocator.offset("free") >= 16, "{:?}", allocator.offsets);
+        assert!(allocator.offset("malloc") > 0, "{:?}", allocator.offsets);
     }
 }
