@@ -17,6 +17,8 @@ use std::{
 
 use testbed::server::Server;
 
+mod common;
+
 /// Slack on every "closed by now" bound.
 const SLACK: Duration = Duration::from_secs(10);
 
@@ -140,31 +142,6 @@ fn the_pool_drops_connections_that_send_no_complete_line() {
     );
 }
 
-/// One HTTP/1.1 response's status, its body read past; `None` when the server closed instead.
-fn read_status(reader: &mut BufReader<TcpStream>) -> Option<u16> {
-    let mut status_line = String::new();
-    if reader.read_line(&mut status_line).ok()? == 0 {
-        return None;
-    }
-    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
-    let mut length = 0;
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).ok()?;
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().ok()?;
-        }
-    }
-    reader.read_exact(&mut vec![0; length]).ok()?;
-    Some(status)
-}
-
 /// `GET /roots` on a keep-alive connection: its status, or `None` when refused or closed.
 fn get_roots(reader: &mut BufReader<TcpStream>) -> Option<u16> {
     let mut writer = reader.get_ref().try_clone().unwrap();
@@ -172,7 +149,7 @@ fn get_roots(reader: &mut BufReader<TcpStream>) -> Option<u16> {
     writer
         .write_all(b"GET /roots HTTP/1.1\r\nHost: test\r\n\r\n")
         .ok()?;
-    read_status(reader)
+    common::read_response(reader).map(|(status, _)| status)
 }
 
 fn ledger(dir: &tempfile::TempDir, args: &[&str]) -> Server {

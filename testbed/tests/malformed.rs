@@ -4,13 +4,16 @@
 //! connection throughout, and the ledger loses no acknowledged entry.
 
 use std::{
-    io::{self, BufRead, BufReader, Read, Write},
+    io::{self, BufRead, BufReader, Write},
     net::{Shutdown, SocketAddr, TcpStream},
     time::Duration,
 };
 
 use serde_json::{Value, json};
 use testbed::{ledger, server::Server, wal};
+
+mod common;
+use common::read_response;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const MIB: usize = 1024 * 1024;
@@ -212,32 +215,6 @@ fn the_pool_answers_malformed_input_and_keeps_serving() {
         1,
         "only the good worker submitted shares"
     );
-}
-
-/// One HTTP/1.1 response: status and body. `None` when the server closed (or reset) instead.
-fn read_response(reader: &mut BufReader<TcpStream>) -> Option<(u16, String)> {
-    let mut status_line = String::new();
-    if reader.read_line(&mut status_line).ok()? == 0 {
-        return None;
-    }
-    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
-    let mut length = 0;
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).ok()?;
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().ok()?;
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn post(writer: &mut TcpStream, path: &str, body: &[u8]) -> io::Result<()> {

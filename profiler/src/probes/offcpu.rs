@@ -120,7 +120,7 @@ impl Family for Offcpu {
         let title = f.title("off-CPU time");
         let subtitle = format!(
             "weighted by microseconds off-CPU, [blocked] inside work apart from [idle] waiting \
-             for it; blocks under {} not counted",
+             for it and [preempted] waiting for a CPU; blocks under {} not counted",
             humantime::format_duration(self.config.min_block)
         );
         f.writer.flamegraph(
@@ -132,12 +132,16 @@ impl Family for Offcpu {
                 count_name: "us",
             },
         )?;
-        let (idle, blocked): (Vec<&WeightedStack>, Vec<&WeightedStack>) = resolved
-            .stacks
-            .iter()
-            .partition(|s| s.frames[0] == "[idle]");
+        let of = |class: &str| -> Vec<&WeightedStack> {
+            resolved
+                .stacks
+                .iter()
+                .filter(|s| s.frames[0] == class)
+                .collect()
+        };
+        let (idle, blocked, preempted) = (of("[idle]"), of("[blocked]"), of("[preempted]"));
         let sum = |stacks: &[&WeightedStack]| stacks.iter().map(|s| s.weight).sum::<u64>();
-        let (blocked_us, idle_us) = (sum(&blocked), sum(&idle));
+        let (blocked_us, idle_us, preempted_us) = (sum(&blocked), sum(&idle), sum(&preempted));
         let heaviest = |mut stacks: Vec<&WeightedStack>, n: usize| {
             stacks.sort_by_key(|s| std::cmp::Reverse(s.weight));
             stacks.truncate(n);
@@ -155,10 +159,12 @@ impl Family for Offcpu {
         let switches = f.counters.get(stats::OFFCPU_SWITCHES);
         let ms = |us: u64| us as f64 / 1000.0;
         let mut text = format!(
-            "off-CPU: {:.1} ms blocked inside work, {:.1} ms idle (waiting for work), in \
-             {switches} switches over {:.1}s; top blocking stacks:\n",
+            "off-CPU: {:.1} ms blocked inside work, {:.1} ms idle (waiting for work), {:.1} ms \
+             preempted (waiting for a CPU), in {switches} switches over {:.1}s; top blocking \
+             stacks:\n",
             ms(blocked_us),
             ms(idle_us),
+            ms(preempted_us),
             f.duration.as_secs_f64()
         );
         for stack in &top {
@@ -209,12 +215,13 @@ impl Family for Offcpu {
         }
         f.summary().offcpu = Some(OffcpuSummary {
             min_block_us: self.config.min_block.as_secs_f64() * 1e6,
-            total_us: blocked_us + idle_us,
+            total_us: blocked_us + idle_us + preempted_us,
             switches,
             threads: thread_weights(&resolved.stacks),
             top_stacks: top,
             blocked_us,
             idle_us,
+            preempted_us,
             idle_stacks: idle_top,
             unwinders: resolved.unwinders,
             unwind_stops: resolved.stops,

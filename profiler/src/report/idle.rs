@@ -3,7 +3,9 @@
 //! `do_select`), a runtime worker parked (tokio's and std's `park`), a pool thread on a
 //! condition variable, semaphore or barrier, a thread joining another. Everything else it waits
 //! for inside work is *blocked*: a lock another thread holds, I/O, a page fault, a sleep. Idle
-//! time is shown apart from blocked time and never ranked above it.
+//! time is shown apart from blocked time and never ranked above it. A thread the scheduler
+//! took off the CPU while it could have run on is neither: it is *preempted*, waiting for a
+//! CPU, whatever call it was in (a poll loop preempted on its way out of `poll` is not idle).
 
 /// Kernel frames of waiting for any of a set of fds to have work.
 const POLL_FRAMES: &[&str] = &[
@@ -30,6 +32,19 @@ pub const WAIT_FRAMES: &[&str] = &[
     "Notify",
 ];
 
+/// Kernel frames that call the scheduler for a thread that is still runnable: the return to
+/// user mode with a reschedule pending, and voluntary preemption points.
+const PREEMPT_CALLERS: &[&str] = &["exit_to_user_mode_loop_[k]", "__cond_resched_[k]"];
+
+/// Whether an off-CPU stack (root first) is a preemption rather than a wait.
+pub fn is_preempted(frames: &[String]) -> bool {
+    frames.iter().any(|f| f.starts_with("preempt_schedule"))
+        || frames.windows(2).any(|pair| {
+            PREEMPT_CALLERS.contains(&pair[0].as_str())
+                && matches!(pair[1].as_str(), "schedule_[k]" | "__schedule_[k]")
+        })
+}
+
 /// Whether an off-CPU or futex stack (root first) is a wait for new work.
 pub fn is_idle(frames: &[String]) -> bool {
     frames
@@ -39,7 +54,13 @@ pub fn is_idle(frames: &[String]) -> bool {
 
 /// The word for a class, as reports print it.
 pub fn class(frames: &[String]) -> &'static str {
-    if is_idle(frames) { "idle" } else { "blocked" }
+    if is_preempted(frames) {
+        "preempted"
+    } else if is_idle(frames) {
+        "idle"
+    } else {
+        "blocked"
+    }
 }
 
 #[cfg(test)]
@@ -74,5 +95,27 @@ mod tests {
             assert!(!is_idle(&frames(blocked)), "{blocked:?}");
             assert_eq!(class(&frames(blocked)), "blocked");
         }
+    }
+
+    #[test]
+    fn a_runnable_thread_taken_off_the_cpu_is_preempted_whatever_it_was_in() {
+        let poll = [
+            "read_requests",
+            "poll",
+            "do_syscall_64_[k]",
+            "exit_to_user_mode_loop_[k]",
+            "schedule_[k]",
+            "__schedule_[k]",
+        ];
+        assert_eq!(class(&frames(&poll)), "preempted");
+        let irq = [
+            "spin",
+            "asm_sysvec_apic_timer_interrupt_[k]",
+            "preempt_schedule_irq_[k]",
+        ];
+        assert_eq!(class(&frames(&irq)), "preempted");
+        // A wait that merely passes the return path on its way is not.
+        let waiting = ["main", "poll", "do_sys_poll_[k]", "schedule_[k]"];
+        assert_eq!(class(&frames(&waiting)), "idle");
     }
 }

@@ -22,6 +22,9 @@ pub struct OffcpuSummary {
     pub blocked_us: u64,
     #[serde(default)]
     pub idle_us: u64,
+    /// Of `total_us`, time a runnable thread waited for a CPU after being preempted.
+    #[serde(default)]
+    pub preempted_us: u64,
     /// Heaviest idle stacks, microseconds.
     #[serde(default)]
     pub idle_stacks: Vec<StackWeight>,
