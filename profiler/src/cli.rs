@@ -141,6 +141,11 @@ pub struct AttachArgs {
     /// alloc: a growing stack is a leak suspect once its oldest live allocation is this old.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub min_age: Duration,
+    /// alloc, memory: components by frame pattern with byte budgets (TOML: [[component]]
+    /// tables of name, frames and budget); the reports set each component's bytes against
+    /// its budget.
+    #[arg(long, value_name = "FILE", value_parser = parse_budget)]
+    pub budget: Option<Budget>,
     /// How often to snapshot allocation live bytes, the target's memory and latency
     /// percentiles (latency_timeseries.csv) [default: 5s].
     #[arg(long, value_parser = parse_duration)]
@@ -212,8 +217,12 @@ impl AttachArgs {
                 sample_every: self.alloc_sample,
                 allocator: self.allocator.clone(),
                 min_age: self.min_age,
+                budget: self.budget.clone(),
             }),
-            memory: (self.all || self.memory).then(memory::Config::default),
+            memory: (self.all || self.memory).then(|| memory::Config {
+                budget: self.budget.clone(),
+                ..memory::Config::default()
+            }),
             sock: sock.then_some(sock::Config {}),
             why: why.then_some(why::Config { tail: self.tail }),
             interval: self.interval,
@@ -245,6 +254,12 @@ where
 }
 
 pub use crate::load::parse_duration;
+use crate::report::component::Budget;
+
+/// `--budget FILE`: read and checked before anything attaches.
+fn parse_budget(path: &str) -> Result<Budget, String> {
+    Budget::load(std::path::Path::new(path))
+}
 
 /// A duration that must be more than zero.
 pub fn positive_duration(text: &str) -> Result<Duration, String> {
@@ -293,6 +308,37 @@ mod tests {
         assert_eq!(opts.duration, Some(Duration::from_secs(90)));
         assert_eq!(opts.cpu.unwrap().frequency, 999);
         assert_eq!(opts.unwind, UnwindMode::FramePointer);
+    }
+
+    /// `--budget` is read and checked while the arguments are parsed, before any attach, and
+    /// reaches both families that group by component.
+    #[test]
+    fn budget_file_is_read_at_parse_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("budget.toml");
+        std::fs::write(
+            &good,
+            "[[component]]\nname = \"log\"\nframes = [\"*::log::*\"]\nbudget = \"1 MiB\"\n",
+        )
+        .unwrap();
+        let parse = |file: &std::path::Path| {
+            let argv = [
+                "profiler", "attach", "-p", "1", "--alloc", "--memory", "--budget",
+            ];
+            Cli::try_parse_from(argv.iter().copied().chain([file.to_str().unwrap()]))
+        };
+        let Command::Attach(args) = parse(&good).unwrap().command else {
+            panic!("attach")
+        };
+        let opts = args.into_options(false);
+        let alloc = opts.alloc.unwrap().budget.unwrap();
+        assert_eq!(alloc.components[0].name, "log");
+        assert_eq!(opts.memory.unwrap().budget, Some(alloc));
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[[component]]\nname = \"log\"\nbudget = \"lots\"\n").unwrap();
+        let err = parse(&bad).err().unwrap().to_string();
+        assert!(err.contains("bad.toml"), "{err}");
+        assert!(parse(&dir.path().join("missing.toml")).is_err());
     }
 
     #[test]

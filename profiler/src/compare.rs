@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     report::{
+        component::Components,
         flamegraph::{self, Labels},
         folded,
         sock::PortLatency,
@@ -45,6 +46,13 @@ pub struct Gates {
     pub latency_up_min_us: f64,
     pub cpu_up_min_points: f64,
     pub rss_up_min_kb: f64,
+    /// A component's bytes (live with `--alloc`, held growth with `--memory`) may rise at most
+    /// this much, percent, and at most `component_up_min_kb`; a component the old run lacked
+    /// may hold up to that floor.
+    pub component_up_percent: f64,
+    pub component_up_min_kb: f64,
+    /// Fail on any component over its budget in the new run.
+    pub fail_over_budget: bool,
 }
 
 impl Default for Gates {
@@ -58,6 +66,9 @@ impl Default for Gates {
             latency_up_min_us: 100.0,
             cpu_up_min_points: 1.0,
             rss_up_min_kb: 1024.0,
+            component_up_percent: 20.0,
+            component_up_min_kb: 1024.0,
+            fail_over_budget: true,
         }
     }
 }
@@ -301,6 +312,16 @@ impl Run {
         )
     }
 
+    /// Components from allocation tracking, else from memory growth.
+    fn components(&self, alloc: bool) -> Option<&Components> {
+        let s = &self.run.summary;
+        if alloc {
+            s.alloc.as_ref().map(|a| &a.leaks.components)
+        } else {
+            s.memory.as_ref().map(|m| &m.growth.components)
+        }
+    }
+
     fn lock_waits(&self) -> BTreeMap<String, f64> {
         self.run
             .summary
@@ -370,6 +391,72 @@ fn gate(
         },
         result: result.into(),
     }
+}
+
+/// Gates on components: each one's bytes between the runs (from the source both have:
+/// allocations where both tracked them, else growth), and every component the new run holds
+/// over its budget.
+fn component_gates(old: &Run, new: &Run, gates: &Gates) -> Vec<GateResult> {
+    let both = |alloc: bool| old.components(alloc).zip(new.components(alloc));
+    let mut results = Vec::new();
+    let Some((o, n)) = both(true).or_else(|| both(false)) else {
+        // Only the new run has components: its budgets still hold.
+        if let Some(n) = new.components(true).or_else(|| new.components(false)) {
+            results.extend(budget_gates(n, gates));
+        }
+        return results;
+    };
+    let floor = gates.component_up_min_kb * 1024.0;
+    for c in &n.components {
+        let before = o
+            .components
+            .iter()
+            .find(|p| p.name == c.name)
+            .map_or(0.0, |p| p.bytes as f64);
+        let now = c.bytes as f64;
+        // Gated when it matters in either run: a budget, or more than the floor.
+        if c.budget_bytes.is_none() && before.max(now) <= floor {
+            continue;
+        }
+        let mut result = gate(
+            &format!("component {}", c.name),
+            Some(before),
+            Some(now),
+            gates.component_up_percent,
+            floor,
+            false,
+        );
+        if before == 0.0 && now > floor {
+            result.result = "fail".into();
+        } else if before == 0.0 {
+            result.result = "pass".into();
+        }
+        results.push(result);
+    }
+    results.extend(budget_gates(n, gates));
+    results
+}
+
+fn budget_gates(n: &Components, gates: &Gates) -> Vec<GateResult> {
+    n.components
+        .iter()
+        .filter_map(|c| {
+            let budget = c.budget_bytes? as f64;
+            Some(GateResult {
+                name: format!("budget {}", c.name),
+                old: Some(budget),
+                new: Some(c.bytes as f64),
+                change_percent: (budget > 0.0).then(|| (c.bytes as f64 - budget) / budget * 100.0),
+                limit: "budget".into(),
+                result: if gates.fail_over_budget && c.over_budget {
+                    "fail"
+                } else {
+                    "pass"
+                }
+                .into(),
+            })
+        })
+        .collect()
 }
 
 /// Self shares of the heaviest-moving functions between two folded profiles.
@@ -530,6 +617,7 @@ pub fn compare(
             });
         }
     };
+    results.extend(component_gates(&old_run, &new_run, gates));
     if results.iter().all(|g| g.result == "skipped") {
         return Err(CompareError::NothingCompared {
             old: old.into(),
@@ -1099,5 +1187,84 @@ mod tests {
             compare(&allocs, &new, &root.join("cmp2"), &Gates::default()),
             Err(CompareError::Missing { .. })
         ));
+    }
+
+    /// A component that grew past the gate fails it, one that held level passes, and one over
+    /// its budget in the new run fails its budget gate even when it did not grow.
+    #[test]
+    fn components_gate_on_growth_and_budget() {
+        use crate::report::component::{ComponentBytes, Components};
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let with = |parts: &[(&str, u64, Option<u64>)]| {
+            let mut s = summary(100_000, 50.0, 1000.0, &[]);
+            s.alloc.as_mut().unwrap().leaks.components = Components {
+                measure: "live bytes".into(),
+                budget_file: None,
+                components: parts
+                    .iter()
+                    .map(|(name, bytes, budget)| ComponentBytes {
+                        name: name.to_string(),
+                        bytes: *bytes,
+                        budget_bytes: *budget,
+                        over_budget: budget.is_some_and(|b| *bytes > b),
+                        ..Default::default()
+                    })
+                    .collect(),
+            };
+            s
+        };
+        let folded = "t;x 1\n";
+        let mib = 1 << 20;
+        let old = run_dir(
+            root,
+            "old",
+            &with(&[
+                ("conn", 10 * mib, None),
+                ("parser", 4 * mib, None),
+                ("tiny", 10, None),
+            ]),
+            folded,
+        );
+        let new = run_dir(
+            root,
+            "new",
+            &with(&[
+                ("conn", 10 * mib + 4096, None),
+                ("parser", 8 * mib, None),
+                ("tiny", 900, None),
+                ("cache", 5 * mib, None),
+            ]),
+            folded,
+        );
+        let c = compare(&old, &new, &root.join("cmp1"), &Gates::default()).unwrap();
+        assert_eq!(result_of(&c, "component conn"), "pass");
+        assert_eq!(result_of(&c, "component parser"), "fail");
+        assert_eq!(
+            result_of(&c, "component cache"),
+            "fail",
+            "new and past the floor"
+        );
+        assert_eq!(
+            result_of(&c, "component tiny"),
+            "",
+            "below the floor in both runs"
+        );
+        assert_eq!(c.verdict, "regression");
+        let budgeted = run_dir(
+            root,
+            "budgeted",
+            &with(&[
+                ("conn", 10 * mib, Some(8 * mib)),
+                ("parser", 4 * mib, Some(5 * mib)),
+            ]),
+            folded,
+        );
+        let c = compare(&budgeted, &budgeted, &root.join("cmp2"), &Gates::default()).unwrap();
+        assert_eq!(result_of(&c, "component conn"), "pass");
+        assert_eq!(result_of(&c, "budget conn"), "fail");
+        assert_eq!(result_of(&c, "budget parser"), "pass");
+        assert_eq!(c.verdict, "regression");
+        assert!(render(&c).contains("budget conn"));
     }
 }

@@ -12,8 +12,8 @@ use profiler_common::stack::{self, StackKey, UserStack, unwinder};
 
 use crate::{
     probes::{ProbeError, map},
-    procmaps::ProcessMaps,
-    report::profile::WeightedStack,
+    procmaps::{Backing, ProcessMaps},
+    report::{component::Frame, profile::WeightedStack},
     symbolize::{Names, Symbolizer},
 };
 
@@ -66,6 +66,8 @@ pub struct StackTable {
     kernel: HashMap<i32, Vec<u64>>,
     user_names: HashMap<u64, Names>,
     kernel_names: HashMap<u64, Names>,
+    /// The file each user address lies in (its base name), for components.
+    user_objects: HashMap<u64, String>,
 }
 
 impl StackTable {
@@ -111,6 +113,18 @@ impl StackTable {
             .values()
             .flat_map(|ips| ips.iter().enumerate().map(|(i, &a)| lookup_addr(i, a)))
             .collect();
+        let user_objects = user_addrs
+            .iter()
+            .map(|&addr| {
+                let object = match maps.find(addr).map(|m| &m.backing) {
+                    Some(Backing::File(file)) => file.module().to_string(),
+                    Some(Backing::Vdso) => "[vdso]".to_string(),
+                    Some(Backing::Other(what)) => what.clone(),
+                    None => String::new(),
+                };
+                (addr, object)
+            })
+            .collect();
         let user_names = symbolizer.user(maps, &user_addrs.into_iter().collect::<Vec<_>>());
         let kernel_names = symbolizer.kernel(&kernel_addrs.into_iter().collect::<Vec<_>>());
         Ok(Self {
@@ -118,6 +132,7 @@ impl StackTable {
             kernel,
             user_names,
             kernel_names,
+            user_objects,
         })
     }
 
@@ -128,6 +143,30 @@ impl StackTable {
             Some(s) => push_root_first(&mut frames, user_frames(s), &self.user_names),
             None if hash != stack::NO_USER_STACK => frames.push("[user stack lost]".to_string()),
             None => {}
+        }
+        frames
+    }
+
+    /// The named frames of a user stack with the file each lies in, root first (inlined
+    /// functions each a frame, in their caller's file).
+    pub fn user_located(&self, hash: u64) -> Vec<Frame> {
+        let Some(s) = self.user.get(&hash) else {
+            return Vec::new();
+        };
+        let mut frames = Vec::new();
+        for (i, &addr) in user_frames(s).iter().enumerate().rev() {
+            let at = lookup_addr(i, addr);
+            let object = self.user_objects.get(&at).cloned().unwrap_or_default();
+            match self.user_names.get(&at) {
+                Some(names) => frames.extend(names.iter().map(|name| Frame {
+                    name: name.clone(),
+                    object: object.clone(),
+                })),
+                None => frames.push(Frame {
+                    name: format!("[unknown]+{addr:#x}"),
+                    object,
+                }),
+            }
         }
         frames
     }

@@ -20,6 +20,7 @@ use crate::{
     ebpf::LoadConfig,
     report::{
         alloc::{self as alloc_report, MemorySample, memory_csv, sample_memory},
+        component::{self, Budget, Classifier},
         flamegraph::Labels,
         memory::{self as report, Analysis, GrowthSnapshots, MemorySummary},
     },
@@ -37,12 +38,15 @@ const TERMINAL_LISTED: usize = 5;
 pub struct Config {
     /// Chunks of 512 pages with growth in them, at most (growth beyond is counted as dropped).
     pub max_chunks: u32,
+    /// Components named by frame patterns, with byte budgets (`--budget`).
+    pub budget: Option<Budget>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             max_chunks: memory::DEFAULT_MAX_CHUNKS,
+            budget: None,
         }
     }
 }
@@ -251,6 +255,25 @@ impl Family for Memory {
         )?;
         let names: HashMap<u64, Vec<String>> =
             hashes.iter().map(|&h| (h, table.user_frames(h))).collect();
+        // The allocator is found by `alloc`; without it the known allocator libraries are
+        // passed over anyway.
+        let classifier = Classifier::new(
+            &f.maps
+                .main_binary()
+                .map(|m| m.module().to_string())
+                .unwrap_or_default(),
+            None,
+            self.config.budget.clone(),
+        );
+        let components: HashMap<u64, String> = growth
+            .iter()
+            .map(|(k, _)| {
+                (
+                    k.user_stack,
+                    classifier.classify(&table.user_located(k.user_stack)),
+                )
+            })
+            .collect();
         let analysis = Analysis {
             snapshots: &self.snapshots,
             growth: &growth,
@@ -259,6 +282,8 @@ impl Family for Memory {
             page_size: self.page_size,
             interval_secs: f.interval.as_secs_f64(),
             memory: &self.samples,
+            components: &components,
+            budget: self.config.budget.as_ref(),
         };
         let growth_report = analysis.report();
         let text = report::render(&growth_report, LISTED);
@@ -299,6 +324,11 @@ impl Family for Memory {
             report::render(&growth_report, TERMINAL_LISTED)
         ));
         f.notes.extend(growth_report.note.clone());
+        f.outcome.findings.extend(component::findings(
+            &growth_report.components,
+            PROBE,
+            report::TEXT,
+        ));
         f.outcome.growth = Some(growth_report.clone());
         f.summary().memory = Some(MemorySummary {
             faults: c.get(stats::MEMORY_FAULTS),

@@ -11,7 +11,10 @@ use std::{collections::HashMap, fmt::Write as _};
 use profiler_common::alloc::{AllocKey, StackAllocs, kind};
 use serde::{Deserialize, Serialize};
 
-use super::profile::WeightedStack;
+use super::{
+    component::{self, Budget, Components, StackPart},
+    profile::WeightedStack,
+};
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -168,6 +171,9 @@ pub struct LeakReport {
     /// Set when the target's own memory contradicts the live figures (see [`plausibility`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plausibility: Option<String>,
+    /// Live bytes by component, against the budget file's budgets.
+    #[serde(default)]
+    pub components: Components,
 }
 
 pub struct Analysis<'a> {
@@ -181,6 +187,9 @@ pub struct Analysis<'a> {
     pub interval_secs: f64,
     pub sample_every: u32,
     pub memory: &'a [MemorySample],
+    /// The component of a user stack (see [`super::component`]).
+    pub component: &'a dyn Fn(u64) -> String,
+    pub budget: Option<&'a Budget>,
 }
 
 pub fn kind_name(code: u8) -> &'static str {
@@ -243,7 +252,41 @@ impl Analysis<'_> {
             largest_not_growing: stable,
             memory: memory_growth(self.memory),
             plausibility: plausibility(self.memory),
+            components: self.components(),
         }
+    }
+
+    /// Live bytes by component.
+    fn components(&self) -> Components {
+        let scale = self.sample_every.max(1) as f64;
+        let named: Vec<(String, &AllocKey, &StackAllocs)> = self
+            .stacks
+            .iter()
+            .filter(|(_, s)| s.live_bytes > 0 || s.total_allocs > 0)
+            .map(|(k, s)| ((self.component)(k.user_stack), k, s))
+            .collect();
+        let measure = if self.sample_every > 1 {
+            format!(
+                "live bytes, estimated from one allocation in {}",
+                self.sample_every
+            )
+        } else {
+            "live bytes".to_string()
+        };
+        component::group(
+            &measure,
+            named.iter().map(|(name, key, s)| StackPart {
+                component: name,
+                bytes: (s.live_bytes.max(0) as f64 * scale) as u64,
+                series: self
+                    .snapshots
+                    .series(key)
+                    .into_iter()
+                    .map(|(t, v)| (t, v.max(0.0) * scale))
+                    .collect(),
+            }),
+            self.budget,
+        )
     }
 
     /// Live bytes by stack, for `alloc.folded`/`alloc.svg`, rooted at `root`.
@@ -396,6 +439,11 @@ pub fn findings(report: &LeakReport, series: &str) -> Vec<super::findings::Findi
             }
         })
         .collect();
+    found.extend(component::findings(
+        &report.components,
+        "alloc",
+        "leaks.txt",
+    ));
     if let Some(said) = &report.plausibility {
         found.push(super::findings::Finding {
             family: "warning".into(),
@@ -495,6 +543,7 @@ pub fn render(report: &LeakReport, suspects: usize) -> String {
     } else {
         String::new()
     };
+    out.push_str(&component::alarms(&report.components));
     if let Some(said) = &report.plausibility {
         let _ = writeln!(out, "{said}");
     }
@@ -550,6 +599,10 @@ pub fn render(report: &LeakReport, suspects: usize) -> String {
             s.live_count,
             super::futex::leaf_frames(&s.frames, 6)
         );
+    }
+    let components = component::render(&report.components);
+    if !components.is_empty() {
+        let _ = write!(out, "\n{components}");
     }
     out
 }

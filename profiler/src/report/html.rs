@@ -12,6 +12,7 @@ use super::memory::MemorySummary;
 
 use super::{
     alloc::{AllocSummary, MemorySample},
+    component::Components,
     cpu::CpuSummary,
     futex::FutexSummary,
     memory::{GrowthStack, bytes},
@@ -45,6 +46,7 @@ section { margin: 24px 0; } h2 { border-bottom: 2px solid #c0392b; padding-botto
 table { border-collapse: collapse; margin: 8px 0; } th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f5f5f5; } td { font-family: ui-monospace, monospace; font-size: 12px; }
 iframe.graph { width: 100%; border: 1px solid #ddd; } .none { color: #888; } .note { background: #fff8e1; padding: 4px 8px; }
+.over { color: #fff; background: #c0392b; padding: 2px 6px; font-weight: bold; }
 ";
 
 /// Builds the page for the run in `dir` from its summary.
@@ -292,6 +294,7 @@ fn alloc(dir: &Path, a: &AllocSummary) -> Markup {
                 html! { (format!("{:.1}", s.oldest_age_secs)) },
                 html! { (frames(&s.frames)) },
             ])))
+        (components(&leaks.components))
         h3 { "Memory" }
         p {
             "RSS " (memory.rss_baseline_kb) " KiB → " (memory.rss_end_kb) " KiB ("
@@ -344,10 +347,40 @@ fn memory(dir: &Path, m: &MemorySummary) -> Markup {
         }
         h3 { "Largest growers" }
         (table(&head, rows(&g.growers).into_iter()))
+        (components(&g.components))
         h3 { "Memory" }
         (memory_chart(&samples))
         (embed(dir, "memory.svg"))
         p class="none" { (g.rule) }
+    }
+}
+
+/// Each component's bytes against its budget, those over it first and marked.
+fn components(c: &Components) -> Markup {
+    if c.components.is_empty() {
+        return html! {};
+    }
+    html! {
+        h3 { "Components" }
+        @for over in c.over_budget() {
+            p class="over" {
+                "OVER BUDGET: " (over.name) " holds " (bytes(over.bytes)) " " (c.measure)
+                " against " (bytes(over.budget_bytes.unwrap_or(0)))
+            }
+        }
+        p class="none" {
+            (c.measure)
+            @if let Some(file) = &c.budget_file { "; budgets from " (file) }
+        }
+        (table(&["component", "bytes", "budget", "rate", "share", ""],
+            c.components.iter().map(|k| vec![
+                html! { (k.name) },
+                html! { (bytes(k.bytes)) },
+                html! { @if let Some(b) = k.budget_bytes { (bytes(b)) } @else { "-" } },
+                html! { (format!("{:+.0}", k.rate_bytes_per_min)) " B/min" },
+                html! { (format!("{:.1}%", k.share_percent)) },
+                html! { @if k.over_budget { strong class="over" { "OVER BUDGET" } } },
+            ])))
     }
 }
 
@@ -476,6 +509,17 @@ mod tests {
         };
         alloc.allocator.name = "glibc".into();
         alloc.leaks.live_bytes = 64;
+        alloc.leaks.components = Components {
+            measure: "live bytes".into(),
+            budget_file: Some("budget.toml".into()),
+            components: vec![crate::report::component::ComponentBytes {
+                name: "share log".into(),
+                bytes: 2048,
+                budget_bytes: Some(1024),
+                over_budget: true,
+                ..Default::default()
+            }],
+        };
         let summary = Summary {
             target: TargetSummary {
                 comm: "pool<1>".into(),
@@ -516,6 +560,10 @@ mod tests {
              the attach; 100 calls from inside the allocator."
         ));
         assert!(html.contains("<polyline"), "RSS chart drawn");
+        assert!(
+            html.contains("OVER BUDGET: share log holds 2.0 KiB live bytes against 1.0 KiB"),
+            "the component over its budget, loudly"
+        );
         assert!(html.contains("enable with <code>--offcpu</code>"));
         assert!(
             !html.contains("http://") && !html.contains("https://"),

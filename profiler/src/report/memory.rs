@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     alloc::{MemoryGrowth, MemorySample, growth, memory_growth},
+    component::{self, Budget, Components, StackPart},
     futex::leaf_frames,
     profile::WeightedStack,
 };
@@ -169,6 +170,9 @@ pub struct GrowthReport {
     /// What the target's own memory says of the figures, when it disagrees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Held growth by component, against the budget file's budgets.
+    #[serde(default)]
+    pub components: Components,
 }
 
 /// A stack's frames, root first.
@@ -184,6 +188,9 @@ pub struct Analysis<'a> {
     pub page_size: u64,
     pub interval_secs: f64,
     pub memory: &'a [MemorySample],
+    /// Components by user stack hash (see [`super::component`]).
+    pub components: &'a HashMap<u64, String>,
+    pub budget: Option<&'a Budget>,
 }
 
 pub fn op_name(code: u8) -> &'static str {
@@ -309,7 +316,31 @@ impl Analysis<'_> {
             intervals: self.intervals(),
             memory: memory_growth(self.memory),
             note: note(held_bytes, self.memory),
+            components: self.components(),
         }
+    }
+
+    /// Held growth by component.
+    fn components(&self) -> Components {
+        let page = self.page_size as f64;
+        let unknown = String::from("[unknown]");
+        component::group(
+            "held growth",
+            self.growth
+                .iter()
+                .filter(|(_, g)| g.pages > 0)
+                .map(|(key, g)| StackPart {
+                    component: self.components.get(&key.user_stack).unwrap_or(&unknown),
+                    bytes: g.held_pages.max(0) as u64 * self.page_size,
+                    series: self
+                        .snapshots
+                        .held(&[*key])
+                        .into_iter()
+                        .map(|(t, pages)| (t, pages.max(0.0) * page))
+                        .collect(),
+                }),
+            self.budget,
+        )
     }
 
     /// Each interval's growth and release, beside the memory sample taken with it.
@@ -434,7 +465,7 @@ fn stack_line(out: &mut String, s: &GrowthStack) {
 
 /// `growth.txt` and the terminal's growth section.
 pub fn render(report: &GrowthReport, listed: usize) -> String {
-    let mut out = String::new();
+    let mut out = component::alarms(&report.components);
     if let Some(note) = &report.note {
         let _ = writeln!(out, "{note}");
     }
@@ -514,6 +545,10 @@ pub fn render(report: &GrowthReport, listed: usize) -> String {
                 top.join(" | ")
             );
         }
+    }
+    let components = component::render(&report.components);
+    if !components.is_empty() {
+        let _ = write!(out, "\n{components}");
     }
     let _ = writeln!(out, "\n{}", report.rule);
     out
@@ -599,6 +634,17 @@ mod tests {
             (CHURN, vec!["main".into(), "churn".into()]),
         ]
         .into();
+        let components: HashMap<u64, String> = [
+            (LEAK, "leaks".to_string()),
+            (WARMUP, "fixture".to_string()),
+            (CHURN, "fixture".to_string()),
+        ]
+        .into();
+        let budget = Budget::parse(
+            "b.toml",
+            "[[component]]\nname = \"leaks\"\nframes = [\"leak_fn\"]\nbudget = \"1 MiB\"\n",
+        )
+        .unwrap();
         let analysis = Analysis {
             snapshots: &snapshots,
             growth: &last,
@@ -607,6 +653,8 @@ mod tests {
             page_size: 4096,
             interval_secs: 1.0,
             memory: &memory,
+            components: &components,
+            budget: Some(&budget),
         };
         let report = analysis.report();
         assert!(report.anon_growing);
@@ -642,8 +690,20 @@ mod tests {
             ..analysis
         };
         assert!(flat.report().suspects.is_empty());
+        // By component: the leak's 500 pages against its 1 MiB budget, the rest held level.
+        let by = &report.components.components;
+        assert_eq!(by[0].name, "leaks");
+        assert_eq!(by[0].bytes, 500 * 4096);
+        assert!(by[0].over_budget);
+        assert!((by[0].rate_bytes_per_min - 100.0 * 4096.0 * 60.0).abs() < 1.0);
+        assert_eq!(by[1].name, "fixture");
+        assert_eq!(by[1].bytes, 550 * 4096);
         let text = render(&report, 5);
         assert!(text.contains("leak suspects"), "{text}");
+        assert!(
+            text.starts_with("OVER BUDGET: component leaks holds 2.0 MiB held growth"),
+            "{text}"
+        );
         assert!(render_leaks(&report, 5).starts_with("leak suspects from memory growth"));
         // What is written reads back.
         let json = serde_json::to_string(&report).unwrap();

@@ -4,6 +4,7 @@
 //! (`html`) and terminal tables (`table`).
 
 pub mod alloc;
+pub mod component;
 pub mod cpu;
 pub mod findings;
 pub mod flamegraph;

@@ -34,6 +34,7 @@ use crate::{
             self as report, AllocSummary, Allocator, Analysis, MemorySample, Snapshots,
             live_totals, memory_csv, sample_memory,
         },
+        component::{Budget, Classifier},
         flamegraph::Labels,
     },
     stacks::StackTable,
@@ -52,6 +53,8 @@ pub struct Config {
     pub allocator: Option<PathBuf>,
     /// A growing stack is a leak suspect once its oldest live allocation is this old.
     pub min_age: std::time::Duration,
+    /// Components named by frame patterns, with byte budgets (`--budget`).
+    pub budget: Option<Budget>,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             sample_every: 1,
             allocator: None,
             min_age: std::time::Duration::from_secs(10),
+            budget: None,
         }
     }
 }
@@ -511,10 +515,28 @@ impl Family for Alloc {
             f.maps,
             f.symbolizer,
         )?;
+        let classifier = Classifier::new(
+            &f.maps
+                .main_binary()
+                .map(|m| m.module().to_string())
+                .unwrap_or_default(),
+            self.allocator
+                .as_ref()
+                .and_then(|a| a.path.file_name())
+                .and_then(|n| n.to_str()),
+            self.config.budget.clone(),
+        );
+        let components: std::collections::HashMap<u64, String> = stacks
+            .iter()
+            .map(|(k, _)| k.user_stack)
+            .map(|hash| (hash, classifier.classify(&table.user_located(hash))))
+            .collect();
         let analysis = Analysis {
             snapshots: &self.snapshots,
             stacks: &stacks,
             frames: &|hash| table.user_frames(hash),
+            component: &|hash| components.get(&hash).cloned().unwrap_or_default(),
+            budget: self.config.budget.as_ref(),
             now_ns: f.ended_ns,
             min_age_secs: self.config.min_age.as_secs_f64(),
             interval_secs: f.interval.as_secs_f64(),
