@@ -74,8 +74,15 @@ fn only_port(outcome: &Outcome) -> PortWhy {
     why.ports[0].clone()
 }
 
-fn top(g: &Group) -> &Cause {
-    g.causes.first().expect("a cause")
+/// The top cause the server's own code or locks explain, with its share of the time they
+/// explain: the run queue is left out, since how long the tail waited for a CPU depends on
+/// what else a busy CI machine runs, which the test does not control (the hog test checks the
+/// run queue on its own).
+fn top_of_server(g: &Group) -> (&Cause, f64) {
+    let server = |c: &&Cause| c.kind != "runqueue";
+    let cause = g.causes.iter().find(server).expect("a cause");
+    let explained: f64 = g.causes.iter().filter(server).map(|c| c.share).sum();
+    (cause, cause.share / explained.max(f64::EPSILON))
 }
 
 fn tail_text(outcome: &Outcome) -> String {
@@ -102,10 +109,10 @@ fn a_stall_on_the_hot_lock_is_the_tails_top_cause() {
     assert!(stalls > 50, "{stalls} stalls");
     let p = only_port(&outcome);
     let text = tail_text(&outcome);
-    let cause = top(&p.tail);
+    let (cause, share) = top_of_server(&p.tail);
     assert_eq!(cause.kind, "lock", "{text}");
     assert!(cause.name.ends_with("SHARE_LOG"), "{text}");
-    assert!(cause.share >= 0.6, "{text}");
+    assert!(share >= 0.6, "{text}");
     assert!(
         cause.holder_stack.iter().any(|f| f == "stall_loop"),
         "{cause:#?}"
@@ -139,13 +146,13 @@ fn a_slow_cpu_path_is_the_tails_top_cause() {
     drop(pool);
     let p = only_port(&outcome);
     let text = tail_text(&outcome);
-    let cause = top(&p.tail);
+    let (cause, share) = top_of_server(&p.tail);
     assert_eq!(
         (cause.kind.as_str(), cause.name.as_str()),
         ("cpu", "slow_path"),
         "{text}"
     );
-    assert!(cause.share >= 0.6, "{text}");
+    assert!(share >= 0.6, "{text}");
     shares_sum_to_one(&p.tail);
 }
 
