@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser as _;
 use profiler::{
-    cli::{AttachArgs, BaselineCommand, Cli, Command, CompareArgs, UnwindTablesArgs},
+    cli::{AgentArgs, AttachArgs, BaselineCommand, Cli, Command, CompareArgs, UnwindTablesArgs},
     session::{AttachError, Session},
     unwind,
 };
@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Attach(args) => attach(args, cli.verbose),
+        Command::Agent(args) => agent(args, cli.verbose),
         Command::Load(args) => profiler::load::run(args),
         Command::UnwindTables(args) => unwind_tables(&args),
         Command::Compare(args) => compare(args),
@@ -52,6 +53,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn agent(args: AgentArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    let opts = args.into_options(verbose).map_err(anyhow::Error::msg)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_interrupts(stop.clone())?;
+    let agent = profiler::agent::Agent::start(opts)?;
+    // Tests and scripts wait for this line: the endpoint is up.
+    println!("agent listening on http://{}", agent.local_addr());
+    agent.run(&stop);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn attach(args: AttachArgs, verbose: bool) -> anyhow::Result<ExitCode> {
