@@ -222,16 +222,20 @@ pub fn forget(ebpf: &mut Ebpf, user: &[u64], kernel: &[i32]) -> Result<(), Probe
             map_mut(ebpf, PROBE, stack::USER_STACKS_MAP)?;
         for hash in &user {
             match user_map.remove(hash) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(err) => return Err(fail(stack::USER_STACKS_MAP)(err)),
+                Err(err) if !crate::probes::already_gone(&err) => {
+                    return Err(fail(stack::USER_STACKS_MAP)(err));
+                }
+                _ => {}
             }
         }
     }
     let mut kernel_map: StackTraceMap<_> = map_mut(ebpf, PROBE, stack::KERNEL_STACKS_MAP)?;
     for id in &kernel {
         match kernel_map.remove(&(*id as u32)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(err) => return Err(fail(stack::KERNEL_STACKS_MAP)(err)),
+            Err(err) if !crate::probes::already_gone(&err) => {
+                return Err(fail(stack::KERNEL_STACKS_MAP)(err));
+            }
+            _ => {}
         }
     }
     Ok(())

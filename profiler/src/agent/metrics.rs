@@ -144,19 +144,18 @@ impl Bucketer {
         }
     }
 
-    /// `(upper bound in seconds, cumulative count)` per bucket, +Inf last.
-    fn cumulative(&self, counts: &[u64]) -> Vec<(f64, u64)> {
-        let mut total = 0;
+    /// `(upper bound in seconds, count in that bucket alone)`, +Inf last: the encoder sums
+    /// them into OpenMetrics' cumulative buckets.
+    fn labelled(&self, counts: &[u64]) -> Vec<(f64, u64)> {
         counts
             .iter()
             .enumerate()
             .map(|(i, &c)| {
-                total += c;
                 let le = self
                     .bounds
                     .get(i)
                     .map_or(f64::INFINITY, |&ns| ns as f64 / 1e9);
-                (le, total)
+                (le, c)
             })
             .collect()
     }
@@ -265,8 +264,8 @@ impl Collector for Metrics {
                 for (port, p) in &t.ports {
                     let mut labels = target_labels(t);
                     labels.push(("port", port.to_string()));
-                    let buckets = self.bucketer.cumulative(&p.buckets);
-                    let count = buckets.last().map_or(0, |b| b.1);
+                    let buckets = self.bucketer.labelled(&p.buckets);
+                    let count = p.buckets.iter().sum();
                     descriptor
                         .encode_family(&labels)?
                         .encode_histogram::<NoLabelSet>(p.sum_seconds, count, &buckets, None)?;
@@ -424,15 +423,38 @@ mod tests {
         };
         let port = bucketer.port(&data);
         assert_eq!(port.requests, 7);
-        let cumulative = bucketer.cumulative(&port.buckets);
+        let buckets = bucketer.labelled(&port.buckets);
         // 1 µs is under the first bound; 2^36 ns past the last, in +Inf.
-        assert_eq!(cumulative[0], (16384e-9, 1));
-        assert_eq!(cumulative.last(), Some(&(f64::INFINITY, 5)));
-        let le_1ms = cumulative
+        assert_eq!(buckets[0], (16384e-9, 1));
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 1)));
+        let to_1ms: u64 = buckets
             .iter()
-            .find(|(le, _)| *le >= 1e-3)
-            .map(|(_, c)| *c);
-        assert_eq!(le_1ms, Some(4));
+            .take_while(|(le, _)| *le < 1e-3)
+            .map(|(_, c)| c)
+            .sum();
+        assert_eq!(to_1ms, 4);
+        // The encoder writes them cumulative, as OpenMetrics has them.
+        let registry = {
+            let state = std::sync::Arc::new(std::sync::Mutex::new(State::default()));
+            let mut t = TargetMetrics::new(7, "pool");
+            t.ports.insert(3333, port);
+            state.lock().unwrap().targets.insert(7, t);
+            Metrics::registry(state, "host".into())
+        };
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let bucket = |le: &str| {
+            let prefix = format!(
+                "profiler_socket_to_reply_seconds_bucket{{pid=\"7\",comm=\"pool\",port=\"3333\",le=\"{le}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no bucket {le} in {text}"))
+                .to_string()
+        };
+        assert_eq!(bucket("1.6384e-5"), "1");
+        assert_eq!(bucket("+Inf"), "5");
+        assert!(text.contains("profiler_requests_total{pid=\"7\",comm=\"pool\",port=\"3333\"} 7"));
     }
 
     #[test]

@@ -277,7 +277,12 @@ impl Attached {
                 into: &mut drained,
             };
             if let Err(err) = family.drain(&mut drain) {
-                log::warn!("pid {}: draining {}: {err}", self.pid, family.name());
+                log::warn!(
+                    "pid {}: draining {}: {}",
+                    self.pid,
+                    family.name(),
+                    chain(&err)
+                );
             }
         }
         if let Err(err) = stacks::forget(
@@ -285,7 +290,11 @@ impl Attached {
             &drained.user_stacks,
             &drained.kernel_stacks,
         ) {
-            log::warn!("pid {}: forgetting drained stacks: {err}", self.pid);
+            log::warn!(
+                "pid {}: forgetting drained stacks: {}",
+                self.pid,
+                chain(&err)
+            );
         }
         drained
     }
@@ -298,6 +307,17 @@ impl Attached {
         }
         probes::unload_all(&mut self.loaded.ebpf);
     }
+}
+
+/// An error and its sources, as one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
 }
 
 /// Processes whose main thread is named `comm`.

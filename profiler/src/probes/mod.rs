@@ -347,6 +347,16 @@ where
     })
 }
 
+/// A delete that found nothing to delete (ENOENT): the entry went meanwhile, or was never
+/// stored (a stack the kernel could not insert).
+pub(crate) fn already_gone(err: &MapError) -> bool {
+    match err {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 /// Reads every entry of a hash map and deletes what it read. An update the kernel makes
 /// between the read and the delete is lost (one interval's increment of one key, counted
 /// nowhere); the alternative, never deleting, lets the map fill and drop new keys for good.
@@ -364,9 +374,8 @@ pub(crate) fn take_all<K: aya::Pod, V: aya::Pod>(
     let entries = table.iter().collect::<Result<Vec<_>, _>>().map_err(fail)?;
     for (key, _) in &entries {
         match table.remove(key) {
-            // Gone already: nothing to free.
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(err) => return Err(fail(err)),
+            Err(err) if !already_gone(&err) => return Err(fail(err)),
+            _ => {}
         }
     }
     Ok(entries)
