@@ -164,10 +164,10 @@ impl Shared {
         let Ok(mut windows) = self.windows.lock() else {
             return;
         };
-        while !windows
+        while windows
             .back()
             .and_then(|w| w.at)
-            .is_some_and(|at| at > instant)
+            .is_none_or(|at| at <= instant)
         {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
