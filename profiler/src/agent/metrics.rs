@@ -427,9 +427,10 @@ mod tests {
         // 1 µs is under the first bound; 2^36 ns past the last, in +Inf.
         assert_eq!(buckets[0], (16384e-9, 1));
         assert_eq!(buckets.last(), Some(&(f64::INFINITY, 1)));
+        // 999,999 ns is in the bucket ending at 2^19·(1 + 15/16) ns, 1.016 ms.
         let to_1ms: u64 = buckets
             .iter()
-            .take_while(|(le, _)| *le < 1e-3)
+            .take_while(|(le, _)| *le <= 1.016e-3)
             .map(|(_, c)| c)
             .sum();
         assert_eq!(to_1ms, 4);
@@ -445,14 +446,14 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         let bucket = |le: &str| {
             let prefix = format!(
-                "profiler_socket_to_reply_seconds_bucket{{pid=\"7\",comm=\"pool\",port=\"3333\",le=\"{le}\"}} "
+                "profiler_socket_to_reply_seconds_bucket{{le=\"{le}\",pid=\"7\",comm=\"pool\",port=\"3333\"}} "
             );
             text.lines()
                 .find_map(|l| l.strip_prefix(prefix.as_str()))
                 .unwrap_or_else(|| panic!("no bucket {le} in {text}"))
                 .to_string()
         };
-        assert_eq!(bucket("1.6384e-5"), "1");
+        assert_eq!(bucket("0.000016384"), "1");
         assert_eq!(bucket("+Inf"), "5");
         assert!(text.contains("profiler_requests_total{pid=\"7\",comm=\"pool\",port=\"3333\"} 7"));
     }
