@@ -37,8 +37,9 @@ use crate::{
 /// How often every family is drained: the resolution of the pprof endpoints' windows.
 pub const DRAIN_EVERY: Duration = Duration::from_secs(1);
 /// How often `--comm` and `--cgroup` look for new processes: a restarted target is attached
-/// within this plus the attach itself (under a second for the testbed pool).
-const SCAN_EVERY: Duration = Duration::from_millis(500);
+/// within this plus the attach itself. Reading every /proc/PID/comm of a few hundred
+/// processes takes about a millisecond.
+const SCAN_EVERY: Duration = Duration::from_millis(250);
 /// How long drained stacks are kept for the pprof endpoints: the longest `seconds=` served.
 pub const RETAIN: Duration = Duration::from_secs(60);
 /// How often the mappings of a target are re-read, for libraries loaded later.
@@ -516,16 +517,23 @@ impl Agent {
         pids
     }
 
-    fn attach_new(&mut self) {
+    /// Attaches to every wanted pid not attached yet; true if any was.
+    fn attach_new(&mut self) -> bool {
+        let mut any = false;
         let wanted = self.wanted();
         self.refused.retain(|pid| wanted.contains(pid));
         for pid in wanted {
             if self.attached.contains_key(&pid) || self.refused.contains(&pid) {
                 continue;
             }
+            let began = Instant::now();
             match Attached::start(pid, &self.opts.attach) {
                 Ok(attached) => {
-                    log::info!("attached to pid {pid} ({})", attached.comm);
+                    log::info!(
+                        "attached to pid {pid} ({}) in {:?}",
+                        attached.comm,
+                        began.elapsed()
+                    );
                     if let Ok(mut state) = self.shared.state.lock() {
                         state.attaches += 1;
                         state
@@ -533,6 +541,7 @@ impl Agent {
                             .insert(pid, TargetMetrics::new(pid, &attached.comm));
                     }
                     self.attached.insert(pid, attached);
+                    any = true;
                 }
                 Err(err) => {
                     // An explicit pid that cannot be profiled is the user's to hear about; a
@@ -547,6 +556,7 @@ impl Agent {
                 }
             }
         }
+        any
     }
 
     /// Drains every target into one window and the metrics; detaches targets that exited.
@@ -623,11 +633,14 @@ impl Agent {
         let mut last_scan = Instant::now() - SCAN_EVERY;
         let mut last_drain = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            // A new target is drained at once, so its series (ports) show without waiting for
+            // the next period.
+            let mut drain_now = false;
             if last_scan.elapsed() >= SCAN_EVERY {
                 last_scan = Instant::now();
-                self.attach_new();
+                drain_now = self.attach_new();
             }
-            if last_drain.elapsed() >= DRAIN_EVERY {
+            if drain_now || last_drain.elapsed() >= DRAIN_EVERY {
                 last_drain = Instant::now();
                 self.drain_all();
             }
