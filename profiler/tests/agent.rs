@@ -498,3 +498,77 @@ fn memory_stays_flat_under_load() {
         "RSS grew from {warm} KiB to {max} KiB: {samples:?}"
     );
 }
+
+/// The cgroup v2 mount on this machine (`/sys/fs/cgroup` on v2-only machines,
+/// `/sys/fs/cgroup/unified` on hybrid ones).
+fn cgroup2_mount() -> Option<PathBuf> {
+    std::fs::read_to_string("/proc/mounts")
+        .ok()?
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .map(|f| PathBuf::from(f[1]))
+}
+
+/// Removes the test's cgroup when dropped (its processes are gone by then).
+struct CgroupDir(PathBuf);
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// `--cgroup` follows the fixture placed in a cgroup of this test's own and not the same
+/// fixture outside it; `--output` gets a pprof snapshot per interval that `go tool pprof`
+/// reads, naming the fixture's hot function.
+#[test]
+fn follows_a_cgroup_and_writes_snapshots() {
+    require_root!();
+    let mount = cgroup2_mount().expect("a cgroup v2 mount");
+    let group = CgroupDir(mount.join(format!("profiler-agent-test-{}", std::process::id())));
+    std::fs::create_dir_all(&group.0).expect("create a cgroup");
+    let inside = start_fixture(&BURN, &["60"]);
+    let outside = start_fixture(&BURN, &["60"]);
+    std::fs::write(group.0.join("cgroup.procs"), inside.pid().to_string()).expect("move it in");
+    let out = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&[
+        "--cgroup",
+        group.0.to_str().unwrap(),
+        "--cpu",
+        "--output",
+        out.path().to_str().unwrap(),
+        "--interval",
+        "2s",
+    ]);
+    agent.wait_for_series(
+        &format!("profiler_cpu_samples_total{{pid=\"{}\"", inside.pid()),
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let metrics = agent.metrics();
+    assert!(
+        !metrics.contains(&format!("pid=\"{}\"", outside.pid())),
+        "{metrics}"
+    );
+    agent.stop();
+    drop(inside);
+    drop(outside);
+    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".pb.gz"))
+        .collect();
+    snapshots.sort();
+    assert!(snapshots.len() >= 2, "{snapshots:?}");
+    let last = snapshots.last().unwrap();
+    assert!(
+        last.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("cpu-"),
+        "{snapshots:?}"
+    );
+    let top = go_pprof(&["-top"], last);
+    assert!(top.contains("hot_leaf"), "{top}");
+}

@@ -330,35 +330,84 @@ fn pids_named(comm: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Processes in the cgroup `path` or below it (cgroup v2).
+/// Processes in the cgroup `path` or below it.
 fn pids_in_cgroup(path: &Path) -> Vec<u32> {
-    let wanted = cgroup_relative(path);
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let wanted = Cgroup::resolve(path, &mounts);
     all_pids()
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .is_ok_and(|text| in_cgroup(&text, &wanted))
+                .is_ok_and(|text| wanted.contains(&text))
         })
         .collect()
 }
 
-/// A cgroup path as `/proc/PID/cgroup` writes it: relative to the v2 mount.
-fn cgroup_relative(path: &Path) -> String {
-    let text = path.to_string_lossy();
-    let rel = text.strip_prefix("/sys/fs/cgroup").unwrap_or(&text);
-    format!("/{}", rel.trim_matches('/'))
+/// A cgroup as `/proc/PID/cgroup` names it: the hierarchy and the path under its mount.
+#[derive(Debug, PartialEq, Eq)]
+struct Cgroup {
+    /// The mount options of a v1 hierarchy (its controllers among them); empty for v2.
+    v1_options: Vec<String>,
+    path: String,
 }
 
-/// Whether a `/proc/PID/cgroup` text puts the process in `wanted` or below it.
-fn in_cgroup(text: &str, wanted: &str) -> bool {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("0::"))
-        .any(|path| {
-            path == wanted
-                || wanted == "/"
-                || path
-                    .strip_prefix(wanted)
-                    .is_some_and(|rest| rest.starts_with('/'))
+impl Cgroup {
+    /// `path` under the cgroup mount it lies in (v2, or a v1 controller's hierarchy, from
+    /// `mounts`, as /proc/mounts has them); a path under none is taken as v2 and relative.
+    fn resolve(path: &Path, mounts: &str) -> Self {
+        let text = path.to_string_lossy();
+        let mount = mounts
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (point, kind, options) = (*f.get(1)?, *f.get(2)?, *f.get(3)?);
+                let under = text == point || text.starts_with(&format!("{point}/"));
+                (under && (kind == "cgroup" || kind == "cgroup2")).then_some((point, kind, options))
+            })
+            .max_by_key(|(point, _, _)| point.len());
+        let (rel, v1_options) = match mount {
+            Some((point, kind, options)) => (
+                &text[point.len()..],
+                if kind == "cgroup" {
+                    options.split(',').map(str::to_string).collect()
+                } else {
+                    Vec::new()
+                },
+            ),
+            None => (
+                text.strip_prefix("/sys/fs/cgroup").unwrap_or(&text),
+                Vec::new(),
+            ),
+        };
+        Self {
+            v1_options,
+            path: format!("/{}", rel.trim_matches('/')),
+        }
+    }
+
+    /// Whether a `/proc/PID/cgroup` text puts the process in this cgroup or below it.
+    fn contains(&self, text: &str) -> bool {
+        text.lines().any(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (Some(id), Some(controllers), Some(path)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return false;
+            };
+            let hierarchy = if self.v1_options.is_empty() {
+                id == "0" && controllers.is_empty()
+            } else {
+                controllers
+                    .split(',')
+                    .any(|c| self.v1_options.iter().any(|o| o == c))
+            };
+            hierarchy
+                && (path == self.path
+                    || self.path == "/"
+                    || path
+                        .strip_prefix(&self.path)
+                        .is_some_and(|rest| rest.starts_with('/')))
         })
+    }
 }
 
 fn all_pids() -> impl Iterator<Item = u32> {
@@ -663,17 +712,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cgroup_membership_is_by_path_prefix() {
-        let text = "0::/kubepods/pod1/abc\n";
-        assert!(in_cgroup(text, "/kubepods/pod1"));
-        assert!(in_cgroup(text, "/kubepods/pod1/abc"));
-        assert!(!in_cgroup(text, "/kubepods/pod"));
-        assert!(in_cgroup(text, "/"));
-        assert_eq!(
-            cgroup_relative(Path::new("/sys/fs/cgroup/kubepods/pod1/")),
-            "/kubepods/pod1"
+    fn cgroup_membership_is_by_hierarchy_and_path_prefix() {
+        // A hybrid machine: v1 controllers under /sys/fs/cgroup, v2 at .../unified.
+        let mounts = "cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\n\
+                      cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n";
+        let proc = "4:memory:/kubepods/pod1/abc\n1:cpu,cpuacct:/\n0::/svc/pool\n";
+        let v2 = Cgroup::resolve(Path::new("/sys/fs/cgroup/unified/svc/"), mounts);
+        assert_eq!(v2.path, "/svc");
+        assert!(v2.contains(proc));
+        assert!(!Cgroup::resolve(Path::new("/sys/fs/cgroup/unified/sv"), mounts).contains(proc));
+        let v1 = Cgroup::resolve(Path::new("/sys/fs/cgroup/memory/kubepods/pod1"), mounts);
+        assert!(v1.contains(proc));
+        // The same path in another hierarchy is another cgroup.
+        assert!(
+            !Cgroup::resolve(Path::new("/sys/fs/cgroup/cpu,cpuacct/kubepods"), mounts)
+                .contains(proc)
         );
-        assert_eq!(cgroup_relative(Path::new("system.slice")), "/system.slice");
+        // Relative, or on a v2-only machine: the unified hierarchy.
+        assert!(Cgroup::resolve(Path::new("svc/pool"), "").contains(proc));
+        assert!(Cgroup::resolve(Path::new("/sys/fs/cgroup/svc"), "").contains(proc));
+        assert!(!Cgroup::resolve(Path::new("/kubepods"), "").contains(proc));
     }
 
     #[test]
