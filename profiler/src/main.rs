@@ -58,7 +58,10 @@ fn main() -> ExitCode {
 fn agent(args: AgentArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     let opts = args.into_options(verbose).map_err(anyhow::Error::msg)?;
     let stop = Arc::new(AtomicBool::new(false));
-    watch_interrupts(stop.clone())?;
+    watch_interrupts(
+        stop.clone(),
+        "stopping: detaching (interrupt again to exit at once)",
+    )?;
     let agent = profiler::agent::Agent::start(opts)?;
     // Tests and scripts wait for this line: the endpoint is up.
     println!("agent listening on http://{}", agent.local_addr());
@@ -68,7 +71,10 @@ fn agent(args: AgentArgs, verbose: bool) -> anyhow::Result<ExitCode> {
 
 fn attach(args: AttachArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
-    watch_interrupts(stop.clone())?;
+    watch_interrupts(
+        stop.clone(),
+        "stopping: writing the outputs (interrupt again to exit without them)",
+    )?;
     let opts = args.into_options(verbose);
     let mut session = Session::start(opts.clone())?;
     let target = session.target();
@@ -91,7 +97,7 @@ fn attach(args: AttachArgs, verbose: bool) -> anyhow::Result<ExitCode> {
 
 /// The first Ctrl-C or SIGTERM ends the capture, which still writes every output; a second
 /// one exits at once, without them, and says so (the kernel detaches our programs as we exit).
-fn watch_interrupts(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+fn watch_interrupts(stop: Arc<AtomicBool>, saying: &'static str) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .context("installing signal handlers")?;
@@ -103,7 +109,7 @@ fn watch_interrupts(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                     eprintln!("\nsecond interrupt: exiting now, without writing the outputs");
                     std::process::exit(128 + signal);
                 }
-                eprintln!("\nstopping: writing the outputs (interrupt again to exit without them)");
+                eprintln!("\n{saying}");
             }
         })
         .context("starting the signal thread")?;
