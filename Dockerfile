@@ -5,6 +5,13 @@
 #     -v /sys/kernel/tracing:/sys/kernel/tracing -v /sys/kernel/btf:/sys/kernel/btf:ro \
 #     -v "$PWD/results:/results" profiler attach --pid 4242 --duration 30s -o /results/run
 #
+# The always-on agent is a stage of its own (`docker build --target agent -t profiler-agent .`):
+#   docker run -d --privileged --pid=host -p 127.0.0.1:9464:9464 \
+#     -v /sys/kernel/tracing:/sys/kernel/tracing -v /sys/kernel/btf:/sys/kernel/btf:ro \
+#     profiler-agent --comm testbed-pool --all
+# It listens on 0.0.0.0:9464 inside the container (--allow-remote): publish the port to
+# loopback or a trusted network only (README: what the endpoint reveals).
+#
 # The release checklist is in the same binary: `profiler checklist RELEASE --pid PID --url URL
 # --results-dir /results` (add --network=host for a URL on the host's loopback). With --start
 # the server must be in the image: build one FROM this with it added.
@@ -24,7 +31,15 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --package profiler
 
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim AS runtime
 COPY --from=build /src/target/release/profiler /usr/local/bin/profiler
 WORKDIR /results
 ENTRYPOINT ["/usr/local/bin/profiler"]
+
+FROM runtime AS agent
+EXPOSE 9464
+ENTRYPOINT ["/usr/local/bin/profiler", "agent", "--listen", "0.0.0.0:9464", "--allow-remote"]
+CMD ["--all", "--comm", "testbed-pool"]
+
+# The default image: the whole CLI.
+FROM runtime

@@ -25,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Attach to a running process and profile it.
     Attach(AttachArgs),
+    /// Runs until stopped, attached to every target it follows; serves /metrics to Prometheus
+    /// and pprof to Parca and Pyroscope.
+    Agent(AgentArgs),
     /// Drive load against a stratum or HTTP target and report client-side latency.
     Load(crate::load::LoadArgs),
     /// Compile the .eh_frame unwinding tables of ELF files and report their size and build
@@ -172,6 +175,109 @@ pub struct AttachArgs {
     /// in the reports).
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `profiler agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// A process to follow (host pid); repeatable.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Every process of this name (its main thread's comm), restarts included; repeatable.
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Every process in this cgroup (v2) or below it, e.g. a pod's; repeatable.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<PathBuf>,
+    /// `cpu`, `offcpu`, `futex` and `sock` together.
+    #[arg(long)]
+    pub all: bool,
+    /// On-CPU stacks (`/debug/pprof/profile`, `profiler_cpu_samples_total`).
+    #[arg(long)]
+    pub cpu: bool,
+    /// Off-CPU stacks (`/debug/pprof/offcpu`, `profiler_offcpu_seconds_total`).
+    #[arg(long)]
+    pub offcpu: bool,
+    /// Lock waits (`/debug/pprof/locks`, `profiler_lock_wait_seconds_total`).
+    #[arg(long)]
+    pub futex: bool,
+    /// Requests and socket-to-reply latency per listening port.
+    #[arg(long, visible_alias = "latency")]
+    pub sock: bool,
+    /// Where to serve: loopback by default; any other address also needs --allow-remote.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Serve on a non-loopback address: anyone who reaches it reads the targets' stacks,
+    /// function names, lock names, ports and request rates.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Write a pprof snapshot per family every --interval here, oldest removed past --output-max.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// The snapshots' total size cap, in MiB.
+    #[arg(long, default_value_t = 100, value_name = "MIB")]
+    pub output_max: u64,
+    /// How often a snapshot is written under --output.
+    #[arg(long, value_parser = positive_duration, default_value = "60s")]
+    pub interval: Duration,
+    /// CPU samples per second per CPU.
+    #[arg(short = 'F', long, default_value_t = 99,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub frequency: u64,
+    /// Off-CPU blocks shorter than this are not counted.
+    #[arg(long, value_parser = parse_duration, default_value = "1us")]
+    pub min_block: Duration,
+    #[arg(long, value_enum, default_value_t = Unwind::Auto)]
+    pub unwind: Unwind,
+}
+
+impl AgentArgs {
+    pub fn into_options(self, verbose: bool) -> Result<crate::agent::AgentOptions, String> {
+        if self.pids.is_empty() && self.comms.is_empty() && self.cgroups.is_empty() {
+            return Err("name what to follow: --pid, --comm or --cgroup".into());
+        }
+        if !self.listen.ip().is_loopback() && !self.allow_remote {
+            return Err(format!(
+                "{} is not a loopback address: the endpoint shows the targets' stacks,                  function and lock names, ports and request rates to anyone who reaches it;                  add --allow-remote to serve it there",
+                self.listen
+            ));
+        }
+        let cpu = self.all || self.cpu || !(self.offcpu || self.futex || self.sock);
+        let attach = AttachOptions {
+            pid: 0,
+            duration: None,
+            output: None,
+            cpu: cpu.then_some(cpu::Config {
+                frequency: self.frequency,
+            }),
+            offcpu: (self.all || self.offcpu).then_some(offcpu::Config {
+                min_block: self.min_block,
+            }),
+            futex: (self.all || self.futex).then_some(futex::Config {}),
+            alloc: None,
+            memory: None,
+            sock: (self.all || self.sock).then_some(sock::Config {}),
+            why: None,
+            interval: None,
+            unwind: self.unwind.into(),
+            verbose,
+            progress: false,
+            overwrite: false,
+            details: false,
+        };
+        Ok(crate::agent::AgentOptions {
+            targets: crate::agent::Targets {
+                pids: self.pids,
+                comms: self.comms,
+                cgroups: self.cgroups,
+            },
+            attach,
+            listen: self.listen,
+            output: self.output,
+            output_max_bytes: self.output_max.saturating_mul(1 << 20),
+            interval: self.interval,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser as _;
 use profiler::{
-    cli::{AttachArgs, BaselineCommand, Cli, Command, CompareArgs, UnwindTablesArgs},
+    cli::{AgentArgs, AttachArgs, BaselineCommand, Cli, Command, CompareArgs, UnwindTablesArgs},
     session::{AttachError, Session},
     unwind,
 };
@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Attach(args) => attach(args, cli.verbose),
+        Command::Agent(args) => agent(args, cli.verbose),
         Command::Load(args) => profiler::load::run(args),
         Command::UnwindTables(args) => unwind_tables(&args),
         Command::Compare(args) => compare(args),
@@ -54,9 +55,26 @@ fn main() -> ExitCode {
     }
 }
 
+fn agent(args: AgentArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    let opts = args.into_options(verbose).map_err(anyhow::Error::msg)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_interrupts(
+        stop.clone(),
+        "stopping: detaching (interrupt again to exit at once)",
+    )?;
+    let agent = profiler::agent::Agent::start(opts)?;
+    // Tests and scripts wait for this line: the endpoint is up.
+    println!("agent listening on http://{}", agent.local_addr());
+    agent.run(&stop);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn attach(args: AttachArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
-    watch_interrupts(stop.clone())?;
+    watch_interrupts(
+        stop.clone(),
+        "stopping: writing the outputs (interrupt again to exit without them)",
+    )?;
     let opts = args.into_options(verbose);
     let mut session = Session::start(opts.clone())?;
     let target = session.target();
@@ -79,7 +97,7 @@ fn attach(args: AttachArgs, verbose: bool) -> anyhow::Result<ExitCode> {
 
 /// The first Ctrl-C or SIGTERM ends the capture, which still writes every output; a second
 /// one exits at once, without them, and says so (the kernel detaches our programs as we exit).
-fn watch_interrupts(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+fn watch_interrupts(stop: Arc<AtomicBool>, saying: &'static str) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .context("installing signal handlers")?;
@@ -91,7 +109,7 @@ fn watch_interrupts(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                     eprintln!("\nsecond interrupt: exiting now, without writing the outputs");
                     std::process::exit(128 + signal);
                 }
-                eprintln!("\nstopping: writing the outputs (interrupt again to exit without them)");
+                eprintln!("\n{saying}");
             }
         })
         .context("starting the signal thread")?;

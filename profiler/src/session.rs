@@ -86,6 +86,76 @@ impl EndReason {
     }
 }
 
+/// A target with every family's programs loaded, attached and armed.
+pub struct Loaded {
+    pub families: Vec<Box<dyn Family>>,
+    pub ebpf: Ebpf,
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pub maps: ProcessMaps,
+    pub unwinder: Unwinder,
+    pub frame_pointers: Option<FramePointerCheck>,
+    pub notes: Vec<String>,
+}
+
+/// Configures `families` for `pid`, loads the object, builds and installs the unwinding
+/// tables if a family walks stacks, attaches every family, then arms them together. Shared by
+/// one capture (`Session`) and the agent, which loads one per target.
+pub fn load(
+    pid: u32,
+    mut families: Vec<Box<dyn Family>>,
+    unwind: crate::unwind::UnwindMode,
+    verbose: bool,
+) -> Result<Loaded, AttachError> {
+    let maps = ProcessMaps::snapshot(pid).map_err(|source| AttachError::Maps { pid, source })?;
+    let setup = Setup { pid, maps: &maps };
+    // Every family reads what its kernel half needs first: a kernel without a tracepoint
+    // fails here, before anything loads.
+    let mut load = LoadConfig::new(pid, verbose);
+    for family in &mut families {
+        family.configure(&setup, &mut load)?;
+    }
+    let mut notes = Vec::new();
+    // Tables for a large binary take a core for a good part of a second to build: a
+    // capture that walks no stacks (`--sock` alone) does not spend that on the machine it
+    // measures.
+    let (mut unwinder, frame_pointers) = if families.iter().any(|f| f.walks_stacks()) {
+        let unwinder = Unwinder::prepare(unwind, &maps);
+        let check = crate::unwind::check_main_binary(&maps, &unwinder, &mut notes);
+        (unwinder, check)
+    } else {
+        (Unwinder::unused(), None)
+    };
+    load.unwind_mode = unwinder.mode().kernel_mode();
+    load.unwind_rows = unwinder.rows_capacity();
+    let mut ebpf = ebpf::load(&load).map_err(|source| AttachError::Load {
+        source: Box::new(source),
+    })?;
+    unwinder.install(&mut ebpf, &maps)?;
+    let logger = if verbose {
+        aya_log::EbpfLogger::init(&mut ebpf)
+            .map_err(|err| log::warn!("kernel-side logging unavailable: {err}"))
+            .ok()
+    } else {
+        None
+    };
+    for family in &mut families {
+        family.attach(&mut ebpf, &setup)?;
+    }
+    // Together, so every family counts from the same instant.
+    for family in &mut families {
+        family.arm(&mut ebpf, true)?;
+    }
+    Ok(Loaded {
+        families,
+        ebpf,
+        logger,
+        maps,
+        unwinder,
+        frame_pointers,
+        notes,
+    })
+}
+
 /// A running capture.
 pub struct Session {
     opts: AttachOptions,
@@ -125,52 +195,15 @@ impl Session {
             rustix::process::PidfdFlags::empty(),
         )
         .map_err(|_| PreflightError::PidNotFound { pid: opts.pid })?;
-        let maps = ProcessMaps::snapshot(opts.pid).map_err(|source| AttachError::Maps {
-            pid: opts.pid,
-            source,
-        })?;
-        let setup = Setup {
-            pid: opts.pid,
-            maps: &maps,
-        };
-        // Every family reads what its kernel half needs first: a kernel without a tracepoint
-        // fails here, before anything loads.
-        let mut families = opts.families();
-        let mut load = LoadConfig::new(opts.pid, opts.verbose);
-        for family in &mut families {
-            family.configure(&setup, &mut load)?;
-        }
-        let mut notes = Vec::new();
-        // Tables for a large binary take a core for a good part of a second to build: a
-        // capture that walks no stacks (`--sock` alone) does not spend that on the machine it
-        // measures.
-        let (mut unwinder, frame_pointers) = if families.iter().any(|f| f.walks_stacks()) {
-            let unwinder = Unwinder::prepare(opts.unwind, &maps);
-            let check = crate::unwind::check_main_binary(&maps, &unwinder, &mut notes);
-            (unwinder, check)
-        } else {
-            (Unwinder::unused(), None)
-        };
-        load.unwind_mode = unwinder.mode().kernel_mode();
-        load.unwind_rows = unwinder.rows_capacity();
-        let mut ebpf = ebpf::load(&load).map_err(|source| AttachError::Load {
-            source: Box::new(source),
-        })?;
-        unwinder.install(&mut ebpf, &maps)?;
-        let logger = if opts.verbose {
-            aya_log::EbpfLogger::init(&mut ebpf)
-                .map_err(|err| log::warn!("kernel-side logging unavailable: {err}"))
-                .ok()
-        } else {
-            None
-        };
-        for family in &mut families {
-            family.attach(&mut ebpf, &setup)?;
-        }
-        // Together, so every family counts from the same instant.
-        for family in &mut families {
-            family.arm(&mut ebpf, true)?;
-        }
+        let Loaded {
+            families,
+            ebpf,
+            logger,
+            maps,
+            unwinder,
+            frame_pointers,
+            notes,
+        } = load(opts.pid, opts.families(), opts.unwind, opts.verbose)?;
         output.keep();
         let pid = opts.pid;
         Ok(Self {

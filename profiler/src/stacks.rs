@@ -11,7 +11,7 @@ use aya::{
 use profiler_common::stack::{self, StackKey, UserStack, unwinder};
 
 use crate::{
-    probes::{ProbeError, map},
+    probes::{ProbeError, map, map_mut},
     procmaps::{Backing, ProcessMaps},
     report::{component::Frame, profile::WeightedStack},
     symbolize::{Names, Symbolizer},
@@ -236,6 +236,48 @@ pub fn resolve(
         unwinders,
         stops,
     })
+}
+
+/// Removes user stacks (by hash) and kernel stacks (by id) from their maps once what named
+/// them has been read: the agent's drains, so the stack maps stay bounded. A stack recorded
+/// again between the read and this removal loses its frames for that one entry (drawn as
+/// `[user stack lost]`).
+pub fn forget(ebpf: &mut Ebpf, user: &[u64], kernel: &[i32]) -> Result<(), ProbeError> {
+    let user: HashSet<u64> = user
+        .iter()
+        .copied()
+        .filter(|&h| h != stack::NO_USER_STACK)
+        .collect();
+    let kernel: HashSet<i32> = kernel.iter().copied().filter(|&id| id >= 0).collect();
+    let fail = |map: &'static str| {
+        move |source| ProbeError::Map {
+            probe: PROBE,
+            map,
+            source: Box::new(source),
+        }
+    };
+    {
+        let mut user_map: BpfHashMap<_, u64, UserStack> =
+            map_mut(ebpf, PROBE, stack::USER_STACKS_MAP)?;
+        for hash in &user {
+            match user_map.remove(hash) {
+                Err(err) if !crate::probes::already_gone(&err) => {
+                    return Err(fail(stack::USER_STACKS_MAP)(err));
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut kernel_map: StackTraceMap<_> = map_mut(ebpf, PROBE, stack::KERNEL_STACKS_MAP)?;
+    for id in &kernel {
+        match kernel_map.remove(&(*id as u32)) {
+            Err(err) if !crate::probes::already_gone(&err) => {
+                return Err(fail(stack::KERNEL_STACKS_MAP)(err));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Appends `addrs` (leaf first, as the kernel records them) root first, expanding inlined

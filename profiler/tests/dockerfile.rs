@@ -67,3 +67,30 @@ fn build_stage_pins_the_tested_nightly() {
         "bpf-linker as xtask setup builds it"
     );
 }
+
+/// The `agent` stage's entrypoint and default arguments, joined as docker joins them, are a
+/// command line the agent accepts, on the port the docs and the DaemonSet name.
+#[test]
+fn agent_stage_runs_the_agent() {
+    use clap::Parser as _;
+    let stage = &DOCKERFILE[DOCKERFILE
+        .find("FROM runtime AS agent")
+        .expect("an agent stage")..];
+    let array = |prefix: &str| -> Vec<String> {
+        let line = stage
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix}in the agent stage"));
+        serde_json::from_str(line).expect("an exec-form array")
+    };
+    let mut argv = array("ENTRYPOINT ");
+    argv.extend(array("CMD "));
+    assert_eq!(argv[..2], ["/usr/local/bin/profiler", "agent"]);
+    let cli = profiler::cli::Cli::try_parse_from(&argv).expect("arguments the agent accepts");
+    let profiler::cli::Command::Agent(args) = cli.command else {
+        panic!("not the agent: {argv:?}")
+    };
+    let opts = args.into_options(false).expect("valid agent options");
+    assert_eq!(opts.listen.port(), 9464);
+    assert!(opts.attach.sock.is_some() && opts.attach.cpu.is_some());
+}

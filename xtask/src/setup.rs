@@ -22,6 +22,9 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "bpftrace",
     "linux-perf",
+    // The agent's tests: a real Prometheus scrapes it, `go tool pprof` reads its profiles.
+    "prometheus",
+    "golang-go",
     // report.html is checked in a headless browser.
     "chromium",
     // `bench memory` measures real servers under their own load tools.

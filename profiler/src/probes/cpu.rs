@@ -13,7 +13,7 @@ use aya::{
 };
 use profiler_common::{cpu, stack::StackKey, stats};
 
-use super::{Counters, Family, Finish, ProbeError, Setup, map, program_mut};
+use super::{Counters, Drain, Family, Finish, ProbeError, Setup, map, program_mut};
 use crate::{
     ebpf::LoadConfig,
     report::{
@@ -111,6 +111,33 @@ impl Family for Cpu {
 
     fn progress(&self, counters: &Counters) -> String {
         format!("{} samples", counters.get(stats::CPU_SAMPLES))
+    }
+
+    fn drain(&mut self, d: &mut Drain<'_>) -> Result<bool, ProbeError> {
+        let counts: Vec<(StackKey, u64)> = super::take_all(d.ebpf, PROBE, cpu::COUNTS_MAP)?;
+        let resolved = stacks::resolve(d.ebpf, &counts, d.maps, d.symbolizer)?;
+        d.into
+            .user_stacks
+            .extend(counts.iter().map(|(k, _)| k.user_stack));
+        d.into
+            .kernel_stacks
+            .extend(counts.iter().map(|(k, _)| k.kernel_stack));
+        // As in `finish`: the probes' own samples under one root, never the target's.
+        d.into.cpu = resolved
+            .stacks
+            .into_iter()
+            .map(|s| {
+                if is_probe_overhead(&s.frames) {
+                    WeightedStack {
+                        thread: OVERHEAD.into(),
+                        ..s
+                    }
+                } else {
+                    s
+                }
+            })
+            .collect();
+        Ok(true)
     }
 
     fn finish(&mut self, f: &mut Finish<'_>) -> Result<(), ProbeError> {

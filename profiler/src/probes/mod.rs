@@ -69,6 +69,43 @@ pub trait Family {
     /// Reads its maps, names the stacks, writes its files, its terminal text and its section
     /// of the summary.
     fn finish(&mut self, finish: &mut Finish<'_>) -> Result<(), ProbeError>;
+
+    /// For the always-on agent: moves what the kernel aggregated since the last drain into
+    /// `drain.into` and removes it from the maps, so they stay bounded however long the agent
+    /// runs. Fixed-size aggregates (per-port arrays) are read whole, not reset: they cannot
+    /// grow, and cumulative counts are what Prometheus wants. False: the family has nothing
+    /// the agent can serve.
+    fn drain(&mut self, _drain: &mut Drain<'_>) -> Result<bool, ProbeError> {
+        Ok(false)
+    }
+}
+
+/// A family's view of one drain (the agent's periodic read-and-reset).
+pub struct Drain<'a> {
+    pub ebpf: &'a mut Ebpf,
+    pub pid: u32,
+    pub maps: &'a ProcessMaps,
+    pub symbolizer: &'a Symbolizer,
+    pub into: &'a mut Drained,
+}
+
+/// What one drain of every family produced.
+#[derive(Default)]
+pub struct Drained {
+    /// `cpu`: on-CPU samples by stack since the last drain.
+    pub cpu: Vec<crate::report::profile::WeightedStack>,
+    /// `offcpu`: nanoseconds off the CPU by stack (rooted at `[idle]` or `[blocked]`).
+    pub offcpu: Vec<crate::report::profile::WeightedStack>,
+    /// `futex`: nanoseconds waited by waiter stack, each rooted at its lock's name.
+    pub locks: Vec<crate::report::profile::WeightedStack>,
+    /// `futex`: nanoseconds waited per lock name since the last drain.
+    pub lock_waits: Vec<(String, u64)>,
+    /// `sock`: per listening port, everything since attach (cumulative).
+    pub ports: Vec<crate::report::sock::PortData>,
+    /// User stacks (by hash) and kernel stacks (by id) the drained entries named: forgotten
+    /// once every family has drained, so the stack maps stay bounded too.
+    pub user_stacks: Vec<u64>,
+    pub kernel_stacks: Vec<i32>,
 }
 
 /// What a family may read before and while attaching.
@@ -308,6 +345,40 @@ where
         map,
         source: Box::new(source),
     })
+}
+
+/// A delete that found nothing to delete (ENOENT): the entry went meanwhile, or was never
+/// stored (a stack the kernel could not insert).
+pub(crate) fn already_gone(err: &MapError) -> bool {
+    match err {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// Reads every entry of a hash map and deletes what it read. An update the kernel makes
+/// between the read and the delete is lost (one interval's increment of one key, counted
+/// nowhere); the alternative, never deleting, lets the map fill and drop new keys for good.
+pub(crate) fn take_all<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    probe: &'static str,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, ProbeError> {
+    let fail = |source| ProbeError::Map {
+        probe,
+        map: name,
+        source: Box::new(source),
+    };
+    let mut table: aya::maps::HashMap<_, K, V> = map_mut(ebpf, probe, name)?;
+    let entries = table.iter().collect::<Result<Vec<_>, _>>().map_err(fail)?;
+    for (key, _) in &entries {
+        match table.remove(key) {
+            Err(err) if !already_gone(&err) => return Err(fail(err)),
+            _ => {}
+        }
+    }
+    Ok(entries)
 }
 
 /// Sets a family's one-slot `ARMED` array: its programs account only while it is 1, so they

@@ -11,7 +11,7 @@ use profiler_common::{
     stats,
 };
 
-use super::{Counters, Family, Finish, ProbeError, Setup, map};
+use super::{Counters, Drain, Family, Finish, ProbeError, Setup, map};
 use crate::{
     ebpf::LoadConfig,
     report::{
@@ -102,6 +102,27 @@ impl Family for Offcpu {
 
     fn progress(&self, counters: &Counters) -> String {
         format!("{} switches", counters.get(stats::OFFCPU_SWITCHES))
+    }
+
+    fn drain(&mut self, d: &mut Drain<'_>) -> Result<bool, ProbeError> {
+        let times: Vec<(StackKey, u64)> = super::take_all(d.ebpf, PROBE, offcpu::TIMES_MAP)?;
+        let resolved = stacks::resolve(d.ebpf, &times, d.maps, d.symbolizer)?;
+        d.into
+            .user_stacks
+            .extend(times.iter().map(|(k, _)| k.user_stack));
+        d.into
+            .kernel_stacks
+            .extend(times.iter().map(|(k, _)| k.kernel_stack));
+        // Weighed in nanoseconds, rooted at [idle] or [blocked] as in `finish`.
+        d.into.offcpu = resolved
+            .stacks
+            .into_iter()
+            .map(|mut s| {
+                s.frames.insert(0, format!("[{}]", idle::class(&s.frames)));
+                s
+            })
+            .collect();
+        Ok(true)
     }
 
     fn finish(&mut self, f: &mut Finish<'_>) -> Result<(), ProbeError> {

@@ -21,7 +21,9 @@ use profiler_common::{
     stats,
 };
 
-use super::{Counters, Family, Finish, ProbeError, Setup, Tick, attach_tracepoint, map, map_mut};
+use super::{
+    Counters, Drain, Family, Finish, ProbeError, Setup, Tick, attach_tracepoint, map, map_mut,
+};
 use crate::{
     btf,
     ebpf::LoadConfig,
@@ -360,6 +362,19 @@ impl Family for Sock {
 
     fn progress(&self, counters: &Counters) -> String {
         format!("{} requests", counters.get(stats::SOCK_REQUESTS))
+    }
+
+    /// The per-port arrays are fixed in size: read whole, cumulative since attach. New
+    /// listening ports are picked up here as in `tick`.
+    fn drain(&mut self, d: &mut Drain<'_>) -> Result<bool, ProbeError> {
+        if self.last_ports.elapsed() >= PORTS_REFRESH {
+            self.last_ports = Instant::now();
+            if let Err(err) = self.ports.sync(d.ebpf, d.pid) {
+                log::debug!("refreshing listening ports: {err}");
+            }
+        }
+        d.into.ports = read(d.ebpf, &self.ports)?;
+        Ok(true)
     }
 
     fn finish(&mut self, f: &mut Finish<'_>) -> Result<(), ProbeError> {

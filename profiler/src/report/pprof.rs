@@ -115,28 +115,75 @@ pub fn cpu_profile(
     start_unix_nanos: i64,
     duration_nanos: i64,
 ) -> Profile {
+    build(
+        stacks,
+        &cpu_kind(frequency),
+        |_| &[],
+        start_unix_nanos,
+        duration_nanos,
+    )
+}
+
+/// What a profile's samples measure: one `(type, unit)` per value, and the period. A stack's
+/// weight is the first value; the second, when there is one, is the weight times the period.
+pub struct Kind {
+    pub values: &'static [(&'static str, &'static str)],
+    pub period: (&'static str, &'static str, i64),
+}
+
+/// On-CPU samples at `frequency` Hz.
+pub fn cpu_kind(frequency: u64) -> Kind {
+    Kind {
+        values: &[("samples", "count"), ("cpu", "nanoseconds")],
+        period: (
+            "cpu",
+            "nanoseconds",
+            1_000_000_000 / frequency.max(1) as i64,
+        ),
+    }
+}
+
+/// Time off the CPU, weights in nanoseconds.
+pub const OFFCPU: Kind = Kind {
+    values: &[("offcpu", "nanoseconds")],
+    period: ("offcpu", "nanoseconds", 1),
+};
+
+/// Time waited on locks, weights in nanoseconds (Go's mutex profile names it `delay`).
+pub const LOCKS: Kind = Kind {
+    values: &[("delay", "nanoseconds")],
+    period: ("delay", "nanoseconds", 1),
+};
+
+/// A stack profile: each frame name a function with one location, each sample labelled with
+/// its thread and with `labels(i)` for the `i`th stack (the agent's pid, comm and host).
+pub fn build<'a>(
+    stacks: &[WeightedStack],
+    kind: &Kind,
+    labels: impl Fn(usize) -> &'a [(String, String)],
+    start_unix_nanos: i64,
+    duration_nanos: i64,
+) -> Profile {
     let mut strings = Strings::new();
-    let period = 1_000_000_000 / frequency.max(1) as i64;
-    let sample_type = vec![
-        ValueType {
-            r#type: strings.get("samples"),
-            unit: strings.get("count"),
-        },
-        ValueType {
-            r#type: strings.get("cpu"),
-            unit: strings.get("nanoseconds"),
-        },
-    ];
+    let sample_type = kind
+        .values
+        .iter()
+        .map(|(t, u)| ValueType {
+            r#type: strings.get(t),
+            unit: strings.get(u),
+        })
+        .collect();
+    let (period_name, period_unit, period) = kind.period;
     let period_type = Some(ValueType {
-        r#type: strings.get("cpu"),
-        unit: strings.get("nanoseconds"),
+        r#type: strings.get(period_name),
+        unit: strings.get(period_unit),
     });
     let thread_key = strings.get("thread");
     let mut location_of: HashMap<&str, u64> = HashMap::new();
     let mut functions = Vec::new();
     let mut locations = Vec::new();
     let mut samples = Vec::with_capacity(stacks.len());
-    for stack in stacks {
+    for (index, stack) in stacks.iter().enumerate() {
         let mut location_id = Vec::with_capacity(stack.frames.len());
         for frame in stack.frames.iter().rev() {
             let id = *location_of.entry(frame.as_str()).or_insert_with(|| {
@@ -155,14 +202,24 @@ pub fn cpu_profile(
             });
             location_id.push(id);
         }
-        let count = stack.weight as i64;
+        let weight = stack.weight as i64;
+        let value = (0..kind.values.len())
+            .map(|i| if i == 0 { weight } else { weight * period })
+            .collect();
+        let mut label = vec![Label {
+            key: thread_key,
+            str: strings.get(&stack.thread),
+        }];
+        for (key, value) in labels(index) {
+            label.push(Label {
+                key: strings.get(key),
+                str: strings.get(value),
+            });
+        }
         samples.push(Sample {
             location_id,
-            value: vec![count, count * period],
-            label: vec![Label {
-                key: thread_key,
-                str: strings.get(&stack.thread),
-            }],
+            value,
+            label,
         });
     }
     Profile {

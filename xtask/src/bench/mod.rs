@@ -1,6 +1,7 @@
 //! Overhead and speed measurements. Every figure is a ratio measured side by side in one run
 //! (interleaved with the bare baseline), the median over several rounds.
 
+mod agent;
 mod alloc;
 mod cpu;
 mod futex;
@@ -36,6 +37,9 @@ pub struct BenchArgs {
     /// pointers and compares with `perf record --call-graph dwarf`.
     #[arg(long, value_enum, default_value_t = Unwind::Auto)]
     pub unwind: Unwind,
+    /// agent: how long the soak runs, in minutes.
+    #[arg(long, default_value_t = 10)]
+    pub minutes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,6 +66,8 @@ pub enum Which {
     Alloc,
     Sock,
     Memory,
+    /// The agent's memory and CPU over a long run under load.
+    Agent,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -71,6 +77,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Alloc => alloc::run(&args),
         Which::Sock => sock::run(&args),
         Which::Memory => memory::run(&args),
+        Which::Agent => agent::run(&args),
     }
 }
 

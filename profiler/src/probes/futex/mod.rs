@@ -14,7 +14,7 @@ use profiler_common::{
 };
 
 use self::namer::LockNamer;
-use super::{Counters, Family, Finish, ProbeError, Setup, map, program_mut};
+use super::{Counters, Drain, Family, Finish, ProbeError, Setup, map, program_mut};
 use crate::{
     ebpf::LoadConfig,
     report::{
@@ -294,6 +294,45 @@ impl Family for Futex {
 
     fn progress(&self, counters: &Counters) -> String {
         format!("{} futex waits", counters.get(stats::FUTEX_WAITS))
+    }
+
+    fn drain(&mut self, d: &mut Drain<'_>) -> Result<bool, ProbeError> {
+        let waits: Vec<(FutexKey, FutexWait)> = super::take_all(d.ebpf, PROBE, futex::WAITS_MAP)?;
+        // Wakes and waiters feed only the one-shot report's holder stacks: emptied so they
+        // stay bounded, and their stacks forgotten with the rest.
+        let wakes: Vec<(FutexKey, u64)> = super::take_all(d.ebpf, PROBE, futex::WAKES_MAP)?;
+        let _: Vec<(FutexWaiter, u64)> = super::take_all(d.ebpf, PROBE, futex::WAITERS_MAP)?;
+        let table = StackTable::load(
+            d.ebpf,
+            waits.iter().map(|(k, _)| k.user_stack),
+            std::iter::empty(),
+            d.maps,
+            d.symbolizer,
+        )?;
+        let mut namer = LockNamer::new(d.maps);
+        let mut names: HashMap<u64, String> = HashMap::new();
+        let mut by_lock: HashMap<String, u64> = HashMap::new();
+        for (key, wait) in &waits {
+            let name = names
+                .entry(key.uaddr)
+                .or_insert_with(|| namer.name(key.uaddr).name)
+                .clone();
+            *by_lock.entry(name.clone()).or_default() += wait.total_ns;
+            d.into.locks.push(WeightedStack {
+                thread: format!("lock {name}"),
+                tid: 0,
+                frames: table.user_frames(key.user_stack),
+                weight: wait.total_ns,
+            });
+        }
+        d.into.lock_waits = by_lock.into_iter().collect();
+        d.into.user_stacks.extend(
+            waits
+                .iter()
+                .map(|(k, _)| k.user_stack)
+                .chain(wakes.iter().map(|(k, _)| k.user_stack)),
+        );
+        Ok(true)
     }
 
     fn finish(&mut self, f: &mut Finish<'_>) -> Result<(), ProbeError> {

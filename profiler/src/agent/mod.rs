@@ -1,0 +1,764 @@
+//! `profiler agent`: runs until stopped, attached to every target it is told to follow (pids,
+//! every process of a name, every process of a cgroup), and serves what the kernel aggregates
+//! to the engines fleets already run: Prometheus scrapes `/metrics`, Parca and Pyroscope pull
+//! pprof from `/debug/pprof/*` (see `http.rs`).
+//!
+//! Each target gets its own eBPF object (the kernel side filters on one tgid), loaded by the
+//! same `session::load` a capture uses, with the same families (`options.rs`). Every
+//! [`DRAIN_EVERY`] each family's `drain` moves the kernel's aggregates out of the maps, so the
+//! maps, and the windows kept here ([`RETAIN`]), stay bounded however long the agent runs.
+
+pub mod http;
+pub mod metrics;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    net::SocketAddr,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use self::metrics::{Bucketer, State, TargetMetrics};
+use crate::{
+    options::AttachOptions,
+    preflight,
+    probes::{self, Counters, Drain, Drained},
+    report::{pprof, profile::WeightedStack},
+    session::{self, AttachError, Loaded},
+    stacks,
+    symbolize::{BpfSymbols, Symbolizer},
+};
+
+/// How often every family is drained: the resolution of the pprof endpoints' windows.
+pub const DRAIN_EVERY: Duration = Duration::from_secs(1);
+/// How often `--comm` and `--cgroup` look for new processes: a restarted target is attached
+/// within this plus the attach itself. Reading every /proc/PID/comm of a few hundred
+/// processes takes about a millisecond.
+const SCAN_EVERY: Duration = Duration::from_millis(250);
+/// How long drained stacks are kept for the pprof endpoints: the longest `seconds=` served.
+pub const RETAIN: Duration = Duration::from_secs(60);
+/// How often the mappings of a target are re-read, for libraries loaded later.
+const MAPS_REFRESH: Duration = Duration::from_secs(2);
+
+/// What the agent follows.
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    pub pids: Vec<u32>,
+    /// Every process whose main thread has this name, restarted ones included.
+    pub comms: Vec<String>,
+    /// Every process in this cgroup (v2; `/sys/fs/cgroup/...` or the path under it) or below.
+    pub cgroups: Vec<PathBuf>,
+}
+
+/// Everything `profiler agent` can be asked to do.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub targets: Targets,
+    /// The families and their settings; `pid`, `duration` and `output` are unused.
+    pub attach: AttachOptions,
+    pub listen: SocketAddr,
+    /// Where a pprof snapshot per family is written every `interval`, if anywhere.
+    pub output: Option<PathBuf>,
+    /// The snapshots' total size past which the oldest are removed.
+    pub output_max_bytes: u64,
+    pub interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Preflight(#[from] preflight::PreflightError),
+    #[error("could not listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not create {}", path.display())]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which profile an endpoint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProfileKind {
+    Cpu,
+    Offcpu,
+    Locks,
+}
+
+impl ProfileKind {
+    pub const ALL: [Self; 3] = [Self::Cpu, Self::Offcpu, Self::Locks];
+
+    /// The family that feeds it, as named everywhere.
+    pub fn family(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Offcpu => "offcpu",
+            Self::Locks => "futex",
+        }
+    }
+
+    /// The file name stem of its snapshots.
+    pub fn stem(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Offcpu => "offcpu",
+            Self::Locks => "locks",
+        }
+    }
+}
+
+/// One target's stack in one drain window.
+#[derive(Debug, Clone)]
+pub struct TargetStack {
+    pub pid: u32,
+    pub comm: String,
+    pub stack: WeightedStack,
+}
+
+/// What one drain of every target produced, for the pprof endpoints and the snapshots.
+#[derive(Debug, Default)]
+pub struct Window {
+    pub at: Option<Instant>,
+    pub stacks: HashMap<ProfileKind, Vec<TargetStack>>,
+}
+
+/// What the HTTP side reads: the metrics state and the recent windows.
+pub struct Shared {
+    pub state: Arc<Mutex<State>>,
+    pub windows: Mutex<VecDeque<Window>>,
+    /// Notified after every drain, so a profile request waits for the window that ends it.
+    pub drained: Condvar,
+    pub frequency: u64,
+    pub host: String,
+    /// Families the agent runs.
+    pub families: BTreeSet<&'static str>,
+}
+
+impl Shared {
+    /// The stacks of `kind` drained after `since`, with their labels.
+    pub fn stacks_since(&self, kind: ProfileKind, since: Instant) -> Vec<TargetStack> {
+        let Ok(windows) = self.windows.lock() else {
+            return Vec::new();
+        };
+        windows
+            .iter()
+            .filter(|w| w.at.is_some_and(|at| at > since))
+            .filter_map(|w| w.stacks.get(&kind))
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Blocks until a drain has happened after `instant` (or a few drains' time passed).
+    pub fn wait_drain_after(&self, instant: Instant) {
+        let deadline = Instant::now() + 3 * DRAIN_EVERY;
+        let Ok(mut windows) = self.windows.lock() else {
+            return;
+        };
+        while windows
+            .back()
+            .and_then(|w| w.at)
+            .is_none_or(|at| at <= instant)
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.drained.wait_timeout(windows, left) {
+                Ok((guard, _)) => windows = guard,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// A pprof profile of `stacks`, each sample labelled with pid, comm and host.
+    pub fn profile(
+        &self,
+        kind: ProfileKind,
+        stacks: &[TargetStack],
+        start: jiff::Timestamp,
+        duration: Duration,
+    ) -> pprof::Profile {
+        let weighted: Vec<WeightedStack> = stacks.iter().map(|s| s.stack.clone()).collect();
+        let labels: Vec<[(String, String); 3]> = stacks
+            .iter()
+            .map(|s| {
+                [
+                    ("pid".to_string(), s.pid.to_string()),
+                    ("comm".to_string(), s.comm.clone()),
+                    ("host".to_string(), self.host.clone()),
+                ]
+            })
+            .collect();
+        let cpu = pprof::cpu_kind(self.frequency);
+        let kind = match kind {
+            ProfileKind::Cpu => &cpu,
+            ProfileKind::Offcpu => &pprof::OFFCPU,
+            ProfileKind::Locks => &pprof::LOCKS,
+        };
+        pprof::build(
+            &weighted,
+            kind,
+            |i| labels[i].as_slice(),
+            start.as_nanosecond() as i64,
+            duration.as_nanos() as i64,
+        )
+    }
+}
+
+/// One attached target.
+struct Attached {
+    pid: u32,
+    comm: String,
+    loaded: Loaded,
+    pidfd: OwnedFd,
+    symbolizer: Symbolizer,
+    last_maps: Instant,
+}
+
+impl Attached {
+    fn start(pid: u32, opts: &AttachOptions) -> Result<Self, AttachError> {
+        let target = preflight::check_target(pid)?;
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid as i32)
+                .ok_or(preflight::PreflightError::PidNotFound { pid })?,
+            rustix::process::PidfdFlags::empty(),
+        )
+        .map_err(|_| preflight::PreflightError::PidNotFound { pid })?;
+        let mut per_target = opts.clone();
+        per_target.pid = pid;
+        let loaded = session::load(pid, per_target.families(), opts.unwind, opts.verbose)?;
+        // Our programs' names, for samples inside them: taken while they are loaded.
+        let symbolizer = Symbolizer::new().with_bpf(BpfSymbols::snapshot());
+        Ok(Self {
+            pid,
+            comm: target.comm,
+            loaded,
+            pidfd,
+            symbolizer,
+            last_maps: Instant::now(),
+        })
+    }
+
+    fn exited(&self) -> bool {
+        preflight::exited(&self.pidfd, Duration::ZERO)
+    }
+
+    /// Drains every family; the stacks they named are then forgotten by the kernel maps.
+    fn drain(&mut self) -> Drained {
+        let loaded = &mut self.loaded;
+        if self.last_maps.elapsed() >= MAPS_REFRESH {
+            self.last_maps = Instant::now();
+            if let Ok(true) = loaded.maps.refresh()
+                && let Err(err) = loaded.unwinder.sync(&mut loaded.ebpf, &loaded.maps)
+            {
+                log::warn!("pid {}: updating unwind tables: {err:#}", self.pid);
+            }
+        }
+        if let Some(logger) = &mut loaded.logger {
+            logger.flush();
+        }
+        let mut drained = Drained::default();
+        for family in &mut loaded.families {
+            let mut drain = Drain {
+                ebpf: &mut loaded.ebpf,
+                pid: self.pid,
+                maps: &loaded.maps,
+                symbolizer: &self.symbolizer,
+                into: &mut drained,
+            };
+            if let Err(err) = family.drain(&mut drain) {
+                log::warn!(
+                    "pid {}: draining {}: {}",
+                    self.pid,
+                    family.name(),
+                    chain(&err)
+                );
+            }
+        }
+        if let Err(err) = stacks::forget(
+            &mut loaded.ebpf,
+            &drained.user_stacks,
+            &drained.kernel_stacks,
+        ) {
+            log::warn!(
+                "pid {}: forgetting drained stacks: {}",
+                self.pid,
+                chain(&err)
+            );
+        }
+        drained
+    }
+
+    fn detach(mut self) {
+        for family in &mut self.loaded.families {
+            if let Err(err) = family.arm(&mut self.loaded.ebpf, false) {
+                log::debug!("pid {}: stopping {}: {err}", self.pid, family.name());
+            }
+        }
+        probes::unload_all(&mut self.loaded.ebpf);
+    }
+}
+
+/// An error and its sources, as one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
+}
+
+/// Processes whose main thread is named `comm`.
+fn pids_named(comm: &str) -> Vec<u32> {
+    all_pids()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
+        })
+        .collect()
+}
+
+/// Processes in the cgroup `path` or below it.
+fn pids_in_cgroup(path: &Path) -> Vec<u32> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let wanted = Cgroup::resolve(path, &mounts);
+    all_pids()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|text| wanted.contains(&text))
+        })
+        .collect()
+}
+
+/// A cgroup as `/proc/PID/cgroup` names it: the hierarchy and the path under its mount.
+#[derive(Debug, PartialEq, Eq)]
+struct Cgroup {
+    /// The mount options of a v1 hierarchy (its controllers among them); empty for v2.
+    v1_options: Vec<String>,
+    path: String,
+}
+
+impl Cgroup {
+    /// `path` under the cgroup mount it lies in (v2, or a v1 controller's hierarchy, from
+    /// `mounts`, as /proc/mounts has them); a path under none is taken as v2 and relative.
+    fn resolve(path: &Path, mounts: &str) -> Self {
+        let text = path.to_string_lossy();
+        let mount = mounts
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (point, kind, options) = (*f.get(1)?, *f.get(2)?, *f.get(3)?);
+                let under = text == point || text.starts_with(&format!("{point}/"));
+                (under && (kind == "cgroup" || kind == "cgroup2")).then_some((point, kind, options))
+            })
+            .max_by_key(|(point, _, _)| point.len());
+        let (rel, v1_options) = match mount {
+            Some((point, kind, options)) => (
+                &text[point.len()..],
+                if kind == "cgroup" {
+                    options.split(',').map(str::to_string).collect()
+                } else {
+                    Vec::new()
+                },
+            ),
+            None => (
+                text.strip_prefix("/sys/fs/cgroup").unwrap_or(&text),
+                Vec::new(),
+            ),
+        };
+        Self {
+            v1_options,
+            path: format!("/{}", rel.trim_matches('/')),
+        }
+    }
+
+    /// Whether a `/proc/PID/cgroup` text puts the process in this cgroup or below it.
+    fn contains(&self, text: &str) -> bool {
+        text.lines().any(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (Some(id), Some(controllers), Some(path)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return false;
+            };
+            let hierarchy = if self.v1_options.is_empty() {
+                id == "0" && controllers.is_empty()
+            } else {
+                controllers
+                    .split(',')
+                    .any(|c| self.v1_options.iter().any(|o| o == c))
+            };
+            hierarchy
+                && (path == self.path
+                    || self.path == "/"
+                    || path
+                        .strip_prefix(&self.path)
+                        .is_some_and(|rest| rest.starts_with('/')))
+        })
+    }
+}
+
+fn all_pids() -> impl Iterator<Item = u32> {
+    let own = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(move |&pid| pid != own)
+}
+
+/// Writes a snapshot per family every interval under `dir`, and removes the oldest once all
+/// of them together pass `max_bytes`.
+struct Rotation {
+    dir: PathBuf,
+    max_bytes: u64,
+    last: Instant,
+    started: jiff::Timestamp,
+}
+
+/// Snapshot files are named `<family>-<UTC time>.pb.gz`, which sort oldest first.
+const SNAPSHOT_SUFFIX: &str = ".pb.gz";
+
+impl Rotation {
+    fn write(&mut self, shared: &Shared, interval: Duration) {
+        let since = self.last;
+        self.last = Instant::now();
+        let now = jiff::Timestamp::now();
+        let stamp = now.strftime("%Y%m%dT%H%M%SZ").to_string();
+        for kind in ProfileKind::ALL {
+            if !shared.families.contains(kind.family()) {
+                continue;
+            }
+            let stacks = shared.stacks_since(kind, since);
+            let profile = shared.profile(kind, &stacks, self.started.max(now - interval), interval);
+            let path = self
+                .dir
+                .join(format!("{}-{stamp}{SNAPSHOT_SUFFIX}", kind.stem()));
+            let written = std::fs::File::create(&path)
+                .and_then(|file| pprof::write(&profile, std::io::BufWriter::new(file)));
+            if let Err(err) = written {
+                log::warn!("writing {}: {err}", path.display());
+            }
+        }
+        if let Err(err) = prune(&self.dir, self.max_bytes) {
+            log::warn!("pruning {}: {err}", self.dir.display());
+        }
+    }
+}
+
+/// Removes the oldest snapshots until those left fit in `max_bytes`.
+pub fn prune(dir: &Path, max_bytes: u64) -> std::io::Result<()> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let size = e.metadata().ok()?.len();
+            name.ends_with(SNAPSHOT_SUFFIX).then_some((name, size))
+        })
+        .collect();
+    // By time, then family: the stamp follows the family's name.
+    files.sort_by(|a, b| {
+        let stamp = |n: &str| n.rsplit_once('-').map(|(_, s)| s.to_string());
+        stamp(&a.0).cmp(&stamp(&b.0)).then(a.0.cmp(&b.0))
+    });
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    for (name, size) in files {
+        if total <= max_bytes {
+            break;
+        }
+        std::fs::remove_file(dir.join(&name))?;
+        total -= size;
+    }
+    Ok(())
+}
+
+/// The running agent: its HTTP server and its collection loop.
+pub struct Agent {
+    opts: AgentOptions,
+    shared: Arc<Shared>,
+    server: http::Server,
+    attached: BTreeMap<u32, Attached>,
+    /// Pids that failed to attach, not retried (a `--comm` match that is not attachable).
+    refused: BTreeSet<u32>,
+    bucketer: Bucketer,
+    rotation: Option<Rotation>,
+}
+
+impl Agent {
+    /// Checks privileges, binds the endpoint and prepares the output directory; attaches
+    /// nothing yet.
+    pub fn start(opts: AgentOptions) -> Result<Self, AgentError> {
+        preflight::check_privileges()?;
+        let families: BTreeSet<&'static str> =
+            opts.attach.families().iter().map(|f| f.name()).collect();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = Arc::new(Shared {
+            state: state.clone(),
+            windows: Mutex::new(VecDeque::new()),
+            drained: Condvar::new(),
+            frequency: opts.attach.cpu.as_ref().map_or(99, |c| c.frequency),
+            host,
+            families,
+        });
+        let server = http::Server::start(opts.listen, shared.clone()).map_err(|source| {
+            AgentError::Listen {
+                addr: opts.listen,
+                source,
+            }
+        })?;
+        let rotation = match &opts.output {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| AgentError::Output {
+                    path: dir.clone(),
+                    source,
+                })?;
+                Some(Rotation {
+                    dir: dir.clone(),
+                    max_bytes: opts.output_max_bytes,
+                    last: Instant::now(),
+                    started: jiff::Timestamp::now(),
+                })
+            }
+            None => None,
+        };
+        Ok(Self {
+            opts,
+            shared,
+            server,
+            attached: BTreeMap::new(),
+            refused: BTreeSet::new(),
+            bucketer: Bucketer::default(),
+            rotation,
+        })
+    }
+
+    /// The address the endpoint is bound to (the port chosen when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The pids to follow now.
+    fn wanted(&self) -> BTreeSet<u32> {
+        let t = &self.opts.targets;
+        let mut pids: BTreeSet<u32> = t.pids.iter().copied().collect();
+        for comm in &t.comms {
+            pids.extend(pids_named(comm));
+        }
+        for cgroup in &t.cgroups {
+            pids.extend(pids_in_cgroup(cgroup));
+        }
+        pids
+    }
+
+    /// Attaches to every wanted pid not attached yet; true if any was.
+    fn attach_new(&mut self) -> bool {
+        let mut any = false;
+        let wanted = self.wanted();
+        self.refused.retain(|pid| wanted.contains(pid));
+        for pid in wanted {
+            if self.attached.contains_key(&pid) || self.refused.contains(&pid) {
+                continue;
+            }
+            let began = Instant::now();
+            match Attached::start(pid, &self.opts.attach) {
+                Ok(attached) => {
+                    log::info!(
+                        "attached to pid {pid} ({}) in {:?}",
+                        attached.comm,
+                        began.elapsed()
+                    );
+                    if let Ok(mut state) = self.shared.state.lock() {
+                        state.attaches += 1;
+                        state
+                            .targets
+                            .insert(pid, TargetMetrics::new(pid, &attached.comm));
+                    }
+                    self.attached.insert(pid, attached);
+                    any = true;
+                }
+                Err(err) => {
+                    // An explicit pid that cannot be profiled is the user's to hear about; a
+                    // process that went away between the scan and the attach is not.
+                    if std::fs::metadata(format!("/proc/{pid}")).is_ok() {
+                        log::warn!("cannot attach to pid {pid}: {err}");
+                    }
+                    if let Ok(mut state) = self.shared.state.lock() {
+                        state.attach_failures += 1;
+                    }
+                    self.refused.insert(pid);
+                }
+            }
+        }
+        any
+    }
+
+    /// Drains every target into one window and the metrics; detaches targets that exited.
+    fn drain_all(&mut self) {
+        let mut window = Window::default();
+        let mut gone = Vec::new();
+        let mut updates = Vec::new();
+        for (&pid, attached) in &mut self.attached {
+            let exited = attached.exited();
+            let drained = attached.drain();
+            let counters = Counters::read(&attached.loaded.ebpf);
+            for (kind, stacks) in [
+                (ProfileKind::Cpu, &drained.cpu),
+                (ProfileKind::Offcpu, &drained.offcpu),
+                (ProfileKind::Locks, &drained.locks),
+            ] {
+                window
+                    .stacks
+                    .entry(kind)
+                    .or_default()
+                    .extend(stacks.iter().map(|s| TargetStack {
+                        pid,
+                        comm: attached.comm.clone(),
+                        stack: s.clone(),
+                    }));
+            }
+            updates.push((pid, drained, counters));
+            if exited {
+                gone.push(pid);
+            }
+        }
+        if let Ok(mut state) = self.shared.state.lock() {
+            for (pid, drained, counters) in updates {
+                let Some(t) = state.targets.get_mut(&pid) else {
+                    continue;
+                };
+                t.cpu_samples += drained.cpu.iter().map(|s| s.weight).sum::<u64>();
+                t.offcpu_seconds +=
+                    drained.offcpu.iter().map(|s| s.weight).sum::<u64>() as f64 / 1e9;
+                t.add_lock_waits(&drained.lock_waits);
+                for port in &drained.ports {
+                    t.ports.insert(port.port, self.bucketer.port(port));
+                }
+                t.dropped = counters.drops();
+                t.rss_bytes = preflight::rss_kb(pid).map(|kb| kb * 1024);
+            }
+            for pid in &gone {
+                state.targets.remove(pid);
+            }
+        }
+        for pid in gone {
+            if let Some(attached) = self.attached.remove(&pid) {
+                log::info!("pid {pid} ({}) exited; detached", attached.comm);
+                attached.detach();
+            }
+        }
+        window.at = Some(Instant::now());
+        if let Ok(mut windows) = self.shared.windows.lock() {
+            windows.push_back(window);
+            let retain = RETAIN.max(self.opts.interval) + DRAIN_EVERY;
+            while windows
+                .front()
+                .and_then(|w| w.at)
+                .is_some_and(|at| at.elapsed() > retain)
+            {
+                windows.pop_front();
+            }
+        }
+        self.shared.drained.notify_all();
+    }
+
+    /// Runs until `stop` is set, then detaches from everything.
+    pub fn run(mut self, stop: &AtomicBool) {
+        let mut last_scan = Instant::now() - SCAN_EVERY;
+        let mut last_drain = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            // A new target is drained at once, so its series (ports) show without waiting for
+            // the next period.
+            let mut drain_now = false;
+            if last_scan.elapsed() >= SCAN_EVERY {
+                last_scan = Instant::now();
+                drain_now = self.attach_new();
+            }
+            if drain_now || last_drain.elapsed() >= DRAIN_EVERY {
+                last_drain = Instant::now();
+                self.drain_all();
+            }
+            if let Some(rotation) = &mut self.rotation
+                && rotation.last.elapsed() >= self.opts.interval
+            {
+                rotation.write(&self.shared, self.opts.interval);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for (_, attached) in std::mem::take(&mut self.attached) {
+            attached.detach();
+        }
+        self.server.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_membership_is_by_hierarchy_and_path_prefix() {
+        // A hybrid machine: v1 controllers under /sys/fs/cgroup, v2 at .../unified.
+        let mounts = "cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\n\
+                      cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n";
+        let proc = "4:memory:/kubepods/pod1/abc\n1:cpu,cpuacct:/\n0::/svc/pool\n";
+        let v2 = Cgroup::resolve(Path::new("/sys/fs/cgroup/unified/svc/"), mounts);
+        assert_eq!(v2.path, "/svc");
+        assert!(v2.contains(proc));
+        assert!(!Cgroup::resolve(Path::new("/sys/fs/cgroup/unified/sv"), mounts).contains(proc));
+        let v1 = Cgroup::resolve(Path::new("/sys/fs/cgroup/memory/kubepods/pod1"), mounts);
+        assert!(v1.contains(proc));
+        // The same path in another hierarchy is another cgroup.
+        assert!(
+            !Cgroup::resolve(Path::new("/sys/fs/cgroup/cpu,cpuacct/kubepods"), mounts)
+                .contains(proc)
+        );
+        // Relative, or on a v2-only machine: the unified hierarchy.
+        assert!(Cgroup::resolve(Path::new("svc/pool"), "").contains(proc));
+        assert!(Cgroup::resolve(Path::new("/sys/fs/cgroup/svc"), "").contains(proc));
+        assert!(!Cgroup::resolve(Path::new("/kubepods"), "").contains(proc));
+    }
+
+    #[test]
+    fn prune_removes_the_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, size) in [
+            ("cpu-20260101T000000Z.pb.gz", 10),
+            ("locks-20260101T000001Z.pb.gz", 10),
+            ("cpu-20260101T000002Z.pb.gz", 10),
+            ("other.txt", 100),
+        ] {
+            std::fs::write(dir.path().join(name), vec![0u8; size]).unwrap();
+        }
+        prune(dir.path(), 25).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "cpu-20260101T000002Z.pb.gz",
+                "locks-20260101T000001Z.pb.gz",
+                "other.txt"
+            ]
+        );
+    }
+}
