@@ -9,12 +9,15 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use profiler_common::{
-    futex::{FutexConfig, FutexKey, FutexStart, FutexWait, FutexWaiter, op},
+    futex::{
+        FutexConfig, FutexKey, FutexLock, FutexLockKey, FutexStart, FutexWait, FutexWaiter,
+        FutexWake, op,
+    },
     hist::{SLOTS, slot_of},
     stats,
 };
 
-use crate::shared::{add_to, atomic_add, count, now_ns, target_thread, user_stack};
+use crate::shared::{EEXIST, add_to, atomic_add, count, now_ns, target_thread, user_stack};
 
 #[unsafe(no_mangle)]
 static FUTEX_CONFIG: Global<FutexConfig> = Global::new(FutexConfig {
@@ -32,7 +35,10 @@ static FUTEX_WAITS: HashMap<FutexKey, FutexWait> =
     HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
 #[map]
-static FUTEX_WAKES: HashMap<FutexKey, u64> = HashMap::with_max_entries(8192, 0);
+static FUTEX_WAKES: HashMap<FutexKey, FutexWake> = HashMap::with_max_entries(8192, 0);
+
+#[map]
+static FUTEX_LOCKS: HashMap<FutexLockKey, FutexLock> = HashMap::with_max_entries(8192, 0);
 
 #[map]
 static FUTEX_WAITERS: HashMap<FutexWaiter, u64> = HashMap::with_max_entries(16384, 0);
@@ -44,10 +50,45 @@ pub static FUTEX_START: HashMap<u32, FutexStart> = HashMap::with_max_entries(163
 #[map]
 static FUTEX_ZERO: PerCpuArray<FutexWait> = PerCpuArray::with_max_entries(1, 0);
 
+/// The state of the lock at `uaddr`, made if new.
 #[inline(always)]
-fn begin_wait(ctx: &TracePointContext, tid: u32, uaddr: u64) {
+fn lock_state(tgid: u32, uaddr: u64) -> Option<*mut FutexLock> {
+    let key = FutexLockKey {
+        uaddr,
+        tgid,
+        _pad: 0,
+    };
+    if let Some(lock) = FUTEX_LOCKS.get_ptr_mut(&key) {
+        return Some(lock);
+    }
+    match FUTEX_LOCKS.insert(&key, &FutexLock::default(), BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // Another CPU made it first.
+        Err(e) if e == -EEXIST => {}
+        Err(_) => {
+            count(stats::FUTEX_MAPS_FULL);
+            return None;
+        }
+    }
+    FUTEX_LOCKS.get_ptr_mut(&key)
+}
+
+#[inline(always)]
+fn begin_wait(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64) {
+    let now = now_ns();
+    if let Some(lock) = lock_state(tgid, uaddr) {
+        // SAFETY: a live map value. The count moves atomically; `since` is 0 while nobody
+        // waits (BPF for generic CPUs has no fetch-and-add to tell the first waiter), so a
+        // race can only lose a little held time, never count time nobody waited.
+        unsafe {
+            atomic_add(&raw mut (*lock).waiters, 1);
+            if (*lock).since == 0 {
+                (*lock).since = now;
+            }
+        }
+    }
     let start = FutexStart {
-        ts: now_ns(),
+        ts: now,
         uaddr,
         user_stack: user_stack(ctx, tid, false),
     };
@@ -59,13 +100,60 @@ fn begin_wait(ctx: &TracePointContext, tid: u32, uaddr: u64) {
 #[inline(always)]
 fn wake(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64) {
     count(stats::FUTEX_WAKES);
+    let now = now_ns();
+    let key = FutexLockKey {
+        uaddr,
+        tgid,
+        _pad: 0,
+    };
+    // The waker held the lock while someone waited from `since` to now; whoever runs next
+    // holds it from now.
+    let held = match FUTEX_LOCKS.get_ptr_mut(&key) {
+        // SAFETY: a live map value; `since` races benignly between two wakes of one lock.
+        Some(lock) => unsafe {
+            let since = (*lock).since;
+            if since == 0 {
+                0
+            } else {
+                (*lock).since = now;
+                now.saturating_sub(since)
+            }
+        },
+        None => 0,
+    };
     let key = FutexKey {
         uaddr,
         user_stack: user_stack(ctx, tid, false),
         tgid,
         _pad: 0,
     };
-    add_to(&FUTEX_WAKES, &key, 1, stats::FUTEX_MAPS_FULL);
+    if let Some(entry) = FUTEX_WAKES.get_ptr_mut(&key) {
+        credit(entry, held);
+        return;
+    }
+    let wake = FutexWake {
+        wakes: 1,
+        held_ns: held,
+    };
+    match FUTEX_WAKES.insert(&key, &wake, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // Another CPU made it between our lookup and insert.
+        Err(e) if e == -EEXIST => {
+            if let Some(entry) = FUTEX_WAKES.get_ptr_mut(&key) {
+                credit(entry, held);
+            }
+        }
+        Err(_) => count(stats::FUTEX_MAPS_FULL),
+    }
+}
+
+#[inline(always)]
+fn credit(entry: *mut FutexWake, held: u64) {
+    // SAFETY: a live map value, changed only by atomic adds.
+    unsafe {
+        atomic_add(&raw mut (*entry).wakes, 1);
+        atomic_add(&raw mut (*entry).held_ns, held);
+    }
 }
 
 #[tracepoint]
@@ -85,7 +173,7 @@ pub fn futex_enter(ctx: TracePointContext) -> u32 {
     };
     let cmd = op as u32 & op::CMD_MASK;
     if op::is_wait(cmd) {
-        begin_wait(&ctx, tid, uaddr);
+        begin_wait(&ctx, tgid, tid, uaddr);
     } else if op::is_wake(cmd) {
         wake(&ctx, tgid, tid, uaddr);
     }
@@ -94,20 +182,20 @@ pub fn futex_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn futex_wait_enter(ctx: TracePointContext) -> u32 {
-    let Some((_, tid)) = target_thread() else {
+    let Some((tgid, tid)) = target_thread() else {
         return 0;
     };
     let offset = FUTEX_CONFIG.load().wait_uaddr_offset as usize;
     // SAFETY: the offset comes from this kernel's sys_enter_futex_wait format.
     if let Ok(uaddr) = unsafe { ctx.read_at::<u64>(offset) } {
-        begin_wait(&ctx, tid, uaddr);
+        begin_wait(&ctx, tgid, tid, uaddr);
     }
     0
 }
 
 #[tracepoint]
 pub fn futex_waitv_enter(ctx: TracePointContext) -> u32 {
-    let Some((_, tid)) = target_thread() else {
+    let Some((tgid, tid)) = target_thread() else {
         return 0;
     };
     let offset = FUTEX_CONFIG.load().waitv_waiters_offset as usize;
@@ -119,7 +207,7 @@ pub fn futex_waitv_enter(ctx: TracePointContext) -> u32 {
     // uaddr names the wait.
     // SAFETY: a read of user memory that may fault; the helper reports it.
     if let Ok(uaddr) = unsafe { bpf_probe_read_user((waiters + 8) as *const u64) } {
-        begin_wait(&ctx, tid, uaddr);
+        begin_wait(&ctx, tgid, tid, uaddr);
     }
     0
 }
@@ -147,6 +235,21 @@ pub fn futex_exit(_ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = FUTEX_START.remove(tid);
+    let key = FutexLockKey {
+        uaddr: start.uaddr,
+        tgid,
+        _pad: 0,
+    };
+    if let Some(lock) = FUTEX_LOCKS.get_ptr_mut(&key) {
+        // SAFETY: a live map value; every wait that began counted itself in. The last
+        // waiter out: nobody is kept waiting any more.
+        unsafe {
+            atomic_add(&raw mut (*lock).waiters, u64::MAX);
+            if (*lock).waiters == 0 {
+                (*lock).since = 0;
+            }
+        }
+    }
     let waited = now_ns().saturating_sub(start.ts);
     count(stats::FUTEX_WAITS);
     let key = FutexKey {
