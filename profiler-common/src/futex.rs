@@ -23,7 +23,7 @@ pub const WAKES_MAP: &str = "FUTEX_WAKES";
 pub const LOCKS_MAP: &str = "FUTEX_LOCKS";
 /// `FUTEX_WAITERS`: [`FutexWaiter`] → `u64` waits, to count distinct waiting threads.
 pub const WAITERS_MAP: &str = "FUTEX_WAITERS";
-/// `FUTEX_START`: tid → [`FutexStart`] of a wait in progress.
+/// `FUTEX_START`: tid → [`FutexStart`], its wait in progress (LRU: threads come and go).
 pub const START_MAP: &str = "FUTEX_START";
 /// A zeroed [`FutexWait`] that new entries are copied from (too big for the BPF stack).
 pub const ZERO_MAP: &str = "FUTEX_ZERO";
@@ -148,15 +148,34 @@ pub struct FutexWaiter {
 }
 const _: () = assert!(core::mem::size_of::<FutexWaiter>() == 16);
 
-/// A wait in progress.
+/// Waits shorter than this are timed and counted per lock but their stacks are not walked: they
+/// are `FUTEX_WAIT`s that found the lock changed and returned at once, or a sleep of a few
+/// microseconds, and together hold a sliver of the wait time (most of it is in long waits),
+/// while a walk costs more than the wait. They are keyed by [`SHORT_WAIT_STACK`].
+pub const MIN_WALKED_WAIT_NS: u64 = 10_000;
+/// The waiter "stack" of waits under [`MIN_WALKED_WAIT_NS`]. Stack hashes are odd; this is not.
+pub const SHORT_WAIT_STACK: u64 = 2;
+/// The waker "stack" of wakes after the lock was held under [`MIN_WALKED_WAIT_NS`] while
+/// others waited: timed and counted per lock, not walked (on a hot lock most handoffs are).
+pub const SHORT_HOLD_STACK: u64 = 6;
+/// The waker "stack" of wakes while nobody waited (glibc's unlock wakes whenever the lock was
+/// contended once, so most of its wakes on a hot lock wake nobody): not walked.
+pub const IDLE_WAKE_STACK: u64 = 4;
+
+/// A thread's futex state, kept while it lives: the wait in progress, if any.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FutexStart {
+    /// When the wait in progress began; 0 when the thread is not waiting.
     pub ts: u64,
     pub uaddr: u64,
+    /// The waiter's stack, walked when it first blocks (by `offcpu`) or at the wait's end;
+    /// `NO_USER_STACK` until then.
     pub user_stack: u64,
+    /// The lock this thread was last counted a waiter of in `FUTEX_WAITERS`.
+    pub counted_uaddr: u64,
 }
-const _: () = assert!(core::mem::size_of::<FutexStart>() == 24);
+const _: () = assert!(core::mem::size_of::<FutexStart>() == 32);
 
 impl_pod!(
     FutexConfig,

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     offcpu::{OffcpuConfig, OffcpuStart},
-    stack::StackKey,
+    stack::{NO_USER_STACK, StackKey},
     stats,
 };
 
@@ -40,12 +40,17 @@ pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
     // The tracepoint runs as the task leaving the CPU.
     if let Some((tgid, tid)) = target_thread() {
         count(stats::OFFCPU_SWITCHES);
-        // A thread blocking inside a futex wait has the user stack the futex probe walked at
-        // the start of that same syscall: reuse it rather than walk it again.
-        // SAFETY: read once; the entry may go, the copy stays valid.
-        let user = match unsafe { FUTEX_START.get(tid) } {
-            Some(wait) => wait.user_stack,
-            None => user_stack(&ctx, tid, false),
+        // A thread blocking inside a futex wait: one walk serves both families (the futex
+        // probe walks at the wait's end otherwise; the registers are the same syscall's).
+        let user = match FUTEX_START.get_ptr_mut(tid) {
+            // SAFETY: this thread's own entry; only its own events write it.
+            Some(wait) if unsafe { (*wait).ts } != 0 => unsafe {
+                if (*wait).user_stack == NO_USER_STACK {
+                    (*wait).user_stack = user_stack(&ctx, tid, false);
+                }
+                (*wait).user_stack
+            },
+            _ => user_stack(&ctx, tid, false),
         };
         let start = OffcpuStart {
             ts: now,

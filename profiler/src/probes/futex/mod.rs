@@ -9,7 +9,10 @@ use std::{collections::HashMap, io::Write as _};
 
 use aya::{Ebpf, maps::HashMap as BpfHashMap, programs::TracePoint};
 use profiler_common::{
-    futex::{self, FutexConfig, FutexKey, FutexWait, FutexWaiter, FutexWake},
+    futex::{
+        self, FutexConfig, FutexKey, FutexWait, FutexWaiter, FutexWake, IDLE_WAKE_STACK,
+        MIN_WALKED_WAIT_NS, SHORT_HOLD_STACK, SHORT_WAIT_STACK,
+    },
     stats,
 };
 
@@ -20,7 +23,9 @@ use crate::{
     report::{
         self,
         flamegraph::Labels,
-        futex::{FutexSummary, LockReport, LockStack, STACKS_PER_LOCK, classify, rank, us},
+        futex::{
+            FutexSummary, LockReport, LockStack, STACKS_PER_LOCK, UNWALKED, classify, rank, us,
+        },
         hist::Merged,
         profile::WeightedStack,
     },
@@ -146,6 +151,17 @@ pub fn read(ebpf: &Ebpf) -> Result<FutexData, ProbeError> {
     })
 }
 
+/// A waiter's or holder's stack; waits and holds too short to walk are one pseudo-frame
+/// saying so.
+fn frames(stacks: &StackTable, hash: u64) -> Vec<String> {
+    let us = MIN_WALKED_WAIT_NS / 1000;
+    match hash {
+        SHORT_WAIT_STACK => vec![format!("{UNWALKED}waits under {us} us]")],
+        SHORT_HOLD_STACK => vec![format!("{UNWALKED}holds under {us} us]")],
+        _ => stacks.user_frames(hash),
+    }
+}
+
 /// Every lock that was waited on: contended locks first, then condition waits, each most
 /// total wait first.
 pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -> Vec<LockReport> {
@@ -177,7 +193,12 @@ pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -
         *waiters.entry(waiter.uaddr).or_default() += 1;
     }
     let mut wakers: HashMap<u64, Vec<(u64, FutexWake)>> = HashMap::new();
+    let mut idle_wakes: HashMap<u64, u64> = HashMap::new();
     for (key, wake) in &data.wakes {
+        if key.user_stack == IDLE_WAKE_STACK {
+            *idle_wakes.entry(key.uaddr).or_default() += wake.wakes;
+            continue;
+        }
         wakers
             .entry(key.uaddr)
             .or_default()
@@ -197,15 +218,18 @@ pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -
                 .iter()
                 .take(STACKS_PER_LOCK)
                 .map(|&(stack, count, total)| LockStack {
-                    frames: stacks.user_frames(stack),
+                    frames: frames(stacks, stack),
                     count,
                     wait_us: us(total),
                     held_us: 0.0,
                 })
                 .collect();
-            let class = top_waiters
-                .first()
-                .map_or("unknown", |s| classify(&s.frames));
+            // The heaviest walked stack decides.
+            let class = acc
+                .waiter_stacks
+                .iter()
+                .find(|s| s.0 != SHORT_WAIT_STACK)
+                .map_or("unknown", |s| classify(&stacks.user_frames(s.0)));
             LockReport {
                 address: format!("{uaddr:#x}"),
                 name: lock.name,
@@ -228,12 +252,13 @@ pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -
                     .iter()
                     .take(STACKS_PER_LOCK)
                     .map(|&(stack, wake)| LockStack {
-                        frames: stacks.user_frames(stack),
+                        frames: frames(stacks, stack),
                         count: wake.wakes,
                         wait_us: 0.0,
                         held_us: us(wake.held_ns),
                     })
                     .collect(),
+                idle_wakes: idle_wakes.get(&uaddr).copied().unwrap_or(0),
             }
         })
         .collect();
@@ -263,7 +288,7 @@ pub fn weighted_stacks(
             WeightedStack {
                 thread: format!("lock {name}"),
                 tid: 0,
-                frames: stacks.user_frames(key.user_stack),
+                frames: frames(stacks, key.user_stack),
                 weight: wait.total_ns / 1000,
             }
         })
