@@ -17,7 +17,7 @@ use profiler_common::{
 
 use crate::{
     futex::FUTEX_START,
-    shared::{add_to, count, kernel_stack, now_ns, target_thread, user_stack},
+    shared::{add_to, count, now_ns, switch_stacks, target_thread},
 };
 
 #[unsafe(no_mangle)]
@@ -42,23 +42,24 @@ pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
         count(stats::OFFCPU_SWITCHES);
         // A thread blocking inside a futex wait: one walk serves both families (the futex
         // probe walks at the wait's end otherwise; the registers are the same syscall's).
-        let user = match FUTEX_START.get_ptr_mut(tid) {
+        let wait = FUTEX_START
+            .get_ptr_mut(tid)
             // SAFETY: this thread's own entry; only its own events write it.
-            Some(wait) if unsafe { (*wait).ts } != 0 => unsafe {
-                if (*wait).user_stack == NO_USER_STACK {
-                    (*wait).user_stack = user_stack(&ctx, tid, false);
-                }
-                (*wait).user_stack
-            },
-            _ => user_stack(&ctx, tid, false),
-        };
+            .filter(|wait| unsafe { (**wait).ts } != 0);
+        // SAFETY: as above.
+        let known = wait.map_or(NO_USER_STACK, |wait| unsafe { (*wait).user_stack });
+        let (user, kernel) = switch_stacks(&ctx, tid, known);
+        if let Some(wait) = wait {
+            // SAFETY: as above.
+            unsafe { (*wait).user_stack = user };
+        }
         let start = OffcpuStart {
             ts: now,
             key: StackKey {
                 tgid,
                 tid,
                 user_stack: user,
-                kernel_stack: kernel_stack(&ctx, false),
+                kernel_stack: kernel,
                 _pad: 0,
                 comm: bpf_get_current_comm().unwrap_or_default(),
             },

@@ -276,6 +276,57 @@ fn mix(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
+/// The stacks of the last target thread to leave this CPU, so `offcpu` and `why`, both on
+/// `sched_switch`, walk them once per switch.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SwitchWalk {
+    tid: u32,
+    kernel: i32,
+    /// When the walk ended.
+    at: u64,
+    user: u64,
+}
+
+#[map]
+static SWITCH_WALK: PerCpuArray<SwitchWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Programs on one tracepoint run back to back, well within this; a thread cannot leave the
+/// CPU, come back and leave again in it.
+const SAME_SWITCH_NS: u64 = 1000;
+
+/// The user and kernel stacks of target thread `tid` leaving the CPU, walked once per switch
+/// however many programs ask. `known_user`: a user stack walked already for this block (the
+/// futex wait's), or `NO_USER_STACK`.
+#[inline(always)]
+pub fn switch_stacks<C: EbpfContext + StackIdContext>(
+    ctx: &C,
+    tid: u32,
+    known_user: u64,
+) -> (u64, i32) {
+    let Some(memo) = SWITCH_WALK.get_ptr_mut(0) else {
+        return (user_stack(ctx, tid, false), kernel_stack(ctx, false));
+    };
+    // SAFETY: this CPU's slot; programs do not nest on one CPU.
+    let memo = unsafe { &mut *memo };
+    if memo.tid == tid && now_ns().saturating_sub(memo.at) < SAME_SWITCH_NS {
+        return (memo.user, memo.kernel);
+    }
+    let user = if known_user != NO_USER_STACK {
+        known_user
+    } else {
+        user_stack(ctx, tid, false)
+    };
+    let kernel = kernel_stack(ctx, false);
+    *memo = SwitchWalk {
+        tid,
+        kernel,
+        at: now_ns(),
+        user,
+    };
+    (user, kernel)
+}
+
 /// Monotonic nanoseconds.
 #[inline(always)]
 pub fn now_ns() -> u64 {

@@ -215,7 +215,10 @@ impl AttachArgs {
             }),
             memory: (self.all || self.memory).then(memory::Config::default),
             sock: sock.then_some(sock::Config {}),
-            why: why.then_some(why::Config { tail: self.tail }),
+            why: why.then_some(why::Config {
+                tail: self.tail,
+                futex_traced: false,
+            }),
             interval: self.interval,
             unwind: self.unwind.into(),
             verbose,

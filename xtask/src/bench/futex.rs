@@ -230,6 +230,31 @@ fn bpftrace_script(tool: Tool, pid: &str) -> String {
     )
 }
 
+/// Waits until process `pid` holds `n` perf events (one per attached tracepoint), then a
+/// little longer for its event loop to start.
+fn wait_for_perf_events(pid: u32, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.filter_map(std::result::Result::ok)
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .filter(|target| target.to_string_lossy().contains("perf_event"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if held >= n {
+            thread::sleep(Duration::from_millis(500));
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "bpftrace pid {pid} did not attach"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn measure(fixture: &Path, tool: Tool, profiler: &Path) -> anyhow::Result<Run> {
     let mut target = ChildGuard::spawn(Command::new(fixture).args([RUN_SECONDS, HOLD_US]))?;
     target.wait_for_line("ready", Duration::from_secs(10))?;
@@ -255,8 +280,9 @@ fn measure(fixture: &Path, tool: Tool, profiler: &Path) -> anyhow::Result<Run> {
             let mut cmd = Command::new("bpftrace");
             cmd.args(["-e", &bpftrace_script(tool, &pid)]);
             let attached = Attached::spawn(cmd, None)?;
-            // bpftrace prints "Attaching N probes..." on stdout; give it time to attach.
-            thread::sleep(Duration::from_secs(2));
+            // Both probes attached: a SIGINT before bpftrace's loop starts is lost, and the
+            // stop waits for ever (seen on a loaded machine, where it compiles slowly).
+            wait_for_perf_events(attached.pid(), 2)?;
             Some(attached)
         }
     };
