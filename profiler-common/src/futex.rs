@@ -1,6 +1,6 @@
 //! `futex`: lock contention from the futex syscalls. Waits are timed per (lock address, waiter
-//! stack); wakes are counted per (lock address, waker stack), so a report shows who waits on a
-//! lock and who releases it.
+//! stack); wakes are counted per (lock address, waker stack) with the time the lock was held
+//! while others waited, so a report shows who waits on a lock and who holds it.
 
 use crate::{hist::Hist, impl_pod};
 
@@ -17,11 +17,13 @@ pub const EXIT_PROGRAM: &str = "futex_exit";
 
 /// `FUTEX_WAITS`: [`FutexKey`] (waiter stack) → [`FutexWait`].
 pub const WAITS_MAP: &str = "FUTEX_WAITS";
-/// `FUTEX_WAKES`: [`FutexKey`] (waker stack) → `u64` wakes.
+/// `FUTEX_WAKES`: [`FutexKey`] (waker stack) → [`FutexWake`].
 pub const WAKES_MAP: &str = "FUTEX_WAKES";
+/// `FUTEX_LOCKS`: [`FutexLockKey`] → [`FutexLock`], each contended lock's waiters now.
+pub const LOCKS_MAP: &str = "FUTEX_LOCKS";
 /// `FUTEX_WAITERS`: [`FutexWaiter`] → `u64` waits, to count distinct waiting threads.
 pub const WAITERS_MAP: &str = "FUTEX_WAITERS";
-/// `FUTEX_START`: tid → [`FutexStart`] of a wait in progress.
+/// `FUTEX_START`: tid → [`FutexStart`], its wait in progress (LRU: threads come and go).
 pub const START_MAP: &str = "FUTEX_START";
 /// A zeroed [`FutexWait`] that new entries are copied from (too big for the BPF stack).
 pub const ZERO_MAP: &str = "FUTEX_ZERO";
@@ -101,6 +103,41 @@ pub struct FutexWait {
     pub hist: Hist,
 }
 
+/// Wakes of one lock from one stack, and how long the lock was held while others waited before
+/// each: a lock's holder is who kept its waiters waiting longest, not who released it most
+/// often (a background job holding a lock 15 ms wakes it ten times a second; a request path
+/// holding it for microseconds, thousands of times).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FutexWake {
+    pub wakes: u64,
+    /// Per wake, from the later of the first waiter's wait and the previous wake to this one.
+    pub held_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FutexWake>() == 16);
+
+/// A lock of the target (futexes of several processes may share an address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FutexLockKey {
+    pub uaddr: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FutexLockKey>() == 16);
+
+/// A lock's waiters now, and since when its holder has kept one waiting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FutexLock {
+    /// Waits begun and not yet ended (changed by atomic adds).
+    pub waiters: u64,
+    /// When the current holder began keeping a waiter waiting: the first waiter's wait, or
+    /// the previous wake; 0 while nobody waits.
+    pub since: u64,
+}
+const _: () = assert!(core::mem::size_of::<FutexLock>() == 16);
+
 /// A thread that waited on a lock.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -111,13 +148,42 @@ pub struct FutexWaiter {
 }
 const _: () = assert!(core::mem::size_of::<FutexWaiter>() == 16);
 
-/// A wait in progress.
+/// Waits shorter than this are timed and counted per lock but their stacks are not walked: they
+/// are `FUTEX_WAIT`s that found the lock changed and returned at once, or a sleep of a few
+/// microseconds, and together hold a sliver of the wait time (most of it is in long waits),
+/// while a walk costs more than the wait. They are keyed by [`SHORT_WAIT_STACK`].
+pub const MIN_WALKED_WAIT_NS: u64 = 10_000;
+/// The waiter "stack" of waits under [`MIN_WALKED_WAIT_NS`]. Stack hashes are odd; this is not.
+pub const SHORT_WAIT_STACK: u64 = 2;
+/// The waker "stack" of wakes after the lock was held under [`MIN_WALKED_WAIT_NS`] while
+/// others waited: timed and counted per lock, not walked (on a hot lock most handoffs are).
+pub const SHORT_HOLD_STACK: u64 = 6;
+/// The waker "stack" of wakes while nobody waited (glibc's unlock wakes whenever the lock was
+/// contended once, so most of its wakes on a hot lock wake nobody): not walked.
+pub const IDLE_WAKE_STACK: u64 = 4;
+
+/// A thread's futex state, kept while it lives: the wait in progress, if any.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FutexStart {
+    /// When the wait in progress began; 0 when the thread is not waiting.
     pub ts: u64,
     pub uaddr: u64,
+    /// The waiter's stack, walked when it first blocks (by `offcpu`) or at the wait's end;
+    /// `NO_USER_STACK` until then.
     pub user_stack: u64,
+    /// The lock this thread was last counted a waiter of in `FUTEX_WAITERS`.
+    pub counted_uaddr: u64,
 }
+const _: () = assert!(core::mem::size_of::<FutexStart>() == 32);
 
-impl_pod!(FutexConfig, FutexKey, FutexWait, FutexWaiter, FutexStart);
+impl_pod!(
+    FutexConfig,
+    FutexKey,
+    FutexWait,
+    FutexWake,
+    FutexLockKey,
+    FutexLock,
+    FutexWaiter,
+    FutexStart
+);

@@ -14,7 +14,7 @@ pub const KERNEL_STACKS_MAP: &str = "KERNEL_STACKS";
 /// `SCRATCH_STACK`: one [`UserStack`] per CPU to build a stack in (too big for the BPF stack).
 pub const SCRATCH_STACK_MAP: &str = "SCRATCH_STACK";
 
-/// `STACK_CACHE`: tid → [`WalkCache`], the thread's last table walk.
+/// `STACK_CACHE`: [`WalkKey`] → [`WalkCache`], a thread's last table walk from one place.
 pub const STACK_CACHE_MAP: &str = "STACK_CACHE";
 
 /// Kernel stack id meaning "no kernel stack" (the sample was taken in user mode).
@@ -118,4 +118,15 @@ pub struct StackKey {
 }
 const _: () = assert!(core::mem::size_of::<StackKey>() == 40);
 
-impl_pod!(UserStack, StackKey, WalkCache);
+/// A thread at one instruction: threads walked from a few places in turn (a lock's wait and
+/// its wake, a blocking call and a preemption) keep a walk for each, not one that each evicts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WalkKey {
+    pub pc: u64,
+    pub tid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<WalkKey>() == 16);
+
+impl_pod!(UserStack, StackKey, WalkCache, WalkKey);

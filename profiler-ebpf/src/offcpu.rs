@@ -11,13 +11,13 @@ use aya_ebpf::{
 };
 use profiler_common::{
     offcpu::{OffcpuConfig, OffcpuStart},
-    stack::StackKey,
+    stack::{NO_USER_STACK, StackKey},
     stats,
 };
 
 use crate::{
     futex::FUTEX_START,
-    shared::{add_to, count, kernel_stack, now_ns, target_thread, user_stack},
+    shared::{add_to, count, now_ns, switch_stacks, target_thread},
 };
 
 #[unsafe(no_mangle)]
@@ -40,20 +40,26 @@ pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
     // The tracepoint runs as the task leaving the CPU.
     if let Some((tgid, tid)) = target_thread() {
         count(stats::OFFCPU_SWITCHES);
-        // A thread blocking inside a futex wait has the user stack the futex probe walked at
-        // the start of that same syscall: reuse it rather than walk it again.
-        // SAFETY: read once; the entry may go, the copy stays valid.
-        let user = match unsafe { FUTEX_START.get(tid) } {
-            Some(wait) => wait.user_stack,
-            None => user_stack(&ctx, tid, false),
-        };
+        // A thread blocking inside a futex wait: one walk serves both families (the futex
+        // probe walks at the wait's end otherwise; the registers are the same syscall's).
+        let wait = FUTEX_START
+            .get_ptr_mut(tid)
+            // SAFETY: this thread's own entry; only its own events write it.
+            .filter(|wait| unsafe { (**wait).ts } != 0);
+        // SAFETY: as above.
+        let known = wait.map_or(NO_USER_STACK, |wait| unsafe { (*wait).user_stack });
+        let (user, kernel) = switch_stacks(&ctx, tid, known);
+        if let Some(wait) = wait {
+            // SAFETY: as above.
+            unsafe { (*wait).user_stack = user };
+        }
         let start = OffcpuStart {
             ts: now,
             key: StackKey {
                 tgid,
                 tid,
                 user_stack: user,
-                kernel_stack: kernel_stack(&ctx, false),
+                kernel_stack: kernel,
                 _pad: 0,
                 comm: bpf_get_current_comm().unwrap_or_default(),
             },

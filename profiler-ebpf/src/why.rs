@@ -13,6 +13,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     futex::op,
+    stack::NO_USER_STACK,
     stats,
     why::{
         BlockWait, Done, LockWait, RECORDS_BYTES, ReqRecord, ReqState, SAMPLES, Stack, ThreadReq,
@@ -20,7 +21,10 @@ use profiler_common::{
     },
 };
 
-use crate::shared::{count, kernel_stack, now_ns, target_thread, user_stack};
+use crate::{
+    futex::FUTEX_START,
+    shared::{count, kernel_stack, now_ns, switch_stacks, target_thread, user_stack},
+};
 
 #[unsafe(no_mangle)]
 static WHY_CONFIG: Global<WhyConfig> = Global::new(WhyConfig {
@@ -338,6 +342,22 @@ pub fn sample(tid: u32, user: u64, kernel: i32) {
     req.samples += 1;
 }
 
+/// The futex thread `tid` waits on, 0 when none: noted by this family's own futex programs,
+/// or, when the `futex` family runs (and those are not attached: two programs on every futex
+/// call cost a quarter of the futex side in `--all`), read from its per-thread wait state.
+#[inline(always)]
+fn futex_of(thread: &ThreadReq, tid: u32) -> u64 {
+    if thread.futex != 0 {
+        return thread.futex;
+    }
+    FUTEX_START
+        .get_ptr(tid)
+        // SAFETY: copied out at once.
+        .map(|wait| unsafe { *wait })
+        .filter(|wait| wait.ts != 0)
+        .map_or(0, |wait| wait.uaddr)
+}
+
 #[inline(always)]
 fn field<T: Copy>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     // SAFETY: offsets come from this kernel's tracefs formats.
@@ -362,17 +382,30 @@ pub fn why_switch(ctx: TracePointContext) -> u32 {
                 state::RUNQUEUE
             } else {
                 thread.blocked_ns = now;
+                // Walked once for this switch with `offcpu`, and once for a futex wait.
+                let wait = FUTEX_START
+                    .get_ptr_mut(tid)
+                    // SAFETY: this thread's own entry; only its own events write it.
+                    .filter(|wait| unsafe { (**wait).ts } != 0);
+                // SAFETY: as above.
+                let known = wait.map_or(NO_USER_STACK, |wait| unsafe { (*wait).user_stack });
+                let (user, kernel) = switch_stacks(&ctx, tid, known);
+                if let Some(wait) = wait {
+                    // SAFETY: as above.
+                    unsafe { (*wait).user_stack = user };
+                }
                 thread.blocked_at = Stack {
-                    user: user_stack(&ctx, tid, false),
-                    kernel: kernel_stack(&ctx, false),
+                    user,
+                    kernel,
                     _pad: 0,
                 };
                 thread.waker = Stack::default();
                 // Until a wakeup measures a wait, the first block's place stands for them:
                 // a carrier can still be blocked when the reply goes out.
-                if thread.futex != 0 {
+                let futex = futex_of(thread, tid);
+                if futex != 0 {
                     if req.lock.futex == 0 {
-                        req.lock.futex = thread.futex;
+                        req.lock.futex = futex;
                         req.lock.waiter = thread.blocked_at;
                     }
                     state::LOCK
@@ -439,7 +472,7 @@ pub fn why_waking(ctx: TracePointContext) -> u32 {
             if waited > req.lock.ns {
                 req.lock = LockWait {
                     ns: waited,
-                    futex: wakee.futex,
+                    futex: futex_of(wakee, pid),
                     waiter: wakee.blocked_at,
                     holder: wakee.waker,
                 };

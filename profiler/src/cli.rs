@@ -330,7 +330,10 @@ impl AttachArgs {
                 ..memory::Config::default()
             }),
             sock: sock.then_some(sock::Config {}),
-            why: why.then_some(why::Config { tail: self.tail }),
+            why: why.then_some(why::Config {
+                tail: self.tail,
+                futex_traced: false,
+            }),
             interval: self.interval,
             unwind: self.unwind.into(),
             verbose,

@@ -152,6 +152,7 @@ mod tests {
             offcpu::START_MAP,
             futex::WAITS_MAP,
             futex::WAKES_MAP,
+            futex::LOCKS_MAP,
             futex::WAITERS_MAP,
             futex::START_MAP,
             futex::ZERO_MAP,

@@ -70,7 +70,9 @@ impl AttachOptions {
         }
         // After `sock`: it reads the port table `sock` fills.
         if let Some(config) = &self.why {
-            families.push(Box::new(Why::new(config.clone())));
+            let mut config = config.clone();
+            config.futex_traced = self.futex.is_some();
+            families.push(Box::new(Why::new(config)));
         }
         families
     }

@@ -99,6 +99,78 @@ fn names_the_hot_glibc_lock_and_matches_its_waits() {
     assert!(top.p50_us > 0.0 && top.p50_us <= top.p99_us && top.p99_us <= top.max_wait_us * 1.01);
 }
 
+/// One thread keeps the lock 10 ms at a time; three others take it for 20 µs, over and over,
+/// and release it to each other far more often. The holder that kept the waiters waiting is
+/// the long one, and it comes first.
+#[test]
+fn names_the_long_holder_before_the_frequent_releaser() {
+    require_root!();
+    let fixture = start_fixture(
+        &CBuild {
+            source: "lock_holders",
+            output: "lock_holders-fp",
+            cflags: FRAME_POINTERS,
+            libs: &[],
+        },
+        &["3"],
+    );
+    let mut opts = options(
+        fixture.pid(),
+        Duration::from_secs(30),
+        output_dir("futex-holders"),
+    );
+    opts.cpu = None;
+    opts.futex = Some(profiler::probes::futex::Config {});
+    let mut fixture = fixture;
+    let (_, outcome) = capture(opts, || fixture.signal(libc::SIGUSR1).unwrap());
+    let lines = fixture
+        .lines_until("long_held_ns", Duration::from_secs(5))
+        .unwrap();
+    let held_ns = value(&lines, "long_held_ns") as f64;
+    let locks = outcome.locks.unwrap();
+    let top = &locks[0];
+    assert_eq!(top.name, "g_holder_lock", "{locks:#?}");
+    let holder = |name: &str| {
+        top.top_wakers
+            .iter()
+            .find(|w| w.frames.iter().any(|f| f == name))
+            .unwrap_or_else(|| panic!("no {name} among {:#?}", top.top_wakers))
+    };
+    let (long, brief) = (holder("long_hold_loop"), holder("brief_hold_loop"));
+    assert!(
+        top.top_wakers[0]
+            .frames
+            .iter()
+            .any(|f| f == "long_hold_loop"),
+        "{:#?}\n{lines:?}",
+        top.top_wakers
+    );
+    // What the old ranking by wakes got wrong.
+    assert!(brief.count > long.count * 3, "{:#?}", top.top_wakers);
+    // Held while others waited: at most what the fixture held it, and most of that (the brief
+    // threads queue up within a hold's first microseconds).
+    let ours = long.held_us * 1000.0;
+    assert!(
+        ours <= held_ns * 1.05 && ours >= held_ns * 0.6,
+        "long holder held {:.1} ms while others waited, fixture held {:.1} ms: {:#?}",
+        ours / 1e6,
+        held_ns / 1e6,
+        top.top_wakers
+    );
+    assert!(long.held_us > brief.held_us, "{:#?}", top.top_wakers);
+    let finding = outcome
+        .summary
+        .findings
+        .iter()
+        .find(|f| f.subject == "lock g_holder_lock")
+        .expect("a finding for the lock");
+    assert!(
+        finding.what.contains("held longest by long_hold_loop"),
+        "{}",
+        finding.what
+    );
+}
+
 #[test]
 fn catches_rust_std_mutex_wait_bitset() {
     require_root!();

@@ -1,9 +1,11 @@
 //! Lock contention reports from the futex maps: each lock with its name, who waits on it and
 //! for how long, and who wakes its waiters.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, time::Duration};
 
 use serde::{Deserialize, Serialize};
+
+use super::{findings::Finding, profile::named_frame};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FutexSummary {
@@ -12,6 +14,9 @@ pub struct FutexSummary {
     /// Contended locks, most total wait first.
     pub locks: Vec<LockReport>,
 }
+
+/// How the pseudo-frame of waits or holds too short to have their stacks walked begins.
+pub const UNWALKED: &str = "[unwalked: ";
 
 /// Stacks listed per lock, waiters and wakers each.
 pub const STACKS_PER_LOCK: usize = 5;
@@ -24,6 +29,10 @@ pub struct LockStack {
     pub count: u64,
     /// Time waited from this stack; 0 for wakers.
     pub wait_us: f64,
+    /// Wakers: time the lock was held while others waited, summed over the wakes from this
+    /// stack (from the first waiter's wait or the previous wake to this wake); 0 for waiters.
+    #[serde(default)]
+    pub held_us: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -46,7 +55,13 @@ pub struct LockReport {
     pub p90_us: f64,
     pub p99_us: f64,
     pub top_waiters: Vec<LockStack>,
+    /// The lock's holders as the stacks that released it to a waiter, longest held while
+    /// others waited first.
     pub top_wakers: Vec<LockStack>,
+    /// Wakes while nobody waited (glibc wakes on every unlock of a lock once contended):
+    /// counted, their stacks not walked.
+    #[serde(default)]
+    pub idle_wakes: u64,
 }
 
 fn unknown_class() -> String {
@@ -128,21 +143,74 @@ pub fn render(reports: &[LockReport], n: usize) -> String {
                 leaf_frames(&stack.frames, 6)
             );
         }
-        let _ = writeln!(out, "   wakers (who releases):");
+        let _ = writeln!(out, "   holders (who releases it to a waiter):");
         if lock.top_wakers.is_empty() {
             let _ = writeln!(out, "     (none seen)");
         }
         for stack in &lock.top_wakers {
             let _ = writeln!(
                 out,
-                "     {:>8} wakes  {}",
+                "     held {:>8.1} ms while others waited, {:>8} wakes  {}",
+                stack.held_us / 1000.0,
                 stack.count,
                 leaf_frames(&stack.frames, 6)
+            );
+        }
+        if lock.idle_wakes > 0 {
+            let _ = writeln!(
+                out,
+                "     ({} wakes while nobody waited, not walked)",
+                lock.idle_wakes
             );
         }
         out.push('\n');
     }
     out
+}
+
+/// The digest's line for the most waited-for lock, when it matters; condition variables and
+/// parks are idleness, not locks. It names the lock's top holder: the stack that kept its
+/// waiters waiting longest.
+pub fn finding(locks: &[LockReport], duration: Duration) -> Option<Finding> {
+    let lock = locks.iter().find(|l| l.class == "lock")?;
+    let covered_us = duration.as_secs_f64() * 1e6 * lock.waiters.max(1) as f64;
+    let share = lock.total_wait_us / covered_us.max(1.0);
+    // A lock that makes its slowest waits take milliseconds matters to a latency-sensitive
+    // server however small its share of the threads' time.
+    let impact = (share.min(1.0) * 0.9).max(if lock.p99_us >= 1000.0 { 0.3 } else { 0.0 });
+    if impact < 0.01 {
+        return None;
+    }
+    let holder = lock
+        .top_wakers
+        .iter()
+        .find(|w| !w.frames.iter().any(|f| f.starts_with(UNWALKED)))
+        .map(|w| {
+            if w.held_us > 0.0 {
+                format!(
+                    ", held longest by {} ({:.0} ms while others waited)",
+                    named_frame(&w.frames),
+                    w.held_us / 1000.0
+                )
+            } else {
+                format!(", released most by {}", named_frame(&w.frames))
+            }
+        })
+        .unwrap_or_default();
+    Some(Finding {
+        family: "futex".into(),
+        subject: format!("lock {}", lock.name),
+        impact,
+        what: format!(
+            "lock {}: {:.0} ms waited by {} threads over {:.0}s (p99 wait {:.1} ms){holder}",
+            lock.name,
+            lock.total_wait_us / 1000.0,
+            lock.waiters,
+            duration.as_secs_f64(),
+            lock.p99_us / 1000.0
+        ),
+        file: "locks.txt".into(),
+    })
 }
 
 /// The last `n` frames, leaf last, for a one-line stack.
@@ -183,8 +251,10 @@ mod tests {
                 ],
                 count: 100,
                 wait_us: total_us,
+                held_us: 0.0,
             }],
             top_wakers: vec![],
+            idle_wakes: 0,
         }
     }
 
@@ -243,6 +313,59 @@ mod tests {
         );
         assert_eq!(classify(&f(&["main", "pthread_cond_wait"])), "wait");
         assert_eq!(classify(&f(&["main", "0x1234"])), "unknown");
+    }
+
+    #[test]
+    fn the_finding_names_the_longest_holder() {
+        let holder = |frames: &[&str], count, held_us| LockStack {
+            frames: frames.iter().map(|f| f.to_string()).collect(),
+            count,
+            wait_us: 0.0,
+            held_us,
+        };
+        let mut lock = report("SHARE_LOG", 900_000.0);
+        lock.top_wakers = vec![
+            holder(
+                &["stall_thread", "stall_loop", "pthread_mutex_unlock"],
+                90,
+                1_350_000.0,
+            ),
+            holder(
+                &["worker", "Session::submit", "pthread_mutex_unlock"],
+                5000,
+                40_000.0,
+            ),
+        ];
+        let f = finding(&[lock.clone()], Duration::from_secs(30)).unwrap();
+        assert!(
+            f.what
+                .ends_with(", held longest by stall_loop (1350 ms while others waited)"),
+            "{}",
+            f.what
+        );
+        assert_eq!(f.subject, "lock SHARE_LOG");
+        lock.idle_wakes = 7;
+        let text = render(&[lock.clone()], 1);
+        assert!(
+            text.contains("(7 wakes while nobody waited, not walked)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("held   1350.0 ms while others waited,       90 wakes  stall_thread;stall_loop;pthread_mutex_unlock"),
+            "{text}"
+        );
+        // Waits that all began before the attach leave no held time: the releaser stands in.
+        lock.top_wakers.iter_mut().for_each(|w| w.held_us = 0.0);
+        let f = finding(&[lock], Duration::from_secs(30)).unwrap();
+        assert!(
+            f.what.ends_with(", released most by stall_loop"),
+            "{}",
+            f.what
+        );
+        // Idle waits are no finding.
+        let mut park = report("park", 900_000.0);
+        park.class = "wait".into();
+        assert_eq!(finding(&[park], Duration::from_secs(30)), None);
     }
 
     #[test]

@@ -157,14 +157,28 @@ impl Attached {
     /// SIGINT, wait, and return the peak RSS in MB.
     pub fn stop(mut self) -> anyhow::Result<f64> {
         let pid = self.child.id() as libc::pid_t;
-        // SAFETY: signalling and reaping our own unreaped child by pid.
-        unsafe { libc::kill(pid, libc::SIGINT) };
         let mut status = 0;
         // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: as above; wait4 fills status and usage.
-        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        self.reaped = true;
+        // bpftrace loses a SIGINT now and then (seen on a loaded machine): say it again every
+        // two seconds until it ends.
+        let mut reaped = 0;
+        for _ in 0..30 {
+            // SAFETY: signalling our own unreaped child by pid.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+            for _ in 0..100 {
+                // SAFETY: polls our own child by pid; wait4 fills status and usage.
+                reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+                if reaped != 0 {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            if reaped != 0 {
+                break;
+            }
+        }
+        self.reaped = reaped == pid;
         // perf re-raises SIGINT after writing its data, so dying of it is a clean stop too.
         let clean = (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
             || (libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGINT);

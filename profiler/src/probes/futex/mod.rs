@@ -9,7 +9,10 @@ use std::{collections::HashMap, io::Write as _};
 
 use aya::{Ebpf, maps::HashMap as BpfHashMap, programs::TracePoint};
 use profiler_common::{
-    futex::{self, FutexConfig, FutexKey, FutexWait, FutexWaiter},
+    futex::{
+        self, FutexConfig, FutexKey, FutexWait, FutexWaiter, FutexWake, IDLE_WAKE_STACK,
+        MIN_WALKED_WAIT_NS, SHORT_HOLD_STACK, SHORT_WAIT_STACK,
+    },
     stats,
 };
 
@@ -19,11 +22,12 @@ use crate::{
     ebpf::LoadConfig,
     report::{
         self,
-        findings::Finding,
         flamegraph::Labels,
-        futex::{FutexSummary, LockReport, LockStack, STACKS_PER_LOCK, classify, rank, us},
+        futex::{
+            FutexSummary, LockReport, LockStack, STACKS_PER_LOCK, UNWALKED, classify, rank, us,
+        },
         hist::Merged,
-        profile::{WeightedStack, named_frame},
+        profile::WeightedStack,
     },
     stacks::StackTable,
     tracefs::{self, Format},
@@ -41,7 +45,7 @@ pub struct Config {}
 /// Everything the futex maps held.
 pub struct FutexData {
     pub waits: Vec<(FutexKey, FutexWait)>,
-    pub wakes: Vec<(FutexKey, u64)>,
+    pub wakes: Vec<(FutexKey, FutexWake)>,
     pub waiters: Vec<(FutexWaiter, u64)>,
 }
 
@@ -147,6 +151,17 @@ pub fn read(ebpf: &Ebpf) -> Result<FutexData, ProbeError> {
     })
 }
 
+/// A waiter's or holder's stack; waits and holds too short to walk are one pseudo-frame
+/// saying so.
+fn frames(stacks: &StackTable, hash: u64) -> Vec<String> {
+    let us = MIN_WALKED_WAIT_NS / 1000;
+    match hash {
+        SHORT_WAIT_STACK => vec![format!("{UNWALKED}waits under {us} us]")],
+        SHORT_HOLD_STACK => vec![format!("{UNWALKED}holds under {us} us]")],
+        _ => stacks.user_frames(hash),
+    }
+}
+
 /// Every lock that was waited on: contended locks first, then condition waits, each most
 /// total wait first.
 pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -> Vec<LockReport> {
@@ -177,12 +192,17 @@ pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -
     for (waiter, _) in &data.waiters {
         *waiters.entry(waiter.uaddr).or_default() += 1;
     }
-    let mut wakers: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
-    for (key, count) in &data.wakes {
+    let mut wakers: HashMap<u64, Vec<(u64, FutexWake)>> = HashMap::new();
+    let mut idle_wakes: HashMap<u64, u64> = HashMap::new();
+    for (key, wake) in &data.wakes {
+        if key.user_stack == IDLE_WAKE_STACK {
+            *idle_wakes.entry(key.uaddr).or_default() += wake.wakes;
+            continue;
+        }
         wakers
             .entry(key.uaddr)
             .or_default()
-            .push((key.user_stack, *count));
+            .push((key.user_stack, *wake));
     }
     let mut reports: Vec<LockReport> = by_lock
         .into_iter()
@@ -190,20 +210,26 @@ pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -
             let lock = namer.name(uaddr);
             acc.waiter_stacks.sort_by_key(|s| std::cmp::Reverse(s.2));
             let mut lock_wakers = wakers.remove(&uaddr).unwrap_or_default();
-            lock_wakers.sort_by_key(|w| std::cmp::Reverse(w.1));
+            // Holders by how long they kept others waiting; wakes break ties (a lock whose
+            // waits all began before the attach has no held time yet).
+            lock_wakers.sort_by_key(|(_, w)| std::cmp::Reverse((w.held_ns, w.wakes)));
             let top_waiters: Vec<LockStack> = acc
                 .waiter_stacks
                 .iter()
                 .take(STACKS_PER_LOCK)
                 .map(|&(stack, count, total)| LockStack {
-                    frames: stacks.user_frames(stack),
+                    frames: frames(stacks, stack),
                     count,
                     wait_us: us(total),
+                    held_us: 0.0,
                 })
                 .collect();
-            let class = top_waiters
-                .first()
-                .map_or("unknown", |s| classify(&s.frames));
+            // The heaviest walked stack decides.
+            let class = acc
+                .waiter_stacks
+                .iter()
+                .find(|s| s.0 != SHORT_WAIT_STACK)
+                .map_or("unknown", |s| classify(&stacks.user_frames(s.0)));
             LockReport {
                 address: format!("{uaddr:#x}"),
                 name: lock.name,
@@ -225,12 +251,14 @@ pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -
                 top_wakers: lock_wakers
                     .iter()
                     .take(STACKS_PER_LOCK)
-                    .map(|&(stack, count)| LockStack {
-                        frames: stacks.user_frames(stack),
-                        count,
+                    .map(|&(stack, wake)| LockStack {
+                        frames: frames(stacks, stack),
+                        count: wake.wakes,
                         wait_us: 0.0,
+                        held_us: us(wake.held_ns),
                     })
                     .collect(),
+                idle_wakes: idle_wakes.get(&uaddr).copied().unwrap_or(0),
             }
         })
         .collect();
@@ -260,7 +288,7 @@ pub fn weighted_stacks(
             WeightedStack {
                 thread: format!("lock {name}"),
                 tid: 0,
-                frames: stacks.user_frames(key.user_stack),
+                frames: frames(stacks, key.user_stack),
                 weight: wait.total_ns / 1000,
             }
         })
@@ -370,35 +398,8 @@ impl Family for Futex {
             "locks: {waits} futex waits, {wakes} wakes; top locks by total wait:\n{}",
             report::futex::render(&locks, TERMINAL_LOCKS)
         ));
-        // The most waited-for lock; condition variables and parks are idleness, not locks.
-        if let Some(lock) = locks.iter().find(|l| l.class == "lock") {
-            let covered_us = f.duration.as_secs_f64() * 1e6 * lock.waiters.max(1) as f64;
-            let share = lock.total_wait_us / covered_us.max(1.0);
-            // A lock that makes its slowest waits take milliseconds matters to a latency-
-            // sensitive server however small its share of the threads' time.
-            let impact = (share.min(1.0) * 0.9).max(if lock.p99_us >= 1000.0 { 0.3 } else { 0.0 });
-            if impact >= 0.01 {
-                // The wakers of a lock's waiters are its holders, releasing it.
-                let holder = lock
-                    .top_wakers
-                    .first()
-                    .map(|w| format!(", released most by {}", named_frame(&w.frames)))
-                    .unwrap_or_default();
-                f.outcome.findings.push(Finding {
-                    family: PROBE.into(),
-                    subject: format!("lock {}", lock.name),
-                    impact,
-                    what: format!(
-                        "lock {}: {:.0} ms waited by {} threads over {:.0}s (p99 wait {:.1} ms){holder}",
-                        lock.name,
-                        lock.total_wait_us / 1000.0,
-                        lock.waiters,
-                        f.duration.as_secs_f64(),
-                        lock.p99_us / 1000.0
-                    ),
-                    file: "locks.txt".into(),
-                });
-            }
+        if let Some(finding) = report::futex::finding(&locks, f.duration) {
+            f.outcome.findings.push(finding);
         }
         f.summary().futex = Some(FutexSummary {
             waits,
