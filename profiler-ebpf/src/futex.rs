@@ -38,8 +38,10 @@ static FUTEX_WAITS: HashMap<FutexKey, FutexWait> =
 #[map]
 static FUTEX_WAKES: HashMap<FutexKey, FutexWake> = HashMap::with_max_entries(8192, 0);
 
+/// Per lock, who is waiting since when. LRU: locks come and go (per connection, per object)
+/// over a long run (`profiler agent`), and the least recently used have nobody waiting.
 #[map]
-static FUTEX_LOCKS: HashMap<FutexLockKey, FutexLock> = HashMap::with_max_entries(8192, 0);
+static FUTEX_LOCKS: LruHashMap<FutexLockKey, FutexLock> = LruHashMap::with_max_entries(8192, 0);
 
 #[map]
 static FUTEX_WAITERS: HashMap<FutexWaiter, u64> = HashMap::with_max_entries(16384, 0);
@@ -276,7 +278,11 @@ pub fn futex_exit(ctx: TracePointContext) -> u32 {
         // SAFETY: a live map value; every wait that began counted itself in. The last
         // waiter out: nobody is kept waiting any more.
         unsafe {
-            atomic_add(&raw mut (*lock).waiters, u64::MAX);
+            // A lock evicted and made again while this wait ran never counted it in: no
+            // decrement below zero.
+            if (*lock).waiters > 0 {
+                atomic_add(&raw mut (*lock).waiters, u64::MAX);
+            }
             if (*lock).waiters == 0 {
                 (*lock).since = 0;
             }

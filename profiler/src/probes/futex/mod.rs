@@ -328,7 +328,7 @@ impl Family for Futex {
         let waits: Vec<(FutexKey, FutexWait)> = super::take_all(d.ebpf, PROBE, futex::WAITS_MAP)?;
         // Wakes and waiters feed only the one-shot report's holder stacks: emptied so they
         // stay bounded, and their stacks forgotten with the rest.
-        let wakes: Vec<(FutexKey, u64)> = super::take_all(d.ebpf, PROBE, futex::WAKES_MAP)?;
+        let wakes: Vec<(FutexKey, FutexWake)> = super::take_all(d.ebpf, PROBE, futex::WAKES_MAP)?;
         let _: Vec<(FutexWaiter, u64)> = super::take_all(d.ebpf, PROBE, futex::WAITERS_MAP)?;
         let table = StackTable::load(
             d.ebpf,
