@@ -8,9 +8,10 @@
 # The always-on agent is a stage of its own (`docker build --target agent -t profiler-agent .`):
 #   docker run -d --privileged --pid=host -p 127.0.0.1:9464:9464 \
 #     -v /sys/kernel/tracing:/sys/kernel/tracing -v /sys/kernel/btf:/sys/kernel/btf:ro \
-#     profiler-agent --comm testbed-pool --all
-# It listens on 0.0.0.0:9464 inside the container (--allow-remote): publish the port to
-# loopback or a trusted network only (README: what the endpoint reveals).
+#     profiler-agent --listen 0.0.0.0:9464 --allow-remote --comm testbed-pool --all
+# Arguments replace the default CMD, so the listen address is always stated: 0.0.0.0 inside the
+# container (--allow-remote) is what a published port reaches; publish it to loopback or a
+# trusted network only (README: what the endpoint reveals).
 #
 # The release checklist is in the same binary: `profiler checklist RELEASE --pid PID --url URL
 # --results-dir /results` (add --network=host for a URL on the host's loopback). With --start
@@ -38,8 +39,9 @@ ENTRYPOINT ["/usr/local/bin/profiler"]
 
 FROM runtime AS agent
 EXPOSE 9464
-ENTRYPOINT ["/usr/local/bin/profiler", "agent", "--listen", "0.0.0.0:9464", "--allow-remote"]
-CMD ["--all", "--comm", "testbed-pool"]
+ENTRYPOINT ["/usr/local/bin/profiler", "agent"]
+# Listening beyond loopback stays an explicit choice: a CMD of your own must say it again.
+CMD ["--listen", "0.0.0.0:9464", "--allow-remote", "--all", "--comm", "testbed-pool"]
 
 # The default image: the whole CLI.
 FROM runtime

@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::bpf_get_current_comm,
     macros::{map, tracepoint},
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
 use profiler_common::{
@@ -30,8 +30,10 @@ static OFFCPU_CONFIG: Global<OffcpuConfig> = Global::new(OffcpuConfig {
 #[map]
 static OFFCPU_TIMES: HashMap<StackKey, u64> = HashMap::with_max_entries(32768, 0);
 
+/// LRU: a thread's last switch-out (it exited) is never matched by a switch-in, and over a
+/// long run (`profiler agent`, thread-per-connection servers) those would fill a plain map.
 #[map]
-static OFFCPU_START: HashMap<u32, OffcpuStart> = HashMap::with_max_entries(16384, 0);
+static OFFCPU_START: LruHashMap<u32, OffcpuStart> = LruHashMap::with_max_entries(16384, 0);
 
 #[tracepoint]
 pub fn offcpu_switch(ctx: TracePointContext) -> u32 {

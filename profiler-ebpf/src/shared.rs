@@ -161,7 +161,10 @@ pub fn user_stack<C: EbpfContext>(ctx: &C, tid: u32, at_entry: bool) -> u64 {
             count(stats::USER_STACK_TRUNCATED);
         }
         let hash = store_user_stack(stack);
-        if hash != NO_USER_STACK {
+        // Only a walk the same registers and stack will always repeat: one that stopped at
+        // a mapping or row the tables lack yet (a library loaded after the attach) must be
+        // walked again once they have it.
+        if hash != NO_USER_STACK && matches!(stack.stop, stop::END | stop::TRUNCATED) {
             remember_walk(tid, regs, hash, stack.len);
         }
         return hash;

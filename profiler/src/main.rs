@@ -65,7 +65,7 @@ fn agent(args: AgentArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     let agent = profiler::agent::Agent::start(opts)?;
     // Tests and scripts wait for this line: the endpoint is up.
     println!("agent listening on http://{}", agent.local_addr());
-    agent.run(&stop);
+    agent.run(&stop)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,8 +14,8 @@ use std::{
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, header, service::service_fn};
-use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{Semaphore, watch};
 
 use super::{ProfileKind, RETAIN, Shared, metrics::Metrics};
 use crate::report::pprof;
@@ -23,6 +23,14 @@ use crate::report::pprof;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Go's `net/http/pprof` default when `seconds` is not given.
 const DEFAULT_SECONDS: u64 = 30;
+/// Profiles built at once; more answer 429. Each copies up to [`RETAIN`] of stacks, and a
+/// fleet's collector asks one at a time per target.
+const PROFILES_AT_ONCE: usize = 4;
+/// Open connections; more are closed at once, so idle clients cannot take every descriptor
+/// the agent needs to attach.
+const CONNECTIONS: usize = 64;
+/// A client that has not sent its request head by then is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Server {
     addr: SocketAddr,
@@ -38,20 +46,20 @@ impl Server {
         let addr = listener.local_addr()?;
         let registry = Arc::new(Metrics::registry(shared.state.clone(), shared.host.clone()));
         let (stop, mut stopped) = watch::channel(false);
+        let profiles = Arc::new(Semaphore::new(PROFILES_AT_ONCE));
+        let connections = Arc::new(Semaphore::new(CONNECTIONS));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        // Registered with the runtime here, so a failure fails the agent's start.
+        let listener = {
+            let _in = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
         let thread = std::thread::Builder::new()
             .name("agent-http".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(err) => {
-                            log::error!("agent endpoint: {err}");
-                            return;
-                        }
-                    };
                     loop {
                         let (stream, _) = tokio::select! {
                             accepted = listener.accept() => match accepted {
@@ -63,12 +71,22 @@ impl Server {
                             },
                             _ = stopped.changed() => return,
                         };
-                        let (shared, registry) = (shared.clone(), registry.clone());
+                        let Ok(open) = connections.clone().try_acquire_owned() else {
+                            log::debug!(
+                                "agent endpoint: {CONNECTIONS} connections open, closing one more"
+                            );
+                            continue;
+                        };
+                        let (shared, registry, profiles) =
+                            (shared.clone(), registry.clone(), profiles.clone());
                         tokio::spawn(async move {
+                            let _open = open;
                             let service = service_fn(move |req| {
-                                handle(req, shared.clone(), registry.clone())
+                                handle(req, shared.clone(), registry.clone(), profiles.clone())
                             });
                             if let Err(err) = hyper::server::conn::http1::Builder::new()
+                                .timer(TokioTimer::new())
+                                .header_read_timeout(HEADER_TIMEOUT)
                                 .serve_connection(TokioIo::new(stream), service)
                                 .await
                             {
@@ -135,6 +153,7 @@ async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     registry: Arc<prometheus_client::registry::Registry>,
+    profiles: Arc<Semaphore>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let kind = match req.uri().path() {
         "/metrics" => {
@@ -179,13 +198,19 @@ async fn handle(
         Ok(s) => s,
         Err(err) => return Ok(text(StatusCode::BAD_REQUEST, format!("{err}\n"))),
     };
+    let Ok(_building) = profiles.try_acquire_owned() else {
+        return Ok(text(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("at most {PROFILES_AT_ONCE} profiles are taken at once; try again\n"),
+        ));
+    };
     let (since, start) = (Instant::now(), jiff::Timestamp::now());
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     // The drain that closes the window: its stacks are from before the deadline.
     let body = tokio::task::spawn_blocking(move || {
         shared.wait_drain_after(Instant::now());
-        let stacks = shared.stacks_since(kind, since);
-        let profile = shared.profile(kind, &stacks, start, since.elapsed());
+        let span = shared.stacks_since(kind, since);
+        let profile = shared.profile(kind, &span.stacks, start, span.duration());
         let mut bytes = Vec::new();
         pprof::write(&profile, &mut bytes).map(|()| bytes)
     })

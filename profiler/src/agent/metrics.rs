@@ -286,7 +286,7 @@ impl Collector for Metrics {
         family(
             &mut encoder,
             "profiler_offcpu",
-            "Time the target's threads spent off the CPU (blocked and idle)",
+            "Time the target's threads spent off the CPU (blocked, idle and preempted)",
             Some(&Unit::Seconds),
             MetricType::Counter,
             targets

@@ -79,6 +79,11 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "could not attach to {}: the agent follows nothing else (see the warnings above)",
+        pids.iter().map(|p| format!("pid {p}")).collect::<Vec<_>>().join(", ")
+    )]
+    NothingAttached { pids: Vec<u32> },
     #[error("could not create {}", path.display())]
     Output {
         path: PathBuf,
@@ -128,8 +133,27 @@ pub struct TargetStack {
 /// What one drain of every target produced, for the pprof endpoints and the snapshots.
 #[derive(Debug, Default)]
 pub struct Window {
+    /// The drain before this one (or the agent's start): the window covers `from` to `at`.
+    pub from: Option<Instant>,
     pub at: Option<Instant>,
     pub stacks: HashMap<ProfileKind, Vec<TargetStack>>,
+}
+
+/// Consecutive windows' stacks and the time they cover.
+#[derive(Debug, Default)]
+pub struct Span {
+    pub stacks: Vec<TargetStack>,
+    pub from: Option<Instant>,
+    pub to: Option<Instant>,
+}
+
+impl Span {
+    pub fn duration(&self) -> Duration {
+        match (self.from, self.to) {
+            (Some(from), Some(to)) => to.saturating_duration_since(from),
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 /// What the HTTP side reads: the metrics state and the recent windows.
@@ -145,18 +169,27 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The stacks of `kind` drained after `since`, with their labels.
-    pub fn stacks_since(&self, kind: ProfileKind, since: Instant) -> Vec<TargetStack> {
+    /// The stacks of `kind` from the windows that began at or after `since`, with the time
+    /// those windows cover: a window that began earlier holds samples from before `since`, and
+    /// taking it would count its time twice across back-to-back profiles.
+    pub fn stacks_since(&self, kind: ProfileKind, since: Instant) -> Span {
+        let mut span = Span::default();
         let Ok(windows) = self.windows.lock() else {
-            return Vec::new();
+            return span;
         };
-        windows
-            .iter()
-            .filter(|w| w.at.is_some_and(|at| at > since))
-            .filter_map(|w| w.stacks.get(&kind))
-            .flatten()
-            .cloned()
-            .collect()
+        for w in windows.iter() {
+            let (Some(from), Some(at)) = (w.from, w.at) else {
+                continue;
+            };
+            if from < since {
+                continue;
+            }
+            span.from.get_or_insert(from);
+            span.to = Some(at);
+            span.stacks
+                .extend(w.stacks.get(&kind).into_iter().flatten().cloned());
+        }
+        span
     }
 
     /// Blocks until a drain has happened after `instant` (or a few drains' time passed).
@@ -426,6 +459,8 @@ struct Rotation {
     dir: PathBuf,
     max_bytes: u64,
     last: Instant,
+    /// The end of the last window written.
+    covered: Instant,
     started: jiff::Timestamp,
 }
 
@@ -433,8 +468,9 @@ struct Rotation {
 const SNAPSHOT_SUFFIX: &str = ".pb.gz";
 
 impl Rotation {
-    fn write(&mut self, shared: &Shared, interval: Duration) {
-        let since = self.last;
+    fn write(&mut self, shared: &Shared) {
+        // Each snapshot starts where the last one's windows ended: none is counted twice.
+        let since = self.covered;
         self.last = Instant::now();
         let now = jiff::Timestamp::now();
         let stamp = now.strftime("%Y%m%dT%H%M%SZ").to_string();
@@ -442,8 +478,16 @@ impl Rotation {
             if !shared.families.contains(kind.family()) {
                 continue;
             }
-            let stacks = shared.stacks_since(kind, since);
-            let profile = shared.profile(kind, &stacks, self.started.max(now - interval), interval);
+            let span = shared.stacks_since(kind, since);
+            if let Some(to) = span.to {
+                self.covered = self.covered.max(to);
+            }
+            let profile = shared.profile(
+                kind,
+                &span.stacks,
+                self.started.max(now - span.duration()),
+                span.duration(),
+            );
             let path = self
                 .dir
                 .join(format!("{}-{stamp}{SNAPSHOT_SUFFIX}", kind.stem()));
@@ -495,6 +539,8 @@ pub struct Agent {
     refused: BTreeSet<u32>,
     bucketer: Bucketer,
     rotation: Option<Rotation>,
+    /// Where the next drain's window begins.
+    window_start: Instant,
 }
 
 impl Agent {
@@ -532,6 +578,7 @@ impl Agent {
                     dir: dir.clone(),
                     max_bytes: opts.output_max_bytes,
                     last: Instant::now(),
+                    covered: Instant::now(),
                     started: jiff::Timestamp::now(),
                 })
             }
@@ -545,6 +592,7 @@ impl Agent {
             refused: BTreeSet::new(),
             bucketer: Bucketer::default(),
             rotation,
+            window_start: Instant::now(),
         })
     }
 
@@ -593,9 +641,11 @@ impl Agent {
                     any = true;
                 }
                 Err(err) => {
-                    // An explicit pid that cannot be profiled is the user's to hear about; a
-                    // process that went away between the scan and the attach is not.
-                    if std::fs::metadata(format!("/proc/{pid}")).is_ok() {
+                    // A pid the user named is always theirs to hear about; a matched process
+                    // that went away between the scan and the attach is not.
+                    if self.opts.targets.pids.contains(&pid)
+                        || std::fs::metadata(format!("/proc/{pid}")).is_ok()
+                    {
                         log::warn!("cannot attach to pid {pid}: {err}");
                     }
                     if let Ok(mut state) = self.shared.state.lock() {
@@ -642,7 +692,13 @@ impl Agent {
                 let Some(t) = state.targets.get_mut(&pid) else {
                     continue;
                 };
-                t.cpu_samples += drained.cpu.iter().map(|s| s.weight).sum::<u64>();
+                // The probes' own samples are ours, not the target's.
+                t.cpu_samples += drained
+                    .cpu
+                    .iter()
+                    .filter(|s| s.thread != crate::report::cpu::OVERHEAD)
+                    .map(|s| s.weight)
+                    .sum::<u64>();
                 t.offcpu_seconds +=
                     drained.offcpu.iter().map(|s| s.weight).sum::<u64>() as f64 / 1e9;
                 t.add_lock_waits(&drained.lock_waits);
@@ -662,7 +718,10 @@ impl Agent {
                 attached.detach();
             }
         }
-        window.at = Some(Instant::now());
+        let now = Instant::now();
+        window.from = Some(self.window_start);
+        window.at = Some(now);
+        self.window_start = now;
         if let Ok(mut windows) = self.shared.windows.lock() {
             windows.push_back(window);
             let retain = RETAIN.max(self.opts.interval) + DRAIN_EVERY;
@@ -678,9 +737,10 @@ impl Agent {
     }
 
     /// Runs until `stop` is set, then detaches from everything.
-    pub fn run(mut self, stop: &AtomicBool) {
+    pub fn run(mut self, stop: &AtomicBool) -> Result<(), AgentError> {
         let mut last_scan = Instant::now() - SCAN_EVERY;
         let mut last_drain = Instant::now();
+        let mut first_scan = true;
         while !stop.load(Ordering::Relaxed) {
             // A new target is drained at once, so its series (ports) show without waiting for
             // the next period.
@@ -688,6 +748,20 @@ impl Agent {
             if last_scan.elapsed() >= SCAN_EVERY {
                 last_scan = Instant::now();
                 drain_now = self.attach_new();
+                // Only pids were named and none could be attached: running on would serve
+                // empty metrics for ever.
+                let t = &self.opts.targets;
+                if first_scan
+                    && self.attached.is_empty()
+                    && t.comms.is_empty()
+                    && t.cgroups.is_empty()
+                {
+                    self.server.stop();
+                    return Err(AgentError::NothingAttached {
+                        pids: t.pids.clone(),
+                    });
+                }
+                first_scan = false;
             }
             if drain_now || last_drain.elapsed() >= DRAIN_EVERY {
                 last_drain = Instant::now();
@@ -696,7 +770,7 @@ impl Agent {
             if let Some(rotation) = &mut self.rotation
                 && rotation.last.elapsed() >= self.opts.interval
             {
-                rotation.write(&self.shared, self.opts.interval);
+                rotation.write(&self.shared);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -704,6 +778,7 @@ impl Agent {
             attached.detach();
         }
         self.server.stop();
+        Ok(())
     }
 }
 

@@ -106,7 +106,8 @@ fn attach_to(ebpf: &mut Ebpf, program: &'static str, events: &[&str]) -> Result<
 }
 
 pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
-    attach_to(ebpf, futex::ENTER_PROGRAM, &["sys_enter_futex"])?;
+    // Exits first: a wait that began once the entry was attached must be seen ending, or its
+    // lock would count a waiter for ever (an exit with no wait begun is ignored).
     attach_to(
         ebpf,
         futex::EXIT_PROGRAM,
@@ -116,6 +117,7 @@ pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
             "sys_exit_futex_waitv",
         ],
     )?;
+    attach_to(ebpf, futex::ENTER_PROGRAM, &["sys_enter_futex"])?;
     for (program, event) in [
         (futex::WAIT_ENTER_PROGRAM, "sys_enter_futex_wait"),
         (futex::WAITV_ENTER_PROGRAM, "sys_enter_futex_waitv"),
@@ -349,7 +351,7 @@ impl Family for Futex {
             d.into.locks.push(WeightedStack {
                 thread: format!("lock {name}"),
                 tid: 0,
-                frames: table.user_frames(key.user_stack),
+                frames: frames(&table, key.user_stack),
                 weight: wait.total_ns,
             });
         }
