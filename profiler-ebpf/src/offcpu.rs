@@ -11,14 +11,11 @@ use aya_ebpf::{
 };
 use profiler_common::{
     offcpu::{OffcpuConfig, OffcpuStart},
-    stack::{NO_USER_STACK, StackKey},
+    stack::StackKey,
     stats,
 };
 
-use crate::{
-    futex::FUTEX_START,
-    shared::{add_to, count, now_ns, switch_stacks, target_thread},
-};
+use crate::shared::{add_to, count, now_ns, switch_stacks, target_thread};
 
 #[unsafe(no_mangle)]
 static OFFCPU_CONFIG: Global<OffcpuConfig> = Global::new(OffcpuConfig {
@@ -42,19 +39,7 @@ pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
     // The tracepoint runs as the task leaving the CPU.
     if let Some((tgid, tid)) = target_thread() {
         count(stats::OFFCPU_SWITCHES);
-        // A thread blocking inside a futex wait: one walk serves both families (the futex
-        // probe walks at the wait's end otherwise; the registers are the same syscall's).
-        let wait = FUTEX_START
-            .get_ptr_mut(tid)
-            // SAFETY: this thread's own entry; only its own events write it.
-            .filter(|wait| unsafe { (**wait).ts } != 0);
-        // SAFETY: as above.
-        let known = wait.map_or(NO_USER_STACK, |wait| unsafe { (*wait).user_stack });
-        let (user, kernel) = switch_stacks(&ctx, tid, known);
-        if let Some(wait) = wait {
-            // SAFETY: as above.
-            unsafe { (*wait).user_stack = user };
-        }
+        let (user, kernel) = switch_stacks(&ctx, tid);
         let start = OffcpuStart {
             ts: now,
             key: StackKey {

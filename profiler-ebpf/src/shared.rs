@@ -17,7 +17,7 @@ use profiler_common::{
     unwind::mode,
 };
 
-use crate::unwind;
+use crate::{futex::FUTEX_START, unwind};
 
 /// `EEXIST`; map updates return it negated.
 pub const EEXIST: i32 = 17;
@@ -299,14 +299,29 @@ static SWITCH_WALK: PerCpuArray<SwitchWalk> = PerCpuArray::with_max_entries(1, 0
 const SAME_SWITCH_NS: u64 = 1000;
 
 /// The user and kernel stacks of target thread `tid` leaving the CPU, walked once per switch
-/// however many programs ask. `known_user`: a user stack walked already for this block (the
-/// futex wait's), or `NO_USER_STACK`.
+/// however many programs ask. A thread blocking inside a futex wait shares the walk with the
+/// `futex` family: the wait's stack is reused if walked already, else recorded for its end (the
+/// registers are the same syscall's).
 #[inline(always)]
-pub fn switch_stacks<C: EbpfContext + StackIdContext>(
-    ctx: &C,
-    tid: u32,
-    known_user: u64,
-) -> (u64, i32) {
+pub fn switch_stacks<C: EbpfContext + StackIdContext>(ctx: &C, tid: u32) -> (u64, i32) {
+    let wait = FUTEX_START
+        .get_ptr_mut(tid)
+        // SAFETY: this thread's own entry; only its own events write it.
+        .filter(|wait| unsafe { (**wait).ts } != 0);
+    // SAFETY: as above.
+    let known = wait.map_or(NO_USER_STACK, |wait| unsafe { (*wait).user_stack });
+    let (user, kernel) = walk_switch(ctx, tid, known);
+    if let Some(wait) = wait {
+        // SAFETY: as above.
+        unsafe { (*wait).user_stack = user };
+    }
+    (user, kernel)
+}
+
+/// [`switch_stacks`] once per switch: `known_user` is a user stack walked already for this
+/// block, or `NO_USER_STACK`.
+#[inline(always)]
+fn walk_switch<C: EbpfContext + StackIdContext>(ctx: &C, tid: u32, known_user: u64) -> (u64, i32) {
     let Some(memo) = SWITCH_WALK.get_ptr_mut(0) else {
         return (user_stack(ctx, tid, false), kernel_stack(ctx, false));
     };

@@ -13,7 +13,6 @@ use aya_ebpf::{
 };
 use profiler_common::{
     futex::op,
-    stack::NO_USER_STACK,
     stats,
     why::{
         BlockWait, Done, LockWait, RECORDS_BYTES, ReqRecord, ReqState, SAMPLES, Stack, ThreadReq,
@@ -382,18 +381,7 @@ pub fn why_switch(ctx: TracePointContext) -> u32 {
                 state::RUNQUEUE
             } else {
                 thread.blocked_ns = now;
-                // Walked once for this switch with `offcpu`, and once for a futex wait.
-                let wait = FUTEX_START
-                    .get_ptr_mut(tid)
-                    // SAFETY: this thread's own entry; only its own events write it.
-                    .filter(|wait| unsafe { (**wait).ts } != 0);
-                // SAFETY: as above.
-                let known = wait.map_or(NO_USER_STACK, |wait| unsafe { (*wait).user_stack });
-                let (user, kernel) = switch_stacks(&ctx, tid, known);
-                if let Some(wait) = wait {
-                    // SAFETY: as above.
-                    unsafe { (*wait).user_stack = user };
-                }
+                let (user, kernel) = switch_stacks(&ctx, tid);
                 thread.blocked_at = Stack {
                     user,
                     kernel,
