@@ -63,10 +63,10 @@ fn lock_state(tgid: u32, uaddr: u64) -> Option<*mut FutexLock> {
         tgid,
         _pad: 0,
     };
-    if let Some(lock) = FUTEX_LOCKS.get_ptr_mut(&key) {
+    if let Some(lock) = FUTEX_LOCKS.get_ptr_mut(key) {
         return Some(lock);
     }
-    match FUTEX_LOCKS.insert(&key, &FutexLock::default(), BPF_NOEXIST as u64) {
+    match FUTEX_LOCKS.insert(key, FutexLock::default(), BPF_NOEXIST as u64) {
         Ok(()) => {}
         // Another CPU made it first.
         Err(e) if e == -EEXIST => {}
@@ -75,7 +75,7 @@ fn lock_state(tgid: u32, uaddr: u64) -> Option<*mut FutexLock> {
             return None;
         }
     }
-    FUTEX_LOCKS.get_ptr_mut(&key)
+    FUTEX_LOCKS.get_ptr_mut(key)
 }
 
 #[inline(always)]
@@ -125,7 +125,7 @@ fn wake(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64) {
     };
     // The waker held the lock while someone waited from `since` to now; whoever runs next
     // holds it from now.
-    let held = match FUTEX_LOCKS.get_ptr_mut(&key) {
+    let held = match FUTEX_LOCKS.get_ptr_mut(key) {
         // SAFETY: a live map value; `since` races benignly between two wakes of one lock.
         Some(lock) => unsafe {
             let since = (*lock).since;
@@ -153,7 +153,7 @@ fn wake(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64) {
         tgid,
         _pad: 0,
     };
-    if let Some(entry) = FUTEX_WAKES.get_ptr_mut(&key) {
+    if let Some(entry) = FUTEX_WAKES.get_ptr_mut(key) {
         credit(entry, held);
         return;
     }
@@ -161,11 +161,11 @@ fn wake(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64) {
         wakes: 1,
         held_ns: held,
     };
-    match FUTEX_WAKES.insert(&key, &wake, BPF_NOEXIST as u64) {
+    match FUTEX_WAKES.insert(key, wake, BPF_NOEXIST as u64) {
         Ok(()) => {}
         // Another CPU made it between our lookup and insert.
         Err(e) if e == -EEXIST => {
-            if let Some(entry) = FUTEX_WAKES.get_ptr_mut(&key) {
+            if let Some(entry) = FUTEX_WAKES.get_ptr_mut(key) {
                 credit(entry, held);
             }
         }
@@ -274,7 +274,7 @@ pub fn futex_exit(ctx: TracePointContext) -> u32 {
         tgid,
         _pad: 0,
     };
-    if let Some(lock) = FUTEX_LOCKS.get_ptr_mut(&lock) {
+    if let Some(lock) = FUTEX_LOCKS.get_ptr_mut(lock) {
         // SAFETY: a live map value; every wait that began counted itself in. The last
         // waiter out: nobody is kept waiting any more.
         unsafe {

@@ -164,6 +164,10 @@ fn chunk_for(index: u64) -> Option<*mut Chunk> {
     let zero = MEMORY_ZERO.get_ptr(0)?;
     // SAFETY: the zero chunk is never written. Another CPU may insert it first; either way
     // the lookup below finds it.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value would copy the chunk onto the 512-byte BPF stack"
+    )]
     let _ = MEMORY_CHUNKS.insert(index, unsafe { &*zero }, BPF_NOEXIST as u64);
     MEMORY_CHUNKS.get_ptr_mut(index)
 }

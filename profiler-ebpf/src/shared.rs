@@ -207,7 +207,7 @@ static STACK_CACHE: LruHashMap<WalkKey, WalkCache> = LruHashMap::with_max_entrie
 fn cached_walk(tid: u32, (pc, sp, bp): (u64, u64, u64)) -> Option<u64> {
     let key = WalkKey { pc, tid, _pad: 0 };
     // SAFETY: read only; a concurrent replacement can only make the check fail.
-    let cache = unsafe { &*STACK_CACHE.get_ptr(&key)? };
+    let cache = unsafe { &*STACK_CACHE.get_ptr(key)? };
     if cache.pc != pc || cache.sp != sp || cache.bp != bp {
         return None;
     }
