@@ -371,7 +371,11 @@ pub fn probe(url: &Target, timeout: Duration) -> Result<(), ProbeError> {
     match url {
         Target::Stratum { .. } => {
             let hello = r#"{"id":1,"method":"mining.subscribe","params":["profiler-checklist"]}"#;
-            writeln!(stream, "{hello}").map_err(ProbeError::NoReply)?;
+            // One write: a server that answers the first segment and closes would otherwise
+            // reset the connection over the unread rest, and the reply would be lost.
+            stream
+                .write_all(format!("{hello}\n").as_bytes())
+                .map_err(ProbeError::NoReply)?;
             let mut reader = BufReader::new(stream).take(64 * 1024);
             let mut line = String::new();
             // A pool may push (difficulty, work) before it replies.
@@ -392,12 +396,13 @@ pub fn probe(url: &Target, timeout: Duration) -> Result<(), ProbeError> {
             }
         }
         Target::Http { path, .. } => {
-            write!(
-                stream,
+            let request = format!(
                 "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
                 url.authority()
-            )
-            .map_err(ProbeError::NoReply)?;
+            );
+            stream
+                .write_all(request.as_bytes())
+                .map_err(ProbeError::NoReply)?;
             let mut head = [0u8; 16];
             let mut got = 0;
             while got < 5 {
@@ -442,12 +447,19 @@ mod tests {
         .unwrap()
     }
 
-    /// Answers one connection with `reply` after reading what the client sent.
+    /// Answers one connection with `reply` after reading the whole request (a line for stratum,
+    /// a head for HTTP): closing over unread bytes would reset the connection, not answer it.
     fn answer_once(listener: TcpListener, reply: &'static str) -> thread::JoinHandle<()> {
         thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
             let mut buf = [0u8; 512];
-            let _ = conn.read(&mut buf);
+            while !(request.ends_with(b"\r\n\r\n") || request.ends_with(b"}\n")) {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = conn.write_all(reply.as_bytes());
         })
     }
