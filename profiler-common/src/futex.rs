@@ -1,19 +1,17 @@
-//! `futex`: lock contention from the futex syscalls. Waits are timed per (lock address, waiter
-//! stack); wakes are counted per (lock address, waker stack) with the time the lock was held
-//! while others waited, so a report shows who waits on a lock and who holds it.
+//! `futex`: lock contention from the scheduler. A target thread that blocks inside a futex wait
+//! (its saved syscall registers say which lock) is timed until it is switched back in, per
+//! (lock address, waiter stack); the target thread whose futex call wakes it is counted per
+//! (lock address, waker stack) with the time the lock was held while others waited, so a
+//! report shows who waits on a lock and who holds it. A futex call that does not sleep or wake
+//! anyone costs nothing: no syscall is traced.
 
 use crate::{hist::Hist, impl_pod};
 
-/// `sys_enter_futex`: classic futex(2), waits and wakes told apart by the op.
-pub const ENTER_PROGRAM: &str = "futex_enter";
-/// `sys_enter_futex_wait` (6.7+): always a wait.
-pub const WAIT_ENTER_PROGRAM: &str = "futex_wait_enter";
-/// `sys_enter_futex_waitv` (5.16+): waits on several; the first names the lock.
-pub const WAITV_ENTER_PROGRAM: &str = "futex_waitv_enter";
-/// `sys_enter_futex_wake` (6.7+): always a wake.
-pub const WAKE_ENTER_PROGRAM: &str = "futex_wake_enter";
-/// `sys_exit_futex*` of the waiting syscalls.
-pub const EXIT_PROGRAM: &str = "futex_exit";
+/// `sched:sched_switch`: a target thread that blocks inside a futex wait begins a wait; one
+/// switched back in ends it.
+pub const SWITCH_PROGRAM: &str = "futex_switch";
+/// `sched:sched_waking`: a waiter woken by a target thread's futex call; the waker held the lock.
+pub const WAKING_PROGRAM: &str = "futex_waking";
 
 /// `FUTEX_WAITS`: [`FutexKey`] (waiter stack) → [`FutexWait`].
 pub const WAITS_MAP: &str = "FUTEX_WAITS";
@@ -29,6 +27,16 @@ pub const START_MAP: &str = "FUTEX_START";
 pub const ZERO_MAP: &str = "FUTEX_ZERO";
 /// [`FutexConfig`] global.
 pub const CONFIG_GLOBAL: &str = "FUTEX_CONFIG";
+
+/// x86-64 numbers of the futex syscalls, as a blocked thread's saved `orig_ax` holds them (the
+/// unwinder is x86-64 only too).
+pub mod nr {
+    pub const FUTEX: u64 = 202;
+    pub const FUTEX_WAITV: u64 = 449;
+    pub const FUTEX_WAKE: u64 = 454;
+    pub const FUTEX_WAIT: u64 = 455;
+    pub const FUTEX_REQUEUE: u64 = 456;
+}
 
 /// futex(2) operations (`op & FUTEX_CMD_MASK`).
 pub mod op {
@@ -65,21 +73,18 @@ pub mod op {
     }
 }
 
-/// Fixed at load: where the syscall records keep the futex address and op.
+/// Fixed at load: where the sched records keep their fields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FutexConfig {
-    /// sys_enter_futex: `uaddr` and `op`.
-    pub futex_uaddr_offset: u32,
-    pub futex_op_offset: u32,
-    /// sys_enter_futex_wait / sys_enter_futex_wake: `uaddr`.
-    pub wait_uaddr_offset: u32,
-    pub wake_uaddr_offset: u32,
-    /// sys_enter_futex_waitv: `waiters` (user pointer to `struct futex_waitv[]`).
-    pub waitv_waiters_offset: u32,
+    /// sched_switch: `prev_state`, `next_pid`.
+    pub prev_state_offset: u32,
+    pub next_pid_offset: u32,
+    /// sched_waking: `pid`.
+    pub waking_pid_offset: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FutexConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<FutexConfig>() == 16);
 
 /// A lock and a stack.
 #[repr(C)]
@@ -148,34 +153,30 @@ pub struct FutexWaiter {
 }
 const _: () = assert!(core::mem::size_of::<FutexWaiter>() == 16);
 
-/// Waits shorter than this are timed and counted per lock but their stacks are not walked: they
-/// are `FUTEX_WAIT`s that found the lock changed and returned at once, or a sleep of a few
-/// microseconds, and together hold a sliver of the wait time (most of it is in long waits),
-/// while a walk costs more than the wait. They are keyed by [`SHORT_WAIT_STACK`].
-pub const MIN_WALKED_WAIT_NS: u64 = 10_000;
-/// The waiter "stack" of waits under [`MIN_WALKED_WAIT_NS`]. Stack hashes are odd; this is not.
-pub const SHORT_WAIT_STACK: u64 = 2;
-/// The waker "stack" of wakes after the lock was held under [`MIN_WALKED_WAIT_NS`] while
-/// others waited: timed and counted per lock, not walked (on a hot lock most handoffs are).
+/// Wakes after the lock was held less than this while others waited are timed and counted per
+/// lock, but the waker's stack is not walked (on a hot lock most handoffs are that short, and a
+/// walk costs more than the hold). They are keyed by [`SHORT_HOLD_STACK`].
+pub const MIN_WALKED_HOLD_NS: u64 = 10_000;
+/// The waker "stack" of wakes after holds under [`MIN_WALKED_HOLD_NS`]. Stack hashes are odd;
+/// this is not.
 pub const SHORT_HOLD_STACK: u64 = 6;
-/// The waker "stack" of wakes while nobody waited (glibc's unlock wakes whenever the lock was
-/// contended once, so most of its wakes on a hot lock wake nobody): not walked.
-pub const IDLE_WAKE_STACK: u64 = 4;
 
 /// A thread's futex state, kept while it lives: the wait in progress, if any.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FutexStart {
-    /// When the wait in progress began; 0 when the thread is not waiting.
+    /// When the thread blocked in the wait in progress; 0 when it is not waiting.
     pub ts: u64,
     pub uaddr: u64,
-    /// The waiter's stack, walked when it first blocks (by `offcpu`) or at the wait's end;
-    /// `NO_USER_STACK` until then.
+    /// The waiter's stack, walked as it blocked.
     pub user_stack: u64,
     /// The lock this thread was last counted a waiter of in `FUTEX_WAITERS`.
     pub counted_uaddr: u64,
+    /// Its process: the wait ends as it is switched back in, while another task runs.
+    pub tgid: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FutexStart>() == 32);
+const _: () = assert!(core::mem::size_of::<FutexStart>() == 40);
 
 impl_pod!(
     FutexConfig,

@@ -11,6 +11,7 @@ pub mod futex;
 pub mod hist;
 pub mod memory;
 pub mod offcpu;
+pub mod sched;
 pub mod sock;
 pub mod stack;
 pub mod stats;

@@ -20,10 +20,6 @@ use crate::impl_pod;
 pub const SWITCH_PROGRAM: &str = "why_switch";
 /// `sched:sched_waking`: runs as the waker.
 pub const WAKING_PROGRAM: &str = "why_waking";
-/// `syscalls:sys_enter_futex`: a carrier starts a futex wait.
-pub const FUTEX_ENTER_PROGRAM: &str = "why_futex_enter";
-/// `syscalls:sys_exit_futex`.
-pub const FUTEX_EXIT_PROGRAM: &str = "why_futex_exit";
 /// `syscalls:sys_enter_<poll family>`: a carrier goes back to waiting for new work.
 pub const IDLE_PROGRAM: &str = "why_idle";
 /// The syscalls a thread waits for new work in (those the kernel has are traced).
@@ -96,12 +92,8 @@ pub struct WhyConfig {
     pub next_pid_offset: u32,
     /// sched_waking: `pid`.
     pub waking_pid_offset: u32,
-    /// sys_enter_futex: `uaddr`, `op`.
-    pub futex_uaddr_offset: u32,
-    pub futex_op_offset: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<WhyConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<WhyConfig>() == 12);
 
 /// A stack: a user stack hash and a kernel stack id.
 #[repr(C)]
@@ -122,7 +114,7 @@ pub struct ThreadReq {
     /// One of [`state`], while it carries `req`.
     pub state: u32,
     pub _pad: u32,
-    /// The futex it is waiting on (0: none).
+    /// The futex it blocked on last (0: none), read from its syscall registers as it blocked.
     pub futex: u64,
     /// When it blocked, and where.
     pub blocked_ns: u64,
@@ -258,13 +250,6 @@ pub const fn current_category(carriers: &[u16; state::COUNT]) -> usize {
     }
 }
 
-/// Whether a `sched_switch` `prev_state` means the task stays runnable (preempted or
-/// yielding): no sleeping state bit (`S`, `D`, … are 0x01–0x40; 0x80 marks a preemption).
-#[inline(always)]
-pub const fn stays_runnable(prev_state: u64) -> bool {
-    prev_state & 0x7f == 0
-}
-
 impl_pod!(
     WhyConfig, Stack, ThreadReq, Done, LockWait, BlockWait, ReqState, ReqRecord
 );
@@ -280,14 +265,5 @@ mod tests {
         assert_eq!(current_category(&[0, 0, 1, 3]), category::LOCK);
         assert_eq!(current_category(&[0, 0, 0, 1]), category::BLOCKED);
         assert_eq!(current_category(&[0, 0, 0, 0]), category::OTHER);
-    }
-
-    #[test]
-    fn preempted_and_running_stay_runnable() {
-        assert!(stays_runnable(0));
-        assert!(stays_runnable(0x80), "R+: preempted");
-        assert!(!stays_runnable(0x1), "S");
-        assert!(!stays_runnable(0x2), "D");
-        assert!(!stays_runnable(0x81));
     }
 }

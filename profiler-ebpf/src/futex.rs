@@ -1,9 +1,13 @@
-//! `futex`: who waits on which lock, for how long, from where; and who wakes them.
+//! `futex`: who waits on which lock, for how long, from where; and who wakes them. Read from
+//! the scheduler and the blocked thread's saved syscall registers, so futex calls that neither
+//! sleep nor wake anyone (most of them on a hot lock) are not traced at all.
 
 use aya_ebpf::{
     Global,
-    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::bpf_probe_read_user,
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, pt_regs},
+    helpers::{
+        bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+    },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::TracePointContext,
@@ -11,22 +15,22 @@ use aya_ebpf::{
 use profiler_common::{
     futex::{
         FutexConfig, FutexKey, FutexLock, FutexLockKey, FutexStart, FutexWait, FutexWaiter,
-        FutexWake, IDLE_WAKE_STACK, MIN_WALKED_WAIT_NS, SHORT_HOLD_STACK, SHORT_WAIT_STACK, op,
+        FutexWake, MIN_WALKED_HOLD_NS, SHORT_HOLD_STACK, nr, op,
     },
     hist::{SLOTS, slot_of},
-    stack::NO_USER_STACK,
+    sched::stays_runnable,
     stats,
 };
 
-use crate::shared::{EEXIST, add_to, atomic_add, count, now_ns, target_thread, user_stack};
+use crate::shared::{
+    EEXIST, add_to, atomic_add, count, now_ns, switch_user_stack, target_thread, user_stack,
+};
 
 #[unsafe(no_mangle)]
 static FUTEX_CONFIG: Global<FutexConfig> = Global::new(FutexConfig {
-    futex_uaddr_offset: 0,
-    futex_op_offset: 0,
-    wait_uaddr_offset: 0,
-    wake_uaddr_offset: 0,
-    waitv_waiters_offset: 0,
+    prev_state_offset: 0,
+    next_pid_offset: 0,
+    waking_pid_offset: 0,
     _pad: 0,
 });
 
@@ -47,8 +51,7 @@ static FUTEX_LOCKS: LruHashMap<FutexLockKey, FutexLock> = LruHashMap::with_max_e
 static FUTEX_WAITERS: HashMap<FutexWaiter, u64> = HashMap::with_max_entries(16384, 0);
 
 /// Each thread's wait in progress, kept between waits so a wait updates it in place (an insert
-/// and a delete per wait cost more than the rest of the bookkeeping). `offcpu` reads it too:
-/// a thread blocking in a wait has its stack walked once, for both.
+/// and a delete per wait cost more than the rest of the bookkeeping). `why` reads it too.
 #[map]
 pub static FUTEX_START: LruHashMap<u32, FutexStart> = LruHashMap::with_max_entries(16384, 0);
 
@@ -78,9 +81,54 @@ fn lock_state(tgid: u32, uaddr: u64) -> Option<*mut FutexLock> {
     FUTEX_LOCKS.get_ptr_mut(key)
 }
 
+/// The current task's saved syscall registers: (syscall number, first and second argument).
 #[inline(always)]
-fn begin_wait(tgid: u32, tid: u32, uaddr: u64) {
-    let now = now_ns();
+fn syscall_regs() -> Option<(u64, u64, u64)> {
+    // SAFETY: both helpers take the current task; the pointer is only read through
+    // bpf_probe_read_kernel, which tolerates any address.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task.cast()) as *const pt_regs;
+        if regs.is_null() {
+            return None;
+        }
+        Some((
+            bpf_probe_read_kernel(&(*regs).orig_rax).ok()?,
+            bpf_probe_read_kernel(&(*regs).rdi).ok()?,
+            bpf_probe_read_kernel(&(*regs).rsi).ok()?,
+        ))
+    }
+}
+
+/// The lock the current thread is blocking on, if it blocks inside a futex wait: its saved
+/// registers are the syscall's (x86-64: number in `orig_ax`, arguments in di, si).
+#[inline(always)]
+pub fn blocking_futex() -> Option<u64> {
+    let (number, arg0, arg1) = syscall_regs()?;
+    match number {
+        nr::FUTEX if op::is_wait(arg1 as u32 & op::CMD_MASK) => Some(arg0),
+        nr::FUTEX_WAIT => Some(arg0),
+        // struct futex_waitv { u64 val; u64 uaddr; u32 flags; u32 reserved; }: the first
+        // entry's uaddr names the wait.
+        // SAFETY: a read of user memory that may fault; the helper reports it.
+        nr::FUTEX_WAITV => unsafe { bpf_probe_read_user((arg0 + 8) as *const u64) }.ok(),
+        _ => None,
+    }
+}
+
+/// Whether the current thread is inside a futex call that wakes (rather than, say, a signal
+/// or a timer waking a waiter).
+#[inline(always)]
+fn in_futex_wake() -> bool {
+    match syscall_regs() {
+        Some((nr::FUTEX, _, op)) => op::is_wake(op as u32 & op::CMD_MASK),
+        Some((nr::FUTEX_WAKE | nr::FUTEX_REQUEUE, _, _)) => true,
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn begin_wait(tgid: u32, tid: u32, uaddr: u64, now: u64, stack: u64) {
     if let Some(lock) = lock_state(tgid, uaddr) {
         // SAFETY: a live map value. The count moves atomically; `since` is 0 while nobody
         // waits (BPF for generic CPUs has no fetch-and-add to tell the first waiter), so a
@@ -92,28 +140,90 @@ fn begin_wait(tgid: u32, tid: u32, uaddr: u64) {
             }
         }
     }
-    // The stack is walked at the wait's end, when it lasted long enough to matter: the user
-    // registers are the same then.
     if let Some(start) = FUTEX_START.get_ptr_mut(tid) {
-        // SAFETY: this thread's own entry.
+        // SAFETY: this thread's own entry; its end is read only once `ts` is set, on the
+        // switch that runs it again.
         unsafe {
-            (*start).ts = now;
             (*start).uaddr = uaddr;
-            (*start).user_stack = NO_USER_STACK;
+            (*start).user_stack = stack;
+            (*start).tgid = tgid;
+            (*start).ts = now;
         }
         return;
     }
     let start = FutexStart {
         ts: now,
         uaddr,
-        user_stack: NO_USER_STACK,
+        user_stack: stack,
         counted_uaddr: 0,
+        tgid,
+        _pad: 0,
     };
     if FUTEX_START.insert(tid, start, BPF_ANY as u64).is_err() {
         count(stats::FUTEX_MAPS_FULL);
     }
 }
 
+/// Thread `tid` runs again after blocking in a wait: the wait ends.
+#[inline(always)]
+fn end_wait(tid: u32, start: &mut FutexStart, now: u64) {
+    let waited = now.saturating_sub(start.ts);
+    start.ts = 0;
+    let (uaddr, tgid) = (start.uaddr, start.tgid);
+    let lock = FutexLockKey {
+        uaddr,
+        tgid,
+        _pad: 0,
+    };
+    if let Some(lock) = FUTEX_LOCKS.get_ptr_mut(lock) {
+        // SAFETY: a live map value; every wait that began counted itself in. The last
+        // waiter out: nobody is kept waiting any more.
+        unsafe {
+            // A lock evicted and made again while this wait ran never counted it in: no
+            // decrement below zero.
+            if (*lock).waiters > 0 {
+                atomic_add(&raw mut (*lock).waiters, u64::MAX);
+            }
+            if (*lock).waiters == 0 {
+                (*lock).since = 0;
+            }
+        }
+    }
+    count(stats::FUTEX_WAITS);
+    let key = FutexKey {
+        uaddr,
+        user_stack: start.user_stack,
+        tgid,
+        _pad: 0,
+    };
+    let Some(entry) = wait_entry(&key) else {
+        count(stats::FUTEX_MAPS_FULL);
+        return;
+    };
+    // SAFETY: a live map value; fields are updated atomically or (max) benignly racy.
+    unsafe {
+        atomic_add(&raw mut (*entry).count, 1);
+        atomic_add(&raw mut (*entry).total_ns, waited);
+        if waited > (*entry).max_ns {
+            (*entry).max_ns = waited;
+        }
+        let slot = slot_of(waited) & (SLOTS - 1);
+        atomic_add(&raw mut (*entry).hist.slots[slot], 1);
+    }
+    // Distinct waiting threads: a thread is added once per lock it turns to.
+    if start.counted_uaddr != uaddr {
+        start.counted_uaddr = uaddr;
+        let waiter = FutexWaiter {
+            uaddr,
+            tid,
+            _pad: 0,
+        };
+        add_to(&FUTEX_WAITERS, &waiter, 1, stats::FUTEX_MAPS_FULL);
+    }
+}
+
+/// Target thread `tid` wakes a waiter of `uaddr`: it held the lock while someone waited from
+/// `since` to now; whoever runs next holds it from now.
 #[inline(always)]
 fn wake(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64) {
     count(stats::FUTEX_WAKES);
@@ -123,8 +233,6 @@ fn wake(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64) {
         tgid,
         _pad: 0,
     };
-    // The waker held the lock while someone waited from `since` to now; whoever runs next
-    // holds it from now.
     let held = match FUTEX_LOCKS.get_ptr_mut(key) {
         // SAFETY: a live map value; `since` races benignly between two wakes of one lock.
         Some(lock) => unsafe {
@@ -138,11 +246,8 @@ fn wake(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64) {
         },
         None => 0,
     };
-    // A wake while nobody waited released nothing anyone needed, and one after a short hold
-    // kept its waiters little: counted and timed, not walked (a walk costs more than either).
-    let stack = if held == 0 {
-        IDLE_WAKE_STACK
-    } else if held < MIN_WALKED_WAIT_NS {
+    // A short hold kept its waiters little: counted and timed, not walked (a walk costs more).
+    let stack = if held < MIN_WALKED_HOLD_NS {
         SHORT_HOLD_STACK
     } else {
         user_stack(ctx, tid, false)
@@ -182,150 +287,59 @@ fn credit(entry: *mut FutexWake, held: u64) {
     }
 }
 
+/// Runs as the task leaving the CPU: a target thread that sleeps inside a futex wait begins
+/// one; a thread switched in that was waiting ends its wait.
 #[tracepoint]
-pub fn futex_enter(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = target_thread() else {
-        return 0;
-    };
+pub fn futex_switch(ctx: TracePointContext) -> u32 {
     let config = FUTEX_CONFIG.load();
-    // SAFETY: offsets come from this kernel's sys_enter_futex format.
-    let (Ok(uaddr), Ok(op)) = (unsafe {
-        (
-            ctx.read_at::<u64>(config.futex_uaddr_offset as usize),
-            ctx.read_at::<u64>(config.futex_op_offset as usize),
-        )
-    }) else {
-        return 0;
-    };
-    let cmd = op as u32 & op::CMD_MASK;
-    if op::is_wait(cmd) {
-        begin_wait(tgid, tid, uaddr);
-    } else if op::is_wake(cmd) {
-        wake(&ctx, tgid, tid, uaddr);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn futex_wait_enter(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = target_thread() else {
-        return 0;
-    };
-    let offset = FUTEX_CONFIG.load().wait_uaddr_offset as usize;
-    // SAFETY: the offset comes from this kernel's sys_enter_futex_wait format.
-    if let Ok(uaddr) = unsafe { ctx.read_at::<u64>(offset) } {
-        begin_wait(tgid, tid, uaddr);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn futex_waitv_enter(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = target_thread() else {
-        return 0;
-    };
-    let offset = FUTEX_CONFIG.load().waitv_waiters_offset as usize;
-    // SAFETY: the offset comes from this kernel's sys_enter_futex_waitv format.
-    let Ok(waiters) = (unsafe { ctx.read_at::<u64>(offset) }) else {
-        return 0;
-    };
-    // struct futex_waitv { u64 val; u64 uaddr; u32 flags; u32 reserved; }: the first entry's
-    // uaddr names the wait.
-    // SAFETY: a read of user memory that may fault; the helper reports it.
-    if let Ok(uaddr) = unsafe { bpf_probe_read_user((waiters + 8) as *const u64) } {
-        begin_wait(tgid, tid, uaddr);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn futex_wake_enter(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = target_thread() else {
-        return 0;
-    };
-    let offset = FUTEX_CONFIG.load().wake_uaddr_offset as usize;
-    // SAFETY: the offset comes from this kernel's sys_enter_futex_wake format.
-    if let Ok(uaddr) = unsafe { ctx.read_at::<u64>(offset) } {
-        wake(&ctx, tgid, tid, uaddr);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn futex_exit(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = target_thread() else {
-        return 0;
-    };
-    let Some(start) = FUTEX_START.get_ptr_mut(tid) else {
-        return 0;
-    };
-    // SAFETY: this thread's own entry.
-    let start = unsafe { &mut *start };
-    // Not waiting: a wake's exit, or a wait that began before the attach.
-    if start.ts == 0 {
-        return 0;
-    }
     let now = now_ns();
-    let waited = now.saturating_sub(start.ts);
-    start.ts = 0;
-    let uaddr = start.uaddr;
-    let lock = FutexLockKey {
-        uaddr,
-        tgid,
-        _pad: 0,
-    };
-    if let Some(lock) = FUTEX_LOCKS.get_ptr_mut(lock) {
-        // SAFETY: a live map value; every wait that began counted itself in. The last
-        // waiter out: nobody is kept waiting any more.
-        unsafe {
-            // A lock evicted and made again while this wait ran never counted it in: no
-            // decrement below zero.
-            if (*lock).waiters > 0 {
-                atomic_add(&raw mut (*lock).waiters, u64::MAX);
-            }
-            if (*lock).waiters == 0 {
-                (*lock).since = 0;
-            }
+    if let Some((tgid, tid)) = target_thread() {
+        // SAFETY: the offset comes from this kernel's sched_switch format.
+        let prev_state = unsafe { ctx.read_at::<u64>(config.prev_state_offset as usize) };
+        // Preempted inside the call is not a wait; sleeping is.
+        if let Ok(prev_state) = prev_state
+            && !stays_runnable(prev_state)
+            && let Some(uaddr) = blocking_futex()
+        {
+            let stack = switch_user_stack(&ctx, tid);
+            begin_wait(tgid, tid, uaddr, now, stack);
         }
     }
-    count(stats::FUTEX_WAITS);
-    let stack = if start.user_stack != NO_USER_STACK {
-        start.user_stack
-    } else if waited >= MIN_WALKED_WAIT_NS {
-        user_stack(&ctx, tid, false)
-    } else {
-        SHORT_WAIT_STACK
-    };
-    let key = FutexKey {
-        uaddr,
-        user_stack: stack,
-        tgid,
-        _pad: 0,
-    };
-    let Some(entry) = wait_entry(&key) else {
-        count(stats::FUTEX_MAPS_FULL);
+    // SAFETY: the offset comes from this kernel's sched_switch format.
+    let Ok(next) = (unsafe { ctx.read_at::<u32>(config.next_pid_offset as usize) }) else {
         return 0;
     };
-    // SAFETY: a live map value; fields are updated atomically or (max) benignly racy.
-    unsafe {
-        atomic_add(&raw mut (*entry).count, 1);
-        atomic_add(&raw mut (*entry).total_ns, waited);
-        if waited > (*entry).max_ns {
-            (*entry).max_ns = waited;
+    // Only target threads have an entry: the lookup is the filter.
+    if let Some(start) = FUTEX_START.get_ptr_mut(next) {
+        // SAFETY: the thread's entry; it is not running, so only this CPU touches it now.
+        let start = unsafe { &mut *start };
+        if start.ts != 0 {
+            end_wait(next, start, now);
         }
-        let slot = slot_of(waited) & (SLOTS - 1);
-        atomic_add(&raw mut (*entry).hist.slots[slot], 1);
     }
-    // Distinct waiting threads: a thread is added once per lock it turns to.
-    if start.counted_uaddr != uaddr {
-        start.counted_uaddr = uaddr;
-        let waiter = FutexWaiter {
-            uaddr,
-            tid,
-            _pad: 0,
-        };
-        add_to(&FUTEX_WAITERS, &waiter, 1, stats::FUTEX_MAPS_FULL);
+    0
+}
+
+/// Runs as the waker: a waiting thread woken by a target thread's futex call.
+#[tracepoint]
+pub fn futex_waking(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = target_thread() else {
+        return 0;
+    };
+    let offset = FUTEX_CONFIG.load().waking_pid_offset as usize;
+    // SAFETY: the offset comes from this kernel's sched_waking format.
+    let Ok(wakee) = (unsafe { ctx.read_at::<u32>(offset) }) else {
+        return 0;
+    };
+    let Some(start) = FUTEX_START.get_ptr(wakee) else {
+        return 0;
+    };
+    // SAFETY: copied out at once.
+    let start = unsafe { *start };
+    if start.ts == 0 || start.tgid != tgid || !in_futex_wake() {
+        return 0;
     }
+    wake(&ctx, tgid, tid, start.uaddr);
     0
 }
 

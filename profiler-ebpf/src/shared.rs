@@ -17,7 +17,7 @@ use profiler_common::{
     unwind::mode,
 };
 
-use crate::{futex::FUTEX_START, unwind};
+use crate::unwind;
 
 /// `EEXIST`; map updates return it negated.
 pub const EEXIST: i32 = 17;
@@ -195,7 +195,7 @@ pub fn user_stack<C: EbpfContext>(ctx: &C, tid: u32, at_entry: bool) -> u64 {
 
 /// A thread's last table walk from each place, by (pc, tid). LRU: threads come and go. Keyed
 /// by tid alone, a thread that waits for a lock and wakes its waiters in turn missed on every
-/// walk (futex_enter cost 1.5 µs a call on the hot-mutex bench).
+/// walk (a futex wait's walk cost 1.5 µs on the hot-mutex bench).
 #[map]
 static STACK_CACHE: LruHashMap<WalkKey, WalkCache> = LruHashMap::with_max_entries(16384, 0);
 
@@ -279,12 +279,13 @@ fn mix(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
-/// The stacks of the last target thread to leave this CPU, so `offcpu` and `why`, both on
-/// `sched_switch`, walk them once per switch.
+/// The stacks of the last target thread to leave this CPU, so `futex`, `offcpu` and `why`, all
+/// on `sched_switch`, walk them once per switch.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SwitchWalk {
     tid: u32,
+    /// [`KERNEL_NOT_WALKED`] while only the user stack was asked for.
     kernel: i32,
     /// When the walk ended.
     at: u64,
@@ -298,51 +299,62 @@ static SWITCH_WALK: PerCpuArray<SwitchWalk> = PerCpuArray::with_max_entries(1, 0
 /// CPU, come back and leave again in it.
 const SAME_SWITCH_NS: u64 = 1000;
 
+/// Not a stack id nor an error `get_stackid` returns.
+const KERNEL_NOT_WALKED: i32 = i32::MIN;
+
+/// This switch's walk record for `tid`, if one was made already.
+#[inline(always)]
+fn this_switch(tid: u32) -> Option<&'static mut SwitchWalk> {
+    let memo = SWITCH_WALK.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; programs do not nest on one CPU.
+    let memo = unsafe { &mut *memo };
+    (memo.tid == tid && now_ns().saturating_sub(memo.at) < SAME_SWITCH_NS).then_some(memo)
+}
+
+/// Records this switch's walk for `tid`.
+#[inline(always)]
+fn remember_switch(tid: u32, user: u64, kernel: i32) {
+    if let Some(memo) = SWITCH_WALK.get_ptr_mut(0) {
+        // SAFETY: as in `this_switch`.
+        unsafe {
+            *memo = SwitchWalk {
+                tid,
+                kernel,
+                at: now_ns(),
+                user,
+            }
+        };
+    }
+}
+
 /// The user and kernel stacks of target thread `tid` leaving the CPU, walked once per switch
-/// however many programs ask. A thread blocking inside a futex wait shares the walk with the
-/// `futex` family: the wait's stack is reused if walked already, else recorded for its end (the
-/// registers are the same syscall's).
+/// however many programs ask.
 #[inline(always)]
 pub fn switch_stacks<C: EbpfContext + StackIdContext>(ctx: &C, tid: u32) -> (u64, i32) {
-    let wait = FUTEX_START
-        .get_ptr_mut(tid)
-        // SAFETY: this thread's own entry; only its own events write it.
-        .filter(|wait| unsafe { (**wait).ts } != 0);
-    // SAFETY: as above.
-    let known = wait.map_or(NO_USER_STACK, |wait| unsafe { (*wait).user_stack });
-    let (user, kernel) = walk_switch(ctx, tid, known);
-    if let Some(wait) = wait {
-        // SAFETY: as above.
-        unsafe { (*wait).user_stack = user };
+    let memo = this_switch(tid);
+    if let Some(memo) = &memo
+        && memo.kernel != KERNEL_NOT_WALKED
+    {
+        return (memo.user, memo.kernel);
     }
+    let user = match memo {
+        Some(memo) => memo.user,
+        None => user_stack(ctx, tid, false),
+    };
+    let kernel = kernel_stack(ctx, false);
+    remember_switch(tid, user, kernel);
     (user, kernel)
 }
 
-/// [`switch_stacks`] once per switch: `known_user` is a user stack walked already for this
-/// block, or `NO_USER_STACK`.
+/// The user stack of target thread `tid` leaving the CPU, shared with [`switch_stacks`].
 #[inline(always)]
-fn walk_switch<C: EbpfContext + StackIdContext>(ctx: &C, tid: u32, known_user: u64) -> (u64, i32) {
-    let Some(memo) = SWITCH_WALK.get_ptr_mut(0) else {
-        return (user_stack(ctx, tid, false), kernel_stack(ctx, false));
-    };
-    // SAFETY: this CPU's slot; programs do not nest on one CPU.
-    let memo = unsafe { &mut *memo };
-    if memo.tid == tid && now_ns().saturating_sub(memo.at) < SAME_SWITCH_NS {
-        return (memo.user, memo.kernel);
+pub fn switch_user_stack<C: EbpfContext>(ctx: &C, tid: u32) -> u64 {
+    if let Some(memo) = this_switch(tid) {
+        return memo.user;
     }
-    let user = if known_user != NO_USER_STACK {
-        known_user
-    } else {
-        user_stack(ctx, tid, false)
-    };
-    let kernel = kernel_stack(ctx, false);
-    *memo = SwitchWalk {
-        tid,
-        kernel,
-        at: now_ns(),
-        user,
-    };
-    (user, kernel)
+    let user = user_stack(ctx, tid, false);
+    remember_switch(tid, user, KERNEL_NOT_WALKED);
+    user
 }
 
 /// Monotonic nanoseconds.

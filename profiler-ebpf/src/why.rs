@@ -12,16 +12,16 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use profiler_common::{
-    futex::op,
+    sched::stays_runnable,
     stats,
     why::{
         BlockWait, Done, LockWait, RECORDS_BYTES, ReqRecord, ReqState, SAMPLES, Stack, ThreadReq,
-        WORK, WhyConfig, category, current_category, state, stays_runnable,
+        WORK, WhyConfig, category, current_category, state,
     },
 };
 
 use crate::{
-    futex::FUTEX_START,
+    futex::blocking_futex,
     shared::{count, kernel_stack, now_ns, switch_stacks, target_thread, user_stack},
 };
 
@@ -30,9 +30,6 @@ static WHY_CONFIG: Global<WhyConfig> = Global::new(WhyConfig {
     prev_state_offset: 0,
     next_pid_offset: 0,
     waking_pid_offset: 0,
-    futex_uaddr_offset: 0,
-    futex_op_offset: 0,
-    _pad: 0,
 });
 
 /// Every target thread seen switching out, so a wakeup can tell one of the target's threads
@@ -341,22 +338,6 @@ pub fn sample(tid: u32, user: u64, kernel: i32) {
     req.samples += 1;
 }
 
-/// The futex thread `tid` waits on, 0 when none: noted by this family's own futex programs,
-/// or, when the `futex` family runs (and those are not attached: two programs on every futex
-/// call cost a quarter of the futex side in `--all`), read from its per-thread wait state.
-#[inline(always)]
-fn futex_of(thread: &ThreadReq, tid: u32) -> u64 {
-    if thread.futex != 0 {
-        return thread.futex;
-    }
-    FUTEX_START
-        .get_ptr(tid)
-        // SAFETY: copied out at once.
-        .map(|wait| unsafe { *wait })
-        .filter(|wait| wait.ts != 0)
-        .map_or(0, |wait| wait.uaddr)
-}
-
 #[inline(always)]
 fn field<T: Copy>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     // SAFETY: offsets come from this kernel's tracefs formats.
@@ -390,7 +371,8 @@ pub fn why_switch(ctx: TracePointContext) -> u32 {
                 thread.waker = Stack::default();
                 // Until a wakeup measures a wait, the first block's place stands for them:
                 // a carrier can still be blocked when the reply goes out.
-                let futex = futex_of(thread, tid);
+                let futex = blocking_futex().unwrap_or(0);
+                thread.futex = futex;
                 if futex != 0 {
                     if req.lock.futex == 0 {
                         req.lock.futex = futex;
@@ -460,7 +442,7 @@ pub fn why_waking(ctx: TracePointContext) -> u32 {
             if waited > req.lock.ns {
                 req.lock = LockWait {
                     ns: waited,
-                    futex: futex_of(wakee, pid),
+                    futex: wakee.futex,
                     waiter: wakee.blocked_at,
                     holder: wakee.waker,
                 };
@@ -508,44 +490,6 @@ pub fn why_idle(_ctx: TracePointContext) -> u32 {
         if thread.req != 0 {
             leave(thread, now_ns());
         }
-    }
-    0
-}
-
-#[tracepoint]
-pub fn why_futex_enter(ctx: TracePointContext) -> u32 {
-    let Some((_, tid)) = target_thread() else {
-        return 0;
-    };
-    let Some(t) = WHY_THREADS.get_ptr_mut(tid) else {
-        return 0;
-    };
-    // SAFETY: this thread's own entry.
-    let thread = unsafe { &mut *t };
-    if thread.req == 0 {
-        return 0;
-    }
-    let config = WHY_CONFIG.load();
-    let (Some(uaddr), Some(op)) = (
-        field::<u64>(&ctx, config.futex_uaddr_offset),
-        field::<u64>(&ctx, config.futex_op_offset),
-    ) else {
-        return 0;
-    };
-    if op::is_wait(op as u32 & op::CMD_MASK) {
-        thread.futex = uaddr;
-    }
-    0
-}
-
-#[tracepoint]
-pub fn why_futex_exit(_ctx: TracePointContext) -> u32 {
-    let Some((_, tid)) = target_thread() else {
-        return 0;
-    };
-    if let Some(t) = WHY_THREADS.get_ptr_mut(tid) {
-        // SAFETY: this thread's own entry.
-        unsafe { (*t).futex = 0 };
     }
     0
 }

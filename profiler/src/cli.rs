@@ -330,10 +330,7 @@ impl AttachArgs {
                 ..memory::Config::default()
             }),
             sock: sock.then_some(sock::Config {}),
-            why: why.then_some(why::Config {
-                tail: self.tail,
-                futex_traced: false,
-            }),
+            why: why.then_some(why::Config { tail: self.tail }),
             interval: self.interval,
             unwind: self.unwind.into(),
             verbose,

@@ -70,9 +70,7 @@ impl AttachOptions {
         }
         // After `sock`: it reads the port table `sock` fills.
         if let Some(config) = &self.why {
-            let mut config = config.clone();
-            config.futex_traced = self.futex.is_some();
-            families.push(Box::new(Why::new(config)));
+            families.push(Box::new(Why::new(config.clone())));
         }
         families
     }

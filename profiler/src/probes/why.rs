@@ -37,9 +37,6 @@ const MAX_KEPT: usize = 1_000_000;
 pub struct Config {
     /// Which requests are the tail.
     pub tail: Tail,
-    /// The `futex` family runs too: its per-thread wait state tells which lock a thread waits
-    /// on, and this family's own futex programs stay unattached.
-    pub futex_traced: bool,
 }
 
 fn offset(category: &str, event: &str, field: &str, size: u32) -> Result<u32, ProbeError> {
@@ -54,9 +51,6 @@ pub fn kernel_config() -> Result<WhyConfig, ProbeError> {
         prev_state_offset: offset("sched", "sched_switch", "prev_state", 8)?,
         next_pid_offset: offset("sched", "sched_switch", "next_pid", 4)?,
         waking_pid_offset: offset("sched", "sched_waking", "pid", 4)?,
-        futex_uaddr_offset: offset("syscalls", "sys_enter_futex", "uaddr", 8)?,
-        futex_op_offset: offset("syscalls", "sys_enter_futex", "op", 8)?,
-        _pad: 0,
     })
 }
 
@@ -189,21 +183,10 @@ impl Family for Why {
     }
 
     fn attach(&mut self, ebpf: &mut Ebpf, _: &Setup<'_>) -> Result<(), ProbeError> {
-        let futex: &[_] = if self.config.futex_traced {
-            &[]
-        } else {
-            &[
-                (why::FUTEX_EXIT_PROGRAM, "syscalls", "sys_exit_futex"),
-                (why::FUTEX_ENTER_PROGRAM, "syscalls", "sys_enter_futex"),
-            ]
-        };
         for (program, category, event) in [
             (why::SWITCH_PROGRAM, "sched", "sched_switch"),
             (why::WAKING_PROGRAM, "sched", "sched_waking"),
-        ]
-        .iter()
-        .chain(futex)
-        {
+        ] {
             attach_tracepoint(ebpf, PROBE, program, category, event)?;
         }
         let idle: &mut aya::programs::TracePoint =

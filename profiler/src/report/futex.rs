@@ -58,10 +58,6 @@ pub struct LockReport {
     /// The lock's holders as the stacks that released it to a waiter, longest held while
     /// others waited first.
     pub top_wakers: Vec<LockStack>,
-    /// Wakes while nobody waited (glibc wakes on every unlock of a lock once contended):
-    /// counted, their stacks not walked.
-    #[serde(default)]
-    pub idle_wakes: u64,
 }
 
 fn unknown_class() -> String {
@@ -156,13 +152,6 @@ pub fn render(reports: &[LockReport], n: usize) -> String {
                 leaf_frames(&stack.frames, 6)
             );
         }
-        if lock.idle_wakes > 0 {
-            let _ = writeln!(
-                out,
-                "     ({} wakes while nobody waited, not walked)",
-                lock.idle_wakes
-            );
-        }
         out.push('\n');
     }
     out
@@ -254,7 +243,6 @@ mod tests {
                 held_us: 0.0,
             }],
             top_wakers: vec![],
-            idle_wakes: 0,
         }
     }
 
@@ -344,12 +332,7 @@ mod tests {
             f.what
         );
         assert_eq!(f.subject, "lock SHARE_LOG");
-        lock.idle_wakes = 7;
         let text = render(&[lock.clone()], 1);
-        assert!(
-            text.contains("(7 wakes while nobody waited, not walked)"),
-            "{text}"
-        );
         assert!(
             text.contains("held   1350.0 ms while others waited,       90 wakes  stall_thread;stall_loop;pthread_mutex_unlock"),
             "{text}"

@@ -1,23 +1,24 @@
-//! `futex`: lock contention. The futex syscalls' tracepoints time every wait-type operation of
-//! the target's threads per (lock address, waiter stack), and count wakes per (lock address,
-//! waker stack). futex(2) covers glibc (WAIT|PRIVATE) and Rust's std (WAIT_BITSET|PRIVATE);
-//! the newer futex_wait/futex_waitv/futex_wake syscalls are traced where the kernel has them.
+//! `futex`: lock contention. Every futex wait a target thread sleeps in is timed per (lock
+//! address, waiter stack), and the wakes that end them are counted per (lock address, waker
+//! stack), from the scheduler's tracepoints and the sleeper's syscall registers (see
+//! `profiler_common::futex`). futex(2) covers glibc (WAIT|PRIVATE) and Rust's std
+//! (WAIT_BITSET|PRIVATE); the newer futex_wait/futex_waitv/futex_wake calls are read too.
 
 pub mod namer;
 
 use std::{collections::HashMap, io::Write as _};
 
-use aya::{Ebpf, maps::HashMap as BpfHashMap, programs::TracePoint};
+use aya::{Ebpf, maps::HashMap as BpfHashMap};
 use profiler_common::{
     futex::{
-        self, FutexConfig, FutexKey, FutexWait, FutexWaiter, FutexWake, IDLE_WAKE_STACK,
-        MIN_WALKED_WAIT_NS, SHORT_HOLD_STACK, SHORT_WAIT_STACK,
+        self, FutexConfig, FutexKey, FutexWait, FutexWaiter, FutexWake, MIN_WALKED_HOLD_NS,
+        SHORT_HOLD_STACK,
     },
     stats,
 };
 
 use self::namer::LockNamer;
-use super::{Counters, Drain, Family, Finish, ProbeError, Setup, map, program_mut};
+use super::{Counters, Drain, Family, Finish, ProbeError, Setup, map};
 use crate::{
     ebpf::LoadConfig,
     report::{
@@ -30,7 +31,7 @@ use crate::{
         profile::WeightedStack,
     },
     stacks::StackTable,
-    tracefs::{self, Format},
+    tracefs::Format,
 };
 
 const PROBE: &str = "futex";
@@ -49,83 +50,28 @@ pub struct FutexData {
     pub waiters: Vec<(FutexWaiter, u64)>,
 }
 
-fn offset(event: &str, field: &str) -> Result<u32, ProbeError> {
-    let format = Format::load("syscalls", event).map_err(|e| super::tracefs_error(PROBE, &e))?;
+fn offset(event: &str, field: &str, size: u32) -> Result<u32, ProbeError> {
+    let format = Format::load("sched", event).map_err(|e| super::tracefs_error(PROBE, &e))?;
     format
-        .offset("syscalls", event, field, 8)
+        .offset("sched", event, field, size)
         .map_err(|e| super::tracefs_error(PROBE, &e))
-}
-
-/// The newer syscalls' layouts where present; 0 (unused) where not.
-fn optional_offset(event: &str, field: &str) -> Result<u32, ProbeError> {
-    if tracefs::exists("syscalls", event) {
-        offset(event, field)
-    } else {
-        Ok(0)
-    }
 }
 
 pub fn kernel_config(_config: &Config) -> Result<FutexConfig, ProbeError> {
     Ok(FutexConfig {
-        futex_uaddr_offset: offset("sys_enter_futex", "uaddr")?,
-        futex_op_offset: offset("sys_enter_futex", "op")?,
-        wait_uaddr_offset: optional_offset("sys_enter_futex_wait", "uaddr")?,
-        wake_uaddr_offset: optional_offset("sys_enter_futex_wake", "uaddr")?,
-        waitv_waiters_offset: optional_offset("sys_enter_futex_waitv", "waiters")?,
+        prev_state_offset: offset("sched_switch", "prev_state", 8)?,
+        next_pid_offset: offset("sched_switch", "next_pid", 4)?,
+        waking_pid_offset: offset("sched_waking", "pid", 4)?,
         _pad: 0,
     })
 }
 
-/// Loads `program` and attaches it to each of `events` the kernel has; the first is required.
-fn attach_to(ebpf: &mut Ebpf, program: &'static str, events: &[&str]) -> Result<(), ProbeError> {
-    let present: Vec<&str> = events
-        .iter()
-        .enumerate()
-        .filter(|(i, e)| *i == 0 || tracefs::exists("syscalls", e))
-        .map(|(_, e)| *e)
-        .collect();
-    if present.is_empty() {
-        return Ok(());
-    }
-    let prog: &mut TracePoint = program_mut(ebpf, PROBE, program)?;
-    prog.load().map_err(|source| ProbeError::Load {
-        probe: PROBE,
-        program,
-        source: Box::new(source),
-    })?;
-    for event in present {
-        prog.attach("syscalls", event)
-            .map_err(|source| ProbeError::Attach {
-                probe: PROBE,
-                program,
-                target: format!("syscalls:{event}"),
-                source: Box::new(source),
-            })?;
-    }
-    Ok(())
-}
-
 pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
-    // Exits first: a wait that began once the entry was attached must be seen ending, or its
-    // lock would count a waiter for ever (an exit with no wait begun is ignored).
-    attach_to(
-        ebpf,
-        futex::EXIT_PROGRAM,
-        &[
-            "sys_exit_futex",
-            "sys_exit_futex_wait",
-            "sys_exit_futex_waitv",
-        ],
-    )?;
-    attach_to(ebpf, futex::ENTER_PROGRAM, &["sys_enter_futex"])?;
     for (program, event) in [
-        (futex::WAIT_ENTER_PROGRAM, "sys_enter_futex_wait"),
-        (futex::WAITV_ENTER_PROGRAM, "sys_enter_futex_waitv"),
-        (futex::WAKE_ENTER_PROGRAM, "sys_enter_futex_wake"),
+        (futex::SWITCH_PROGRAM, "sched_switch"),
+        (futex::WAKING_PROGRAM, "sched_waking"),
     ] {
-        if tracefs::exists("syscalls", event) {
-            attach_to(ebpf, program, &[event])?;
-        }
+        super::attach_tracepoint(ebpf, PROBE, program, "sched", event)?;
     }
     Ok(())
 }
@@ -153,13 +99,13 @@ pub fn read(ebpf: &Ebpf) -> Result<FutexData, ProbeError> {
     })
 }
 
-/// A waiter's or holder's stack; waits and holds too short to walk are one pseudo-frame
-/// saying so.
+/// A waiter's or holder's stack; holds too short to walk are one pseudo-frame saying so.
 fn frames(stacks: &StackTable, hash: u64) -> Vec<String> {
-    let us = MIN_WALKED_WAIT_NS / 1000;
     match hash {
-        SHORT_WAIT_STACK => vec![format!("{UNWALKED}waits under {us} us]")],
-        SHORT_HOLD_STACK => vec![format!("{UNWALKED}holds under {us} us]")],
+        SHORT_HOLD_STACK => vec![format!(
+            "{UNWALKED}holds under {} us]",
+            MIN_WALKED_HOLD_NS / 1000
+        )],
         _ => stacks.user_frames(hash),
     }
 }
@@ -195,12 +141,7 @@ pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -
         *waiters.entry(waiter.uaddr).or_default() += 1;
     }
     let mut wakers: HashMap<u64, Vec<(u64, FutexWake)>> = HashMap::new();
-    let mut idle_wakes: HashMap<u64, u64> = HashMap::new();
     for (key, wake) in &data.wakes {
-        if key.user_stack == IDLE_WAKE_STACK {
-            *idle_wakes.entry(key.uaddr).or_default() += wake.wakes;
-            continue;
-        }
         wakers
             .entry(key.uaddr)
             .or_default()
@@ -226,11 +167,10 @@ pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -
                     held_us: 0.0,
                 })
                 .collect();
-            // The heaviest walked stack decides.
+            // The heaviest stack decides.
             let class = acc
                 .waiter_stacks
-                .iter()
-                .find(|s| s.0 != SHORT_WAIT_STACK)
+                .first()
                 .map_or("unknown", |s| classify(&stacks.user_frames(s.0)));
             LockReport {
                 address: format!("{uaddr:#x}"),
@@ -260,7 +200,6 @@ pub fn build(data: &FutexData, stacks: &StackTable, namer: &mut LockNamer<'_>) -
                         held_us: us(wake.held_ns),
                     })
                     .collect(),
-                idle_wakes: idle_wakes.get(&uaddr).copied().unwrap_or(0),
             }
         })
         .collect();
