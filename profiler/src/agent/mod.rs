@@ -455,39 +455,85 @@ fn all_pids() -> impl Iterator<Item = u32> {
 
 /// Writes a snapshot per family every interval under `dir`, and removes the oldest once all
 /// of them together pass `max_bytes`.
+///
+/// Each drain's stacks are merged here as they come (same target, thread and frames: one
+/// entry), so what is held until the next snapshot is bounded by the distinct stacks, not by
+/// `--interval`: keeping the drain windows for a whole interval grew with it (an hour's
+/// interval held 3600 windows of every stack seen in each).
 struct Rotation {
     dir: PathBuf,
     max_bytes: u64,
     last: Instant,
-    /// The end of the last window written.
-    covered: Instant,
+    /// Since the last snapshot, per profile: weight by (pid, comm, thread, frames).
+    pending: HashMap<ProfileKind, HashMap<StackId, u64>>,
+    /// When the pending stacks begin.
+    from: Instant,
     started: jiff::Timestamp,
 }
+
+/// A stack's identity across drains: its target, thread and frames.
+type StackId = (u32, String, String, Vec<String>);
 
 /// Snapshot files are named `<family>-<UTC time>.pb.gz`, which sort oldest first.
 const SNAPSHOT_SUFFIX: &str = ".pb.gz";
 
 impl Rotation {
+    fn new(dir: PathBuf, max_bytes: u64) -> Self {
+        Self {
+            dir,
+            max_bytes,
+            last: Instant::now(),
+            pending: HashMap::new(),
+            from: Instant::now(),
+            started: jiff::Timestamp::now(),
+        }
+    }
+
+    /// Merges one drain's stacks into the next snapshot.
+    fn add(&mut self, window: &Window) {
+        for (kind, stacks) in &window.stacks {
+            let pending = self.pending.entry(*kind).or_default();
+            for s in stacks {
+                let id = (
+                    s.pid,
+                    s.comm.clone(),
+                    s.stack.thread.clone(),
+                    s.stack.frames.clone(),
+                );
+                *pending.entry(id).or_default() += s.stack.weight;
+            }
+        }
+    }
+
     fn write(&mut self, shared: &Shared) {
-        // Each snapshot starts where the last one's windows ended: none is counted twice.
-        let since = self.covered;
-        self.last = Instant::now();
-        let now = jiff::Timestamp::now();
-        let stamp = now.strftime("%Y%m%dT%H%M%SZ").to_string();
+        let now = Instant::now();
+        let duration = now.saturating_duration_since(self.from);
+        self.from = now;
+        self.last = now;
+        let mut pending = std::mem::take(&mut self.pending);
+        let wall = jiff::Timestamp::now();
+        let stamp = wall.strftime("%Y%m%dT%H%M%SZ").to_string();
         for kind in ProfileKind::ALL {
             if !shared.families.contains(kind.family()) {
                 continue;
             }
-            let span = shared.stacks_since(kind, since);
-            if let Some(to) = span.to {
-                self.covered = self.covered.max(to);
-            }
-            let profile = shared.profile(
-                kind,
-                &span.stacks,
-                self.started.max(now - span.duration()),
-                span.duration(),
-            );
+            let stacks: Vec<TargetStack> = pending
+                .remove(&kind)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|((pid, comm, thread, frames), weight)| TargetStack {
+                    pid,
+                    comm,
+                    stack: WeightedStack {
+                        thread,
+                        tid: 0,
+                        frames,
+                        weight,
+                    },
+                })
+                .collect();
+            let profile =
+                shared.profile(kind, &stacks, self.started.max(wall - duration), duration);
             let path = self
                 .dir
                 .join(format!("{}-{stamp}{SNAPSHOT_SUFFIX}", kind.stem()));
@@ -574,13 +620,7 @@ impl Agent {
                     path: dir.clone(),
                     source,
                 })?;
-                Some(Rotation {
-                    dir: dir.clone(),
-                    max_bytes: opts.output_max_bytes,
-                    last: Instant::now(),
-                    covered: Instant::now(),
-                    started: jiff::Timestamp::now(),
-                })
+                Some(Rotation::new(dir.clone(), opts.output_max_bytes))
             }
             None => None,
         };
@@ -722,9 +762,14 @@ impl Agent {
         window.from = Some(self.window_start);
         window.at = Some(now);
         self.window_start = now;
+        if let Some(rotation) = &mut self.rotation {
+            rotation.add(&window);
+        }
         if let Ok(mut windows) = self.shared.windows.lock() {
             windows.push_back(window);
-            let retain = RETAIN.max(self.opts.interval) + DRAIN_EVERY;
+            // The endpoints' longest span, whatever --interval is (the snapshots merge their
+            // own, above).
+            let retain = RETAIN + DRAIN_EVERY;
             while windows
                 .front()
                 .and_then(|w| w.at)

@@ -357,9 +357,13 @@ pub(crate) fn already_gone(err: &MapError) -> bool {
     }
 }
 
-/// Reads every entry of a hash map and deletes what it read. An update the kernel makes
-/// between the read and the delete is lost (one interval's increment of one key, counted
-/// nowhere); the alternative, never deleting, lets the map fill and drop new keys for good.
+/// Moves every entry of a hash map out of it: the keys are listed, then each is taken with
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which copies the value and unlinks the entry under the
+/// bucket's lock, so an update the kernel makes after the copy lands in a new entry, read at
+/// the next drain. (Reading the whole map and then deleting lost every update made between
+/// the two, one interval's increment of each key.) What is still lost: an add by a program
+/// that found the entry just before the copy and writes just after it, a window of a few
+/// instructions. Keys inserted after the listing stay for the next drain.
 pub(crate) fn take_all<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     probe: &'static str,
@@ -370,15 +374,72 @@ pub(crate) fn take_all<K: aya::Pod, V: aya::Pod>(
         map: name,
         source: Box::new(source),
     };
-    let mut table: aya::maps::HashMap<_, K, V> = map_mut(ebpf, probe, name)?;
-    let entries = table.iter().collect::<Result<Vec<_>, _>>().map_err(fail)?;
-    for (key, _) in &entries {
-        match table.remove(key) {
-            Err(err) if !already_gone(&err) => return Err(fail(err)),
-            _ => {}
+    let table: aya::maps::HashMap<_, K, V> = map(ebpf, probe, name)?;
+    let keys = table.keys().collect::<Result<Vec<K>, _>>().map_err(fail)?;
+    let Some(aya::maps::Map::HashMap(data)) = ebpf.map(name) else {
+        return Err(fail(MapError::InvalidName { name: name.into() }));
+    };
+    let fd = std::os::fd::AsFd::as_fd(data.fd());
+    let mut entries = Vec::with_capacity(keys.len());
+    for key in keys {
+        match lookup_and_delete::<K, V>(fd, &key) {
+            Ok(Some(value)) => entries.push((key, value)),
+            Ok(None) => {}
+            Err(io_error) => {
+                return Err(fail(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_and_delete_elem",
+                    io_error,
+                })));
+            }
         }
     }
     Ok(entries)
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on one key of a hash map (Linux 5.14+), which aya 0.14
+/// exposes only for queues and stacks. `None`: the key went meanwhile.
+fn lookup_and_delete<K: aya::Pod, V: aya::Pod>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    key: &K,
+) -> std::io::Result<Option<V>> {
+    use std::os::fd::AsRawFd as _;
+    /// `union bpf_attr`'s map-element member: map_fd, key, value, flags.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at a key and a value buffer of the map's sizes (the typed view
+    // checked them), both live across the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            std::ptr::from_ref(&attr),
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if ret == 0 {
+        // SAFETY: the kernel wrote the whole value; any bit pattern is a valid Pod.
+        return Ok(Some(unsafe { value.assume_init() }));
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOENT) => Ok(None),
+        _ => Err(err),
+    }
 }
 
 /// Sets a family's one-slot `ARMED` array: its programs account only while it is 1, so they
