@@ -214,9 +214,14 @@ fn end_run(r: &mut Release) {
         tgid: r.tgid as u32,
         _pad: 0,
     };
-    if let Some(entry) = MEMORY_GROWTH.get_ptr_mut(key) {
+    // Created when missing: the agent drains this map every second, and the release of
+    // pages grown before the drain belongs in the next one as a negative figure.
+    match growth_entry(&key) {
         // SAFETY: a live map value; two's complement adds subtract.
-        unsafe { atomic_add((&raw mut (*entry).held_pages).cast(), pages.wrapping_neg()) };
+        Some(entry) => unsafe {
+            atomic_add((&raw mut (*entry).held_pages).cast(), pages.wrapping_neg())
+        },
+        None => count(stats::MEMORY_STACKS_FULL),
     }
     count_by(stats::MEMORY_RELEASED, pages);
     r.run_owner = 0;

@@ -572,3 +572,107 @@ fn follows_a_cgroup_and_writes_snapshots() {
     let top = go_pprof(&["-top"], last);
     assert!(top.contains("hot_leaf"), "{top}");
 }
+
+const ALLOC_PATTERNS: CBuild<'static> = CBuild {
+    source: "alloc_patterns",
+    output: "alloc_patterns-fp",
+    cflags: ALLOC_FLAGS,
+    libs: &[],
+};
+
+/// The value of the first `/metrics` line that starts with `prefix`.
+fn metric(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Bytes of `profile`'s second value (in-use bytes) over samples whose stack passes through
+/// `function`.
+fn bytes_through(profile: &profiler::report::pprof::Profile, function: &str) -> i64 {
+    let name_of = |location: u64| -> Option<&str> {
+        let loc = profile.location.iter().find(|l| l.id == location)?;
+        let func = profile
+            .function
+            .iter()
+            .find(|f| Some(f.id) == loc.line.first().map(|l| l.function_id))?;
+        profile
+            .string_table
+            .get(func.name as usize)
+            .map(String::as_str)
+    };
+    profile
+        .sample
+        .iter()
+        .filter(|s| {
+            s.location_id
+                .iter()
+                .any(|&l| name_of(l).is_some_and(|n| n.starts_with(function)))
+        })
+        .map(|s| s.value[1])
+        .sum()
+}
+
+/// The fixture leaks 64 bytes per iteration in `leaky_path` and frees everything else
+/// (`balanced_path`, the blocks its consumer thread frees), then stays alive: the agent's
+/// `/debug/pprof/allocs` names `leaky_path` with exactly the leaked bytes (1% tolerance: every
+/// call is seen, none is sampled), `go tool pprof` reads it, and `profiler_live_bytes` and
+/// `profiler_live_allocations` agree with the profile and hold the leak.
+#[test]
+fn allocs_endpoint_and_live_bytes_match_a_known_leak() {
+    require_root!();
+    const ITERATIONS: i64 = 5000;
+    let mut fixture = start_fixture(&ALLOC_PATTERNS, &[&ITERATIONS.to_string(), "1", "60"]);
+    let pid = fixture.pid().to_string();
+    let agent = Agent::start(&["--pid", &pid, "--alloc"]);
+    let series = format!("profiler_live_bytes{{pid=\"{pid}\"");
+    agent.wait_for_series(&series, Duration::from_secs(20));
+    fixture.signal(libc::SIGUSR1).unwrap();
+    fixture
+        .wait_for_line("done", Duration::from_secs(30))
+        .expect("the fixture finishes its iterations");
+    // Two drains after the last allocation.
+    std::thread::sleep(DRAIN_WAIT);
+    let (status, body) = agent.get("/debug/pprof/allocs");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let metrics = agent.metrics();
+    agent.stop();
+    drop(fixture);
+    let profile = profiler::report::pprof::read(&body).expect("a pprof");
+    let leaked = ITERATIONS * 64;
+    let found = bytes_through(&profile, "leaky_path");
+    eprintln!("leaky_path {found} of {leaked} bytes leaked");
+    assert!(
+        (found - leaked).abs() * 100 <= leaked,
+        "leaky_path holds {found} bytes, the fixture leaked {leaked}"
+    );
+    for freed in ["balanced_path", "aligned_path", "produce_block"] {
+        assert_eq!(
+            bytes_through(&profile, freed),
+            0,
+            "{freed} freed all it allocated"
+        );
+    }
+    let total: i64 = profile.sample.iter().map(|s| s.value[1]).sum();
+    let blocks: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
+    let live = metric(&metrics, &series).expect("live bytes");
+    let live_blocks = metric(
+        &metrics,
+        &format!("profiler_live_allocations{{pid=\"{pid}\""),
+    )
+    .expect("live allocations");
+    // The metric and the profile come from the same drain.
+    assert_eq!(live as i64, total, "{metrics}");
+    assert_eq!(live_blocks as i64, blocks, "{metrics}");
+    assert!(blocks >= ITERATIONS, "{blocks} live blocks");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("allocs.pb.gz");
+    std::fs::write(&file, &body).unwrap();
+    let top = go_pprof(&["-top", "-sample_index=inuse_space"], &file);
+    assert!(top.contains("leaky_path"), "{top}");
+}
+
+/// Two drains (one a second) and some slack for a busy machine.
+const DRAIN_WAIT: Duration = Duration::from_millis(2500);

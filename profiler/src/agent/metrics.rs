@@ -79,6 +79,14 @@ pub struct TargetMetrics {
     /// Kernel-side drop counters by name, cumulative.
     pub dropped: BTreeMap<String, u64>,
     pub rss_bytes: Option<u64>,
+    /// `alloc`: live bytes and blocks now; allocations and bytes since attach.
+    pub live_bytes: Option<i64>,
+    pub live_allocations: Option<i64>,
+    pub allocations: Option<u64>,
+    pub allocated_bytes: Option<u64>,
+    /// `memory`: bytes first touched since attach; of all touched since attach, those held.
+    pub grown_bytes: Option<u64>,
+    pub held_bytes: Option<i64>,
 }
 
 impl TargetMetrics {
@@ -328,6 +336,68 @@ impl Collector for Metrics {
                     })
                 })
                 .collect(),
+        )?;
+        let gauges = |f: &dyn Fn(&TargetMetrics) -> Option<i64>| -> Vec<(Labels, ConstGauge<i64>)> {
+            targets
+                .iter()
+                .filter_map(|t| Some((target_labels(t), ConstGauge::new(f(t)?))))
+                .collect()
+        };
+        let counters =
+            |f: &dyn Fn(&TargetMetrics) -> Option<u64>| -> Vec<(Labels, ConstCounter<u64>)> {
+                targets
+                    .iter()
+                    .filter_map(|t| Some((target_labels(t), ConstCounter::new(f(t)?))))
+                    .collect()
+            };
+        family(
+            &mut encoder,
+            "profiler_live",
+            "Bytes allocated through the target's allocator since the attach and not freed",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+            gauges(&|t| t.live_bytes),
+        )?;
+        family(
+            &mut encoder,
+            "profiler_live_allocations",
+            "Blocks allocated since the attach and not freed",
+            None,
+            MetricType::Gauge,
+            gauges(&|t| t.live_allocations),
+        )?;
+        family(
+            &mut encoder,
+            "profiler_allocations",
+            "Blocks allocated through the target's allocator",
+            None,
+            MetricType::Counter,
+            counters(&|t| t.allocations),
+        )?;
+        family(
+            &mut encoder,
+            "profiler_allocated",
+            "Bytes allocated through the target's allocator",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+            counters(&|t| t.allocated_bytes),
+        )?;
+        family(
+            &mut encoder,
+            "profiler_memory_growth",
+            "Memory the target first touched (page faults on new pages), whether released since \
+             or not",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+            counters(&|t| t.grown_bytes),
+        )?;
+        family(
+            &mut encoder,
+            "profiler_memory_held",
+            "Of the memory the target touched since the attach, what it still holds",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+            gauges(&|t| t.held_bytes),
         )?;
         family(
             &mut encoder,

@@ -27,7 +27,7 @@ use self::metrics::{Bucketer, State, TargetMetrics};
 use crate::{
     options::AttachOptions,
     preflight,
-    probes::{self, Counters, Drain, Drained},
+    probes::{self, Counters, Drain, Drained, LiveStack},
     report::{pprof, profile::WeightedStack},
     session::{self, AttachError, Loaded},
     stacks,
@@ -166,6 +166,36 @@ pub struct Shared {
     pub host: String,
     /// Families the agent runs.
     pub families: BTreeSet<&'static str>,
+    /// Per target, what is live now: replaced at every drain, dropped when the target exits.
+    pub live: Mutex<BTreeMap<u32, TargetLive>>,
+}
+
+/// One target's live figures by stack, as of the last drain.
+#[derive(Debug, Default)]
+pub struct TargetLive {
+    pub comm: String,
+    /// `alloc`: live blocks.
+    pub allocs: Option<Vec<LiveStack>>,
+    /// `memory`: held pages.
+    pub held: Option<Vec<LiveStack>>,
+}
+
+/// Which live profile an endpoint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveKind {
+    /// `/debug/pprof/allocs` (and `heap`): Go's heap profile's in-use values.
+    Allocs,
+    /// `/debug/pprof/memory`: pages held by the stack that first touched them.
+    Held,
+}
+
+impl LiveKind {
+    pub fn family(self) -> &'static str {
+        match self {
+            Self::Allocs => "alloc",
+            Self::Held => "memory",
+        }
+    }
 }
 
 impl Shared {
@@ -245,6 +275,46 @@ impl Shared {
             |i| labels[i].as_slice(),
             start.as_nanosecond() as i64,
             duration.as_nanos() as i64,
+        )
+    }
+}
+
+impl Shared {
+    /// The live profile of `kind` over every target, as of the last drain: a snapshot, as Go's
+    /// `heap` is, each sample labelled with pid, comm and host.
+    pub fn live_profile(&self, kind: LiveKind) -> pprof::Profile {
+        let mut stacks = Vec::new();
+        if let Ok(live) = self.live.lock() {
+            for (&pid, target) in live.iter() {
+                let of = match kind {
+                    LiveKind::Allocs => &target.allocs,
+                    LiveKind::Held => &target.held,
+                };
+                for s in of.iter().flatten() {
+                    stacks.push((pid, target.comm.clone(), s.clone()));
+                }
+            }
+        }
+        let labels: Vec<[(String, String); 3]> = stacks
+            .iter()
+            .map(|(pid, comm, _)| {
+                [
+                    ("pid".to_string(), pid.to_string()),
+                    ("comm".to_string(), comm.clone()),
+                    ("host".to_string(), self.host.clone()),
+                ]
+            })
+            .collect();
+        let live: Vec<LiveStack> = stacks.into_iter().map(|(_, _, s)| s).collect();
+        let kind = match kind {
+            LiveKind::Allocs => &pprof::INUSE,
+            LiveKind::Held => &pprof::HELD,
+        };
+        pprof::live(
+            &live,
+            kind,
+            |i| labels[i].as_slice(),
+            jiff::Timestamp::now().as_nanosecond() as i64,
         )
     }
 }
@@ -607,6 +677,7 @@ impl Agent {
             frequency: opts.attach.cpu.as_ref().map_or(99, |c| c.frequency),
             host,
             families,
+            live: Mutex::new(BTreeMap::new()),
         });
         let server = http::Server::start(opts.listen, shared.clone()).map_err(|source| {
             AgentError::Listen {
@@ -703,6 +774,7 @@ impl Agent {
         let mut window = Window::default();
         let mut gone = Vec::new();
         let mut updates = Vec::new();
+        let mut lives = Vec::new();
         for (&pid, attached) in &mut self.attached {
             let exited = attached.exited();
             let drained = attached.drain();
@@ -747,9 +819,30 @@ impl Agent {
                 }
                 t.dropped = counters.drops();
                 t.rss_bytes = preflight::rss_kb(pid).map(|kb| kb * 1024);
+                if let Some(live) = &drained.live {
+                    t.live_bytes = Some(live.iter().map(|s| s.bytes).sum());
+                    t.live_allocations = Some(live.iter().map(|s| s.count).sum());
+                    *t.allocations.get_or_insert(0) += drained.allocations;
+                    *t.allocated_bytes.get_or_insert(0) += drained.allocated_bytes;
+                }
+                if let Some(held) = &drained.held {
+                    t.held_bytes = Some(held.iter().map(|s| s.bytes).sum());
+                    *t.grown_bytes.get_or_insert(0) += drained.grown_bytes;
+                }
+                if drained.live.is_some() || drained.held.is_some() {
+                    lives.push((pid, t.comm.clone(), drained.live, drained.held));
+                }
             }
             for pid in &gone {
                 state.targets.remove(pid);
+            }
+        }
+        if let Ok(mut live) = self.shared.live.lock() {
+            for (pid, comm, allocs, held) in lives {
+                live.insert(pid, TargetLive { comm, allocs, held });
+            }
+            for pid in &gone {
+                live.remove(pid);
             }
         }
         for pid in gone {

@@ -15,7 +15,9 @@ use profiler_common::{
     stats,
 };
 
-use super::{Counters, Family, Finish, ProbeError, Setup, Tick, attach_tracepoint, map, map_mut};
+use super::{
+    Counters, Drain, Family, Finish, ProbeError, Setup, Tick, attach_tracepoint, map, map_mut,
+};
 use crate::{
     ebpf::LoadConfig,
     report::{
@@ -142,6 +144,8 @@ pub struct Memory {
     page_size: u64,
     /// The target, known from `configure` on.
     pid: u32,
+    /// The agent's running held pages by stack (`drain`).
+    held: super::LiveTable<GrowthKey>,
 }
 
 impl Memory {
@@ -152,6 +156,7 @@ impl Memory {
             samples: Vec::new(),
             page_size: rustix::param::page_size() as u64,
             pid: 0,
+            held: super::LiveTable::default(),
         }
     }
 
@@ -229,6 +234,26 @@ impl Family for Memory {
         if tick.target_alive {
             self.snapshot(tick);
         }
+    }
+
+    fn drain(&mut self, d: &mut Drain<'_>) -> Result<bool, ProbeError> {
+        let deltas: Vec<(GrowthKey, Growth)> = super::take_all(d.ebpf, PROBE, memory::GROWTH_MAP)?;
+        // Mapping calls by stack: the agent serves none of it, but the map must not fill.
+        let changes: Vec<(ChangeKey, Change)> =
+            super::take_all(d.ebpf, PROBE, memory::CHANGES_MAP)?;
+        d.into
+            .user_stacks
+            .extend(changes.iter().map(|(k, _)| k.user_stack));
+        let page = self.page_size as i64;
+        d.into.grown_bytes += deltas.iter().map(|(_, g)| g.pages).sum::<u64>() * self.page_size;
+        let held = self.held.add(
+            d,
+            deltas
+                .iter()
+                .map(|(k, g)| (*k, k.user_stack, g.held_pages * page, g.held_pages)),
+        )?;
+        d.into.held = Some(held);
+        Ok(true)
     }
 
     fn progress(&self, counters: &Counters) -> String {

@@ -102,10 +102,91 @@ pub struct Drained {
     pub lock_waits: Vec<(String, u64)>,
     /// `sock`: per listening port, everything since attach (cumulative).
     pub ports: Vec<crate::report::sock::PortData>,
+    /// `alloc`: live blocks by stack as they stand now (a state, not a delta).
+    pub live: Option<Vec<LiveStack>>,
+    /// `alloc`: blocks and bytes allocated since the last drain.
+    pub allocations: u64,
+    pub allocated_bytes: u64,
+    /// `memory`: pages still held by the stack that first touched them, as they stand now
+    /// (`bytes`, and `count` in pages).
+    pub held: Option<Vec<LiveStack>>,
+    /// `memory`: bytes the target grew by (first touched) since the last drain.
+    pub grown_bytes: u64,
     /// User stacks (by hash) and kernel stacks (by id) the drained entries named: forgotten
     /// once every family has drained, so the stack maps stay bounded too.
     pub user_stacks: Vec<u64>,
     pub kernel_stacks: Vec<i32>,
+}
+
+pub use crate::report::profile::LiveStack;
+
+/// For the agent: a live quantity by stack, kept as the sum of the deltas each drain takes
+/// from a kernel map (`take_all`), which the kernel side recreates with negative figures when
+/// a release follows a drain. Stacks with nothing live left are dropped with their names, so
+/// this is bounded by the live stacks, not by how long the agent runs.
+pub(crate) struct LiveTable<K> {
+    /// By key: its user stack's hash, bytes, count.
+    sums: std::collections::HashMap<K, (u64, i64, i64)>,
+    /// Named frames by user stack hash, kept while live: the kernel's stack map forgets them
+    /// at each drain.
+    names: std::collections::HashMap<u64, Vec<String>>,
+}
+
+impl<K> Default for LiveTable<K> {
+    fn default() -> Self {
+        Self {
+            sums: std::collections::HashMap::new(),
+            names: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash> LiveTable<K> {
+    /// Adds one drain's deltas `(key, user stack hash, bytes, count)` and returns the live
+    /// stacks now.
+    pub fn add(
+        &mut self,
+        d: &mut Drain<'_>,
+        deltas: impl IntoIterator<Item = (K, u64, i64, i64)>,
+    ) -> Result<Vec<LiveStack>, ProbeError> {
+        for (key, hash, bytes, count) in deltas {
+            let sum = self.sums.entry(key).or_insert((hash, 0, 0));
+            sum.1 += bytes;
+            sum.2 += count;
+            d.into.user_stacks.push(hash);
+        }
+        // A count at or below zero has nothing live (below: a release whose block was
+        // counted before the attach, or an add lost to the drain's race).
+        self.sums.retain(|_, (_, _, count)| *count > 0);
+        let live: std::collections::HashSet<u64> = self.sums.values().map(|v| v.0).collect();
+        self.names.retain(|hash, _| live.contains(hash));
+        let unnamed: Vec<u64> = live
+            .iter()
+            .copied()
+            .filter(|hash| !self.names.contains_key(hash))
+            .collect();
+        if !unnamed.is_empty() {
+            let table = crate::stacks::StackTable::load(
+                d.ebpf,
+                unnamed.iter().copied(),
+                std::iter::empty(),
+                d.maps,
+                d.symbolizer,
+            )?;
+            for hash in unnamed {
+                self.names.insert(hash, table.user_frames(hash));
+            }
+        }
+        Ok(self
+            .sums
+            .values()
+            .map(|&(hash, bytes, count)| LiveStack {
+                frames: self.names.get(&hash).cloned().unwrap_or_default(),
+                bytes,
+                count,
+            })
+            .collect())
+    }
 }
 
 /// What a family may read before and while attaching.
