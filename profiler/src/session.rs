@@ -106,6 +106,9 @@ pub fn load(
     unwind: crate::unwind::UnwindMode,
     verbose: bool,
 ) -> Result<Loaded, AttachError> {
+    // Where an attach spends its time (`-v`): the agent re-attaches a restarted target
+    // through here, and its delay is this sum.
+    let mut phases = Phases::new();
     let maps = ProcessMaps::snapshot(pid).map_err(|source| AttachError::Maps { pid, source })?;
     let setup = Setup { pid, maps: &maps };
     // Every family reads what its kernel half needs first: a kernel without a tracepoint
@@ -114,6 +117,7 @@ pub fn load(
     for family in &mut families {
         family.configure(&setup, &mut load)?;
     }
+    phases.mark("configure");
     let mut notes = Vec::new();
     // Tables for a large binary take a core for a good part of a second to build: a
     // capture that walks no stacks (`--sock` alone) does not spend that on the machine it
@@ -125,12 +129,15 @@ pub fn load(
     } else {
         (Unwinder::unused(), None)
     };
+    phases.mark("unwind tables");
     load.unwind_mode = unwinder.mode().kernel_mode();
     load.unwind_rows = unwinder.rows_capacity();
     let mut ebpf = ebpf::load(&load).map_err(|source| AttachError::Load {
         source: Box::new(source),
     })?;
+    phases.mark("object load");
     unwinder.install(&mut ebpf, &maps)?;
+    phases.mark("tables install");
     let logger = if verbose {
         aya_log::EbpfLogger::init(&mut ebpf)
             .map_err(|err| log::warn!("kernel-side logging unavailable: {err}"))
@@ -145,6 +152,8 @@ pub fn load(
     for family in &mut families {
         family.arm(&mut ebpf, true)?;
     }
+    phases.mark("attach");
+    log::debug!("pid {pid}: loaded in {}", phases.text());
     Ok(Loaded {
         families,
         ebpf,
@@ -154,6 +163,35 @@ pub fn load(
         frame_pointers,
         notes,
     })
+}
+
+/// Consecutive phases' durations, for the log.
+struct Phases {
+    last: Instant,
+    took: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            took: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.took.push((phase, now - self.last));
+        self.last = now;
+    }
+
+    fn text(&self) -> String {
+        self.took
+            .iter()
+            .map(|(phase, d)| format!("{phase} {:.0} ms", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// A running capture.

@@ -676,3 +676,64 @@ fn allocs_endpoint_and_live_bytes_match_a_known_leak() {
 
 /// Two drains (one a second) and some slack for a busy machine.
 const DRAIN_WAIT: Duration = Duration::from_millis(2500);
+
+/// The growth fixture leaks 96-byte blocks from `leak_96` and maps, writes and unmaps 256 KiB
+/// from `churn_map` every 10 ms, then stays alive: under `--memory`, `/debug/pprof/memory`
+/// has `leak_96` holding the leaked bytes (95% to 130%: glibc keeps 96 bytes in 112, and a
+/// partly filled last page counts whole), `churn_map` holding at most one mapping, and
+/// `profiler_memory_growth_bytes_total` counts both as grown (at least 95% of the truth);
+/// `profiler_memory_held_bytes` is the profile's total.
+#[test]
+fn memory_endpoint_holds_the_leak_and_counts_the_churn() {
+    require_root!();
+    const CHURN_KIB: u64 = 256;
+    let mut fixture = start_fixture(
+        &CBuild {
+            source: "memory_growth",
+            output: "memory_growth",
+            cflags: NO_FRAME_POINTERS,
+            libs: &[],
+        },
+        &["20000", "3", "4096", &CHURN_KIB.to_string(), "60"],
+    );
+    let pid = fixture.pid().to_string();
+    let agent = Agent::start(&["--pid", &pid, "--memory"]);
+    let held_series = format!("profiler_memory_held_bytes{{pid=\"{pid}\"");
+    agent.wait_for_series(&held_series, Duration::from_secs(20));
+    fixture.signal(libc::SIGUSR1).unwrap();
+    let done = fixture
+        .wait_for_line("done", Duration::from_secs(30))
+        .expect("the fixture finishes");
+    let numbers: Vec<i64> = done
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (leaked, churned) = (numbers[0], numbers[1]);
+    std::thread::sleep(DRAIN_WAIT);
+    let (status, body) = agent.get("/debug/pprof/memory");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let metrics = agent.metrics();
+    agent.stop();
+    drop(fixture);
+    let profile = profiler::report::pprof::read(&body).expect("a pprof");
+    let leak = bytes_through(&profile, "leak_96");
+    eprintln!("leak_96 holds {leak} of {leaked} leaked; churned {churned}");
+    assert!(
+        leak as f64 >= leaked as f64 * 0.95 && leak as f64 <= leaked as f64 * 1.3,
+        "leak_96 holds {leak}, leaked {leaked}"
+    );
+    let churn = bytes_through(&profile, "churn_map");
+    assert!(churn <= (CHURN_KIB << 10) as i64, "churn_map holds {churn}");
+    let total: i64 = profile.sample.iter().map(|s| s.value[1]).sum();
+    let held = metric(&metrics, &held_series).expect("held bytes");
+    assert_eq!(held as i64, total, "{metrics}");
+    let grown = metric(
+        &metrics,
+        &format!("profiler_memory_growth_bytes_total{{pid=\"{pid}\""),
+    )
+    .expect("growth counter");
+    assert!(
+        grown >= (leaked + churned) as f64 * 0.95,
+        "grew {grown}, leaked {leaked} and churned {churned}"
+    );
+}
