@@ -189,8 +189,8 @@ pub struct AgentArgs {
     /// Every process in this cgroup (v2) or below it, e.g. a pod's; repeatable.
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<PathBuf>,
-    /// `cpu`, `offcpu`, `futex`, `sock` and `memory` together (as `attach --all`: not
-    /// `alloc`, whose uprobes cost every allocation).
+    /// `cpu`, `offcpu`, `futex`, `sock`, `memory` and `why` together (as `attach --all`:
+    /// not `alloc`, whose uprobes cost every allocation).
     #[arg(long)]
     pub all: bool,
     /// On-CPU stacks (`/debug/pprof/profile`, `profiler_cpu_samples_total`).
@@ -215,6 +215,15 @@ pub struct AgentArgs {
     /// alloc: the allocator's file (as the target sees it) instead of finding it.
     #[arg(long)]
     pub allocator: Option<PathBuf>,
+    /// Tail attribution (needs `sock`, which it turns on): every request's time by cause,
+    /// all and the tail's (`profiler_request_time_seconds_total`,
+    /// `profiler_tail_request_time_seconds_total`).
+    #[arg(long)]
+    pub why: bool,
+    /// why: which requests are the tail, per port and second: a quantile (`p99`) or a
+    /// latency (`5ms`).
+    #[arg(long, default_value = "p99")]
+    pub tail: crate::report::why::Tail,
     /// Memory growth by stack (`/debug/pprof/memory`, `profiler_memory_growth_bytes_total`,
     /// `profiler_memory_held_bytes`), cheap enough to leave on.
     #[arg(long)]
@@ -259,7 +268,8 @@ impl AgentArgs {
         }
         let cpu = self.all
             || self.cpu
-            || !(self.offcpu || self.futex || self.sock || self.alloc || self.memory);
+            || !(self.offcpu || self.futex || self.sock || self.alloc || self.memory || self.why);
+        let why = self.all || self.why;
         let attach = AttachOptions {
             pid: 0,
             duration: None,
@@ -277,8 +287,12 @@ impl AgentArgs {
                 ..alloc::Config::default()
             }),
             memory: (self.all || self.memory).then(memory::Config::default),
-            sock: (self.all || self.sock).then_some(sock::Config {}),
-            why: None,
+            // `why` follows the requests `sock` pairs.
+            sock: (self.all || self.sock || why).then_some(sock::Config {}),
+            why: why.then_some(why::Config {
+                tail: self.tail,
+                futex_traced: false,
+            }),
             interval: None,
             unwind: self.unwind.into(),
             verbose,

@@ -114,6 +114,7 @@ pub fn load(
     // Every family reads what its kernel half needs first: a kernel without a tracepoint
     // fails here, before anything loads.
     let mut load = LoadConfig::new(pid, verbose);
+    phases.mark("maps");
     for family in &mut families {
         family.configure(&setup, &mut load)?;
     }
@@ -147,12 +148,13 @@ pub fn load(
     };
     for family in &mut families {
         family.attach(&mut ebpf, &setup)?;
+        phases.mark(family.name());
     }
     // Together, so every family counts from the same instant.
     for family in &mut families {
         family.arm(&mut ebpf, true)?;
     }
-    phases.mark("attach");
+    phases.mark("arm");
     log::debug!("pid {pid}: loaded in {}", phases.text());
     Ok(Loaded {
         families,

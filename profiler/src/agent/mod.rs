@@ -829,6 +829,9 @@ impl Agent {
                     t.held_bytes = Some(held.iter().map(|s| s.bytes).sum());
                     *t.grown_bytes.get_or_insert(0) += drained.grown_bytes;
                 }
+                for port in &drained.why {
+                    t.why.entry(port.port).or_default().add(port);
+                }
                 if drained.live.is_some() || drained.held.is_some() {
                     lives.push((pid, t.comm.clone(), drained.live, drained.held));
                 }

@@ -112,6 +112,8 @@ pub struct Drained {
     pub held: Option<Vec<LiveStack>>,
     /// `memory`: bytes the target grew by (first touched) since the last drain.
     pub grown_bytes: u64,
+    /// `why`: per listening port, requests' time by cause since the last drain.
+    pub why: Vec<WhyPort>,
     /// User stacks (by hash) and kernel stacks (by id) the drained entries named: forgotten
     /// once every family has drained, so the stack maps stay bounded too.
     pub user_stacks: Vec<u64>,
@@ -119,6 +121,17 @@ pub struct Drained {
 }
 
 pub use crate::report::profile::LiveStack;
+
+/// One port's requests in one drain, by cause (`profiler_common::why::category`).
+#[derive(Debug, Clone, Default)]
+pub struct WhyPort {
+    pub port: u16,
+    pub requests: u64,
+    pub ns: [u64; profiler_common::why::category::COUNT],
+    /// The window's tail requests (`--tail`, per port) and their time by cause.
+    pub tail_requests: u64,
+    pub tail_ns: [u64; profiler_common::why::category::COUNT],
+}
 
 /// For the agent: a live quantity by stack, kept as the sum of the deltas each drain takes
 /// from a kernel map (`take_all`), which the kernel side recreates with negative figures when
@@ -372,18 +385,25 @@ pub(crate) fn attach_tracepoint(
     event: &str,
 ) -> Result<(), ProbeError> {
     let prog: &mut aya::programs::TracePoint = program_mut(ebpf, probe, program)?;
+    let began = std::time::Instant::now();
     prog.load().map_err(|source| ProbeError::Load {
         probe,
         program,
         source: Box::new(source),
     })?;
-    prog.attach(category, event)
-        .map_err(|source| ProbeError::Attach {
-            probe,
-            program,
-            target: format!("{category}:{event}"),
-            source: Box::new(source),
-        })?;
+    let loaded = began.elapsed();
+    let attached = prog.attach(category, event);
+    log::debug!(
+        "{program}: loaded (verified) in {:.0} ms, attached in {:.0} ms",
+        loaded.as_secs_f64() * 1e3,
+        (began.elapsed() - loaded).as_secs_f64() * 1e3
+    );
+    attached.map_err(|source| ProbeError::Attach {
+        probe,
+        program,
+        target: format!("{category}:{event}"),
+        source: Box::new(source),
+    })?;
     Ok(())
 }
 
