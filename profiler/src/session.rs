@@ -115,10 +115,11 @@ pub fn load(
     // fails here, before anything loads.
     let mut load = LoadConfig::new(pid, verbose);
     phases.mark("maps");
+    // Then each family's configure, and its attach further on, under its own name.
     for family in &mut families {
         family.configure(&setup, &mut load)?;
+        phases.mark(format!("configure {}", family.name()));
     }
-    phases.mark("configure");
     let mut notes = Vec::new();
     // Tables for a large binary take a core for a good part of a second to build: a
     // capture that walks no stacks (`--sock` alone) does not spend that on the machine it
@@ -148,7 +149,7 @@ pub fn load(
     };
     for family in &mut families {
         family.attach(&mut ebpf, &setup)?;
-        phases.mark(family.name());
+        phases.mark(format!("attach {}", family.name()));
     }
     // Together, so every family counts from the same instant.
     for family in &mut families {
@@ -170,7 +171,7 @@ pub fn load(
 /// Consecutive phases' durations, for the log.
 struct Phases {
     last: Instant,
-    took: Vec<(&'static str, Duration)>,
+    took: Vec<(String, Duration)>,
 }
 
 impl Phases {
@@ -181,9 +182,9 @@ impl Phases {
         }
     }
 
-    fn mark(&mut self, phase: &'static str) {
+    fn mark(&mut self, phase: impl Into<String>) {
         let now = Instant::now();
-        self.took.push((phase, now - self.last));
+        self.took.push((phase.into(), now - self.last));
         self.last = now;
     }
 

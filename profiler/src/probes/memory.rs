@@ -185,6 +185,33 @@ impl Family for Memory {
     }
 
     fn attach(&mut self, ebpf: &mut Ebpf, _: &Setup<'_>) -> Result<(), ProbeError> {
+        // The release the mapping calls tail-call, in place before any of them is attached.
+        let release: &mut aya::programs::TracePoint =
+            super::program_mut(ebpf, PROBE, memory::RELEASE_PROGRAM)?;
+        release.load().map_err(|source| ProbeError::Load {
+            probe: PROBE,
+            program: memory::RELEASE_PROGRAM,
+            source: Box::new(source),
+        })?;
+        let fd = release
+            .fd()
+            .map_err(|source| ProbeError::Load {
+                probe: PROBE,
+                program: memory::RELEASE_PROGRAM,
+                source: Box::new(source),
+            })?
+            .try_clone()
+            .map_err(|source| ProbeError::Other {
+                probe: PROBE,
+                what: format!("duplicating {}'s fd", memory::RELEASE_PROGRAM),
+                source,
+            })?;
+        let mut tail: aya::maps::ProgramArray<_> = map_mut(ebpf, PROBE, memory::TAIL_MAP)?;
+        tail.set(0, &fd, 0).map_err(|source| ProbeError::Map {
+            probe: PROBE,
+            map: memory::TAIL_MAP,
+            source: Box::new(source),
+        })?;
         // An mremap's exit before its entry, so no entry waits for an exit not attached yet.
         for (program, category, event) in [
             (memory::FAULT_USER_PROGRAM, "exceptions", "page_fault_user"),
