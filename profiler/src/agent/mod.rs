@@ -952,6 +952,43 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_merge_drains_by_stack() {
+        let stack = |pid: u32, frames: &[&str], weight: u64| TargetStack {
+            pid,
+            comm: "pool".into(),
+            stack: WeightedStack {
+                thread: "worker".into(),
+                tid: 7,
+                frames: frames.iter().map(|f| f.to_string()).collect(),
+                weight,
+            },
+        };
+        let mut rotation = Rotation::new(PathBuf::from("/nonexistent"), 0);
+        for _ in 0..100 {
+            let mut window = Window::default();
+            window.stacks.insert(
+                ProfileKind::Cpu,
+                vec![
+                    stack(1, &["main", "hot"], 3),
+                    stack(1, &["main", "cold"], 1),
+                    stack(2, &["main", "hot"], 2),
+                ],
+            );
+            rotation.add(&window);
+        }
+        // A hundred drains hold what one does: one entry per target and stack.
+        let cpu = &rotation.pending[&ProfileKind::Cpu];
+        assert_eq!(cpu.len(), 3);
+        let hot = (
+            1,
+            "pool".into(),
+            "worker".into(),
+            vec!["main".into(), "hot".into()],
+        );
+        assert_eq!(cpu[&hot], 300);
+    }
+
+    #[test]
     fn prune_removes_the_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         for (name, size) in [
