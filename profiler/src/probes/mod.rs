@@ -497,8 +497,9 @@ pub(crate) fn take_all<K: aya::Pod, V: aya::Pod>(
     Ok(entries)
 }
 
-/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on one key of a hash map (Linux 5.14+), which aya 0.14
-/// exposes only for queues and stacks. `None`: the key went meanwhile.
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on one key of a hash map, which aya 0.14 exposes only for
+/// queues and stacks. Hash maps have it from Linux 5.14, below the 5.17 our `bpf_loop` walks
+/// already need. `None`: the key went meanwhile.
 fn lookup_and_delete<K: aya::Pod, V: aya::Pod>(
     fd: std::os::fd::BorrowedFd<'_>,
     key: &K,
