@@ -41,6 +41,9 @@ pub const MADVISE_PROGRAM: &str = "memory_madvise";
 /// `syscalls:sys_enter_mremap`, `syscalls:sys_exit_mremap`.
 pub const MREMAP_ENTER_PROGRAM: &str = "memory_mremap_enter";
 pub const MREMAP_EXIT_PROGRAM: &str = "memory_mremap_exit";
+/// Tail-called by `brk`, `mmap`, `munmap` and `madvise` (never attached): the release and the
+/// call's count, verified once instead of in each.
+pub const RELEASE_PROGRAM: &str = "memory_release";
 
 /// `MEMORY_CHUNKS`: page number / [`CHUNK_PAGES`] → [`Chunk`].
 pub const CHUNKS_MAP: &str = "MEMORY_CHUNKS";
@@ -57,6 +60,10 @@ pub const BRK_MAP: &str = "MEMORY_BRK";
 pub const REMAPS_MAP: &str = "MEMORY_REMAPS";
 /// `MEMORY_ARMED`: one `u32`, 1 while the programs account.
 pub const ARMED_MAP: &str = "MEMORY_ARMED";
+/// `MEMORY_TAIL`: a program array whose slot 0 is [`RELEASE_PROGRAM`].
+pub const TAIL_MAP: &str = "MEMORY_TAIL";
+/// `MEMORY_PENDING`: one [`Pending`] per CPU, the tail-called program's arguments.
+pub const PENDING_MAP: &str = "MEMORY_PENDING";
 /// [`MemoryConfig`] global.
 pub const CONFIG_GLOBAL: &str = "MEMORY_CONFIG";
 
@@ -198,7 +205,25 @@ pub struct Remap {
 }
 const _: () = assert!(core::mem::size_of::<Remap>() == 24);
 
+/// A mapping call for [`RELEASE_PROGRAM`]: the range to release (empty: none) and the call's
+/// count against its stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pending {
+    pub start: u64,
+    pub len: u64,
+    pub added: u64,
+    pub removed: u64,
+    /// One of [`op`].
+    pub op: u8,
+    /// 1: count the call only if it released something (a file mapped over memory).
+    pub only_if_released: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<Pending>() == 40);
+
 impl_pod!(
+    Pending,
     MemoryConfig,
     GrowthKey,
     Growth,

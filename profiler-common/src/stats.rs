@@ -79,7 +79,8 @@ pub const MEMORY_PAGES_FULL: u32 = 32;
 /// memory: growth or mapping calls not counted by stack because their map was full.
 pub const MEMORY_STACKS_FULL: u32 = 33;
 /// memory: releases of ranges too large to follow to their end (past
-/// `memory::MAX_RELEASE_STEPS`): the rest of the range kept its pages.
+/// `memory::MAX_RELEASE_STEPS`): the rest of the range kept its pages; or not followed at all
+/// (the tail call to `memory::RELEASE_PROGRAM` failed).
 pub const MEMORY_RELEASE_CUT: u32 = 34;
 
 pub const COUNT: u32 = 35;

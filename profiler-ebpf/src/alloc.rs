@@ -301,17 +301,21 @@ fn release(addr: u64) -> bool {
         return false;
     };
     let _ = ALLOC_LIVE.remove(addr);
-    if let Some(entry) = ALLOC_STACKS.get_ptr_mut(live.key) {
-        // SAFETY: a live map value; two's complement adds subtract.
-        unsafe {
-            atomic_add(
-                (&raw mut (*entry).live_bytes).cast(),
-                live.size.wrapping_neg(),
-            );
-            atomic_add((&raw mut (*entry).live_count).cast(), u64::MAX);
-            if (*entry).live_count == 0 {
-                (*entry).live_since_ns = 0;
-            }
+    // Created when missing: the agent drains this map every second, and a block allocated
+    // before the drain is freed in the next one as a negative figure.
+    let Some(entry) = stack_entry(&live.key) else {
+        count(stats::ALLOC_STACKS_FULL);
+        return true;
+    };
+    // SAFETY: a live map value; two's complement adds subtract.
+    unsafe {
+        atomic_add(
+            (&raw mut (*entry).live_bytes).cast(),
+            live.size.wrapping_neg(),
+        );
+        atomic_add((&raw mut (*entry).live_count).cast(), u64::MAX);
+        if (*entry).live_count == 0 {
+            (*entry).live_since_ns = 0;
         }
     }
     true

@@ -10,13 +10,13 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_loop,
     macros::{map, tracepoint},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray},
     programs::TracePointContext,
 };
 use profiler_common::{
     memory::{
         CHUNK_PAGES, CHUNK_PAGES_SHIFT, Change, ChangeKey, Chunk, FAULT_WRITE, Growth, GrowthKey,
-        MAP_ANONYMOUS, MAP_FIXED, MAX_RELEASE_STEPS, MemoryConfig, NO_STACK_OWNER, Remap,
+        MAP_ANONYMOUS, MAP_FIXED, MAX_RELEASE_STEPS, MemoryConfig, NO_STACK_OWNER, Pending, Remap,
         USER_ADDRESS_END, fault, madvise_releases, op,
     },
     stack::NO_USER_STACK,
@@ -70,6 +70,14 @@ static MEMORY_REMAPS: HashMap<u32, Remap> = HashMap::with_max_entries(4096, 0);
 
 #[map]
 static MEMORY_ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Slot 0: `memory_release` (see `profiler_common::memory::RELEASE_PROGRAM`).
+#[map]
+static MEMORY_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// `memory_release`'s arguments: a tail call stays on the CPU, so one slot per CPU.
+#[map]
+static MEMORY_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 
 /// The target thread running, while the programs are armed.
 #[inline(always)]
@@ -214,9 +222,14 @@ fn end_run(r: &mut Release) {
         tgid: r.tgid as u32,
         _pad: 0,
     };
-    if let Some(entry) = MEMORY_GROWTH.get_ptr_mut(key) {
+    // Created when missing: the agent drains this map every second, and the release of
+    // pages grown before the drain belongs in the next one as a negative figure.
+    match growth_entry(&key) {
         // SAFETY: a live map value; two's complement adds subtract.
-        unsafe { atomic_add((&raw mut (*entry).held_pages).cast(), pages.wrapping_neg()) };
+        Some(entry) => unsafe {
+            atomic_add((&raw mut (*entry).held_pages).cast(), pages.wrapping_neg())
+        },
+        None => count(stats::MEMORY_STACKS_FULL),
     }
     count_by(stats::MEMORY_RELEASED, pages);
     r.run_owner = 0;
@@ -358,9 +371,9 @@ fn field(ctx: &TracePointContext, offset: u32) -> Option<u64> {
 /// releases what lay above the new break.
 #[tracepoint]
 pub fn memory_brk(ctx: TracePointContext) -> u32 {
-    let Some(thread) = accounting_thread() else {
+    if accounting_thread().is_none() {
         return 0;
-    };
+    }
     let Some(now) = field(&ctx, MEMORY_CONFIG.load().brk_ret_offset) else {
         return 0;
     };
@@ -375,19 +388,78 @@ pub fn memory_brk(ctx: TracePointContext) -> u32 {
         return 0;
     }
     if now > before {
-        change(&ctx, thread, op::BRK, now - before, 0, 0);
+        release_then_change(&ctx, op::BRK, (0, 0), now - before, 0)
     } else {
-        let released = release(now, before - now, 0);
-        change(&ctx, thread, op::BRK, 0, before - now, released);
+        release_then_change(&ctx, op::BRK, (now, before - now), 0, before - now)
+    }
+}
+
+/// Hands a mapping call to `memory_release` by tail call: the release's `bpf_loop` and the
+/// stack walk are verified once there, not in each of `brk`, `mmap`, `munmap` and `madvise`
+/// (inline, each took 250-450 ms to verify on a busy 2-core machine, most of an agent's
+/// re-attach of a restarted target).
+#[inline(always)]
+fn release_then_change(
+    ctx: &TracePointContext,
+    op: u8,
+    (start, len): (u64, u64),
+    added: u64,
+    removed: u64,
+) -> u32 {
+    pend(
+        ctx,
+        Pending {
+            start,
+            len,
+            added,
+            removed,
+            op,
+            only_if_released: 0,
+            _pad: [0; 6],
+        },
+    )
+}
+
+#[inline(always)]
+fn pend(ctx: &TracePointContext, pending: Pending) -> u32 {
+    if let Some(slot) = MEMORY_PENDING.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; nothing else runs on the CPU until the tail call's end.
+        unsafe {
+            *slot = pending;
+            MEMORY_TAIL.tail_call(ctx, 0);
+        }
+    }
+    // Reached only when the tail call failed: the release was not followed.
+    count(stats::MEMORY_RELEASE_CUT);
+    0
+}
+
+/// Tail-called with a [`Pending`] call: releases its range and counts it against the stack.
+#[tracepoint]
+pub fn memory_release(ctx: TracePointContext) -> u32 {
+    let Some(thread) = accounting_thread() else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, written just before the tail call.
+    let Some(p) = MEMORY_PENDING.get(0).copied() else {
+        return 0;
+    };
+    let released = if p.len > 0 {
+        release(p.start, p.len, 0)
+    } else {
+        0
+    };
+    if p.only_if_released == 0 || released > 0 {
+        change(&ctx, thread, p.op, p.added, p.removed, released);
     }
     0
 }
 
 #[tracepoint]
 pub fn memory_mmap(ctx: TracePointContext) -> u32 {
-    let Some(thread) = accounting_thread() else {
+    if accounting_thread().is_none() {
         return 0;
-    };
+    }
     let config = MEMORY_CONFIG.load();
     let (Some(addr), Some(len), Some(flags)) = (
         field(&ctx, config.mmap_addr_offset),
@@ -399,30 +471,31 @@ pub fn memory_mmap(ctx: TracePointContext) -> u32 {
     let anonymous = flags & MAP_ANONYMOUS != 0
         || field(&ctx, config.mmap_fd_offset).is_some_and(|fd| fd as i64 == -1);
     // MAP_FIXED drops whatever was mapped in the range (glibc discards heap tails so).
-    let released = if flags & MAP_FIXED != 0 {
-        release(addr, len, 0)
-    } else {
-        0
-    };
-    // A file mapped is not memory the process grows; its copy-on-write pages are faults.
-    if anonymous || released > 0 {
-        change(
-            &ctx,
-            thread,
-            op::MMAP,
-            if anonymous { len } else { 0 },
-            0,
-            released,
-        );
+    let fixed = flags & MAP_FIXED != 0;
+    if !anonymous && !fixed {
+        return 0;
     }
-    0
+    // A file mapped is not memory the process grows (its copy-on-write pages are faults):
+    // counted only if it released something.
+    pend(
+        &ctx,
+        Pending {
+            start: addr,
+            len: if fixed { len } else { 0 },
+            added: if anonymous { len } else { 0 },
+            removed: 0,
+            op: op::MMAP,
+            only_if_released: u8::from(!anonymous),
+            _pad: [0; 6],
+        },
+    )
 }
 
 #[tracepoint]
 pub fn memory_munmap(ctx: TracePointContext) -> u32 {
-    let Some(thread) = accounting_thread() else {
+    if accounting_thread().is_none() {
         return 0;
-    };
+    }
     let config = MEMORY_CONFIG.load();
     let (Some(addr), Some(len)) = (
         field(&ctx, config.munmap_addr_offset),
@@ -430,16 +503,14 @@ pub fn memory_munmap(ctx: TracePointContext) -> u32 {
     ) else {
         return 0;
     };
-    let released = release(addr, len, 0);
-    change(&ctx, thread, op::MUNMAP, 0, len, released);
-    0
+    release_then_change(&ctx, op::MUNMAP, (addr, len), 0, len)
 }
 
 #[tracepoint]
 pub fn memory_madvise(ctx: TracePointContext) -> u32 {
-    let Some(thread) = accounting_thread() else {
+    if accounting_thread().is_none() {
         return 0;
-    };
+    }
     let config = MEMORY_CONFIG.load();
     let (Some(start), Some(len), Some(behavior)) = (
         field(&ctx, config.madvise_start_offset),
@@ -452,9 +523,7 @@ pub fn memory_madvise(ctx: TracePointContext) -> u32 {
     if !madvise_releases(behavior & 0xffff_ffff) {
         return 0;
     }
-    let released = release(start, len, 0);
-    change(&ctx, thread, op::MADVISE, 0, len, released);
-    0
+    release_then_change(&ctx, op::MADVISE, (start, len), 0, len)
 }
 
 /// Where a mapping goes is known at the exit; the arguments wait here until then.

@@ -189,7 +189,8 @@ pub struct AgentArgs {
     /// Every process in this cgroup (v2) or below it, e.g. a pod's; repeatable.
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<PathBuf>,
-    /// `cpu`, `offcpu`, `futex` and `sock` together.
+    /// `cpu`, `offcpu`, `futex`, `sock`, `memory` and `why` together (as `attach --all`:
+    /// not `alloc`, whose uprobes cost every allocation).
     #[arg(long)]
     pub all: bool,
     /// On-CPU stacks (`/debug/pprof/profile`, `profiler_cpu_samples_total`).
@@ -204,6 +205,29 @@ pub struct AgentArgs {
     /// Requests and socket-to-reply latency per listening port.
     #[arg(long, visible_alias = "latency")]
     pub sock: bool,
+    /// Live allocations by stack (`/debug/pprof/allocs`, `profiler_live_bytes`); uprobes on
+    /// the target's allocator.
+    #[arg(long)]
+    pub alloc: bool,
+    /// alloc: track one allocation in N (chosen by address); figures are then estimates.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub alloc_sample: u32,
+    /// alloc: the allocator's file (as the target sees it) instead of finding it.
+    #[arg(long)]
+    pub allocator: Option<PathBuf>,
+    /// Tail attribution (needs `sock`, which it turns on): every request's time by cause,
+    /// all and the tail's (`profiler_request_time_seconds_total`,
+    /// `profiler_tail_request_time_seconds_total`).
+    #[arg(long)]
+    pub why: bool,
+    /// why: which requests are the tail, per port and second: a quantile (`p99`) or a
+    /// latency (`5ms`).
+    #[arg(long, default_value = "p99")]
+    pub tail: crate::report::why::Tail,
+    /// Memory growth by stack (`/debug/pprof/memory`, `profiler_memory_growth_bytes_total`,
+    /// `profiler_memory_held_bytes`), cheap enough to leave on.
+    #[arg(long)]
+    pub memory: bool,
     /// Where to serve: loopback by default; any other address also needs --allow-remote.
     #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
@@ -242,7 +266,10 @@ impl AgentArgs {
                 self.listen
             ));
         }
-        let cpu = self.all || self.cpu || !(self.offcpu || self.futex || self.sock);
+        let cpu = self.all
+            || self.cpu
+            || !(self.offcpu || self.futex || self.sock || self.alloc || self.memory || self.why);
+        let why = self.all || self.why;
         let attach = AttachOptions {
             pid: 0,
             duration: None,
@@ -254,10 +281,18 @@ impl AgentArgs {
                 min_block: self.min_block,
             }),
             futex: (self.all || self.futex).then_some(futex::Config {}),
-            alloc: None,
-            memory: None,
-            sock: (self.all || self.sock).then_some(sock::Config {}),
-            why: None,
+            alloc: self.alloc.then(|| alloc::Config {
+                sample_every: self.alloc_sample,
+                allocator: self.allocator.clone(),
+                ..alloc::Config::default()
+            }),
+            memory: (self.all || self.memory).then(memory::Config::default),
+            // `why` follows the requests `sock` pairs.
+            sock: (self.all || self.sock || why).then_some(sock::Config {}),
+            why: why.then_some(why::Config {
+                tail: self.tail,
+                futex_traced: false,
+            }),
             interval: None,
             unwind: self.unwind.into(),
             verbose,

@@ -125,6 +125,7 @@ mod tests {
             memory::MADVISE_PROGRAM,
             memory::MREMAP_ENTER_PROGRAM,
             memory::MREMAP_EXIT_PROGRAM,
+            memory::RELEASE_PROGRAM,
         ];
         for program in programs {
             assert!(
@@ -174,6 +175,8 @@ mod tests {
             memory::BRK_MAP,
             memory::REMAPS_MAP,
             memory::ARMED_MAP,
+            memory::TAIL_MAP,
+            memory::PENDING_MAP,
         ] {
             assert!(
                 object.maps.contains_key(map),

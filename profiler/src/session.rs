@@ -106,13 +106,19 @@ pub fn load(
     unwind: crate::unwind::UnwindMode,
     verbose: bool,
 ) -> Result<Loaded, AttachError> {
+    // Where an attach spends its time (`-v`): the agent re-attaches a restarted target
+    // through here, and its delay is this sum.
+    let mut phases = Phases::new();
     let maps = ProcessMaps::snapshot(pid).map_err(|source| AttachError::Maps { pid, source })?;
     let setup = Setup { pid, maps: &maps };
     // Every family reads what its kernel half needs first: a kernel without a tracepoint
     // fails here, before anything loads.
     let mut load = LoadConfig::new(pid, verbose);
+    phases.mark("maps");
+    // Then each family's configure, and its attach further on, under its own name.
     for family in &mut families {
         family.configure(&setup, &mut load)?;
+        phases.mark(format!("configure {}", family.name()));
     }
     let mut notes = Vec::new();
     // Tables for a large binary take a core for a good part of a second to build: a
@@ -125,12 +131,15 @@ pub fn load(
     } else {
         (Unwinder::unused(), None)
     };
+    phases.mark("unwind tables");
     load.unwind_mode = unwinder.mode().kernel_mode();
     load.unwind_rows = unwinder.rows_capacity();
     let mut ebpf = ebpf::load(&load).map_err(|source| AttachError::Load {
         source: Box::new(source),
     })?;
+    phases.mark("object load");
     unwinder.install(&mut ebpf, &maps)?;
+    phases.mark("tables install");
     let logger = if verbose {
         aya_log::EbpfLogger::init(&mut ebpf)
             .map_err(|err| log::warn!("kernel-side logging unavailable: {err}"))
@@ -140,11 +149,14 @@ pub fn load(
     };
     for family in &mut families {
         family.attach(&mut ebpf, &setup)?;
+        phases.mark(format!("attach {}", family.name()));
     }
     // Together, so every family counts from the same instant.
     for family in &mut families {
         family.arm(&mut ebpf, true)?;
     }
+    phases.mark("arm");
+    log::debug!("pid {pid}: loaded in {}", phases.text());
     Ok(Loaded {
         families,
         ebpf,
@@ -154,6 +166,35 @@ pub fn load(
         frame_pointers,
         notes,
     })
+}
+
+/// Consecutive phases' durations, for the log.
+struct Phases {
+    last: Instant,
+    took: Vec<(String, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            took: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: impl Into<String>) {
+        let now = Instant::now();
+        self.took.push((phase.into(), now - self.last));
+        self.last = now;
+    }
+
+    fn text(&self) -> String {
+        self.took
+            .iter()
+            .map(|(phase, d)| format!("{phase} {:.0} ms", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// A running capture.

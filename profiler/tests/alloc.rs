@@ -8,17 +8,6 @@ use std::time::Duration;
 use common::*;
 use profiler::report::alloc::{AllocStack, LeakReport};
 
-const ALLOC_FLAGS: &[&str] = &[
-    "-O2",
-    "-g",
-    "-fno-omit-frame-pointer",
-    "-mno-omit-leaf-frame-pointer",
-    "-fno-inline",
-    "-fno-builtin-malloc",
-    "-fno-builtin-free",
-    "-fno-builtin-realloc",
-];
-
 const ITERATIONS: u64 = 20_000;
 
 /// Runs the fixture's patterns under `--alloc` until it exits; returns the report, the

@@ -17,7 +17,7 @@ use hyper::{Request, Response, StatusCode, body::Incoming, header, service::serv
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Semaphore, watch};
 
-use super::{ProfileKind, RETAIN, Shared, metrics::Metrics};
+use super::{LiveKind, ProfileKind, RETAIN, Shared, metrics::Metrics};
 use crate::report::pprof;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -175,6 +175,10 @@ async fn handle(
                 format!("ok: {targets} targets attached\n"),
             ));
         }
+        "/debug/pprof/allocs" | "/debug/pprof/heap" => {
+            return Ok(live(&shared, LiveKind::Allocs));
+        }
+        "/debug/pprof/memory" => return Ok(live(&shared, LiveKind::Held)),
         "/debug/pprof/profile" => ProfileKind::Cpu,
         "/debug/pprof/offcpu" => ProfileKind::Offcpu,
         "/debug/pprof/locks" => ProfileKind::Locks,
@@ -183,7 +187,8 @@ async fn handle(
                 StatusCode::NOT_FOUND,
                 format!(
                     "{path}: not served; try /metrics, /healthz, /debug/pprof/profile, \
-                     /debug/pprof/offcpu, /debug/pprof/locks\n"
+                     /debug/pprof/offcpu, /debug/pprof/locks, /debug/pprof/allocs, \
+                     /debug/pprof/memory\n"
                 ),
             ));
         }
@@ -229,6 +234,32 @@ async fn handle(
             "building the profile failed\n".into(),
         ),
     })
+}
+
+/// A live profile as of the last drain, at once: live figures are a state, not a rate, so
+/// `seconds` does not apply (Go's `heap` without `seconds` answers the same way).
+fn live(shared: &Shared, kind: LiveKind) -> Response<Full<Bytes>> {
+    if !shared.families.contains(kind.family()) {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("the agent runs without --{}\n", kind.family()),
+        );
+    }
+    let mut bytes = Vec::new();
+    match pprof::write(&shared.live_profile(kind), &mut bytes) {
+        Ok(()) => {
+            let mut response = reply(StatusCode::OK, "application/octet-stream", bytes);
+            response.headers_mut().insert(
+                header::CONTENT_DISPOSITION,
+                header::HeaderValue::from_static("attachment; filename=\"profile.pb.gz\""),
+            );
+            response
+        }
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "building the profile failed\n".into(),
+        ),
+    }
 }
 
 #[cfg(test)]

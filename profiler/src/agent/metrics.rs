@@ -13,7 +13,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use profiler_common::hist::{SLOTS, slot_high, slot_mid};
+use profiler_common::{
+    hist::{SLOTS, slot_high, slot_mid},
+    why::category,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
@@ -79,6 +82,34 @@ pub struct TargetMetrics {
     /// Kernel-side drop counters by name, cumulative.
     pub dropped: BTreeMap<String, u64>,
     pub rss_bytes: Option<u64>,
+    /// `alloc`: live bytes and blocks now; allocations and bytes since attach.
+    pub live_bytes: Option<i64>,
+    pub live_allocations: Option<i64>,
+    pub allocations: Option<u64>,
+    pub allocated_bytes: Option<u64>,
+    /// `memory`: bytes first touched since attach; of all touched since attach, those held.
+    pub grown_bytes: Option<u64>,
+    pub held_bytes: Option<i64>,
+    /// `why`: per port, requests' time by cause since attach, all and the tail's.
+    pub why: BTreeMap<u16, WhyMetrics>,
+}
+
+/// One port's request time by cause (`profiler_common::why::category::NAMES`), cumulative.
+#[derive(Debug, Clone, Default)]
+pub struct WhyMetrics {
+    pub seconds: [f64; category::COUNT],
+    pub tail_requests: u64,
+    pub tail_seconds: [f64; category::COUNT],
+}
+
+impl WhyMetrics {
+    pub fn add(&mut self, port: &crate::probes::WhyPort) {
+        for (i, (all, tail)) in port.ns.iter().zip(&port.tail_ns).enumerate() {
+            self.seconds[i] += *all as f64 / 1e9;
+            self.tail_seconds[i] += *tail as f64 / 1e9;
+        }
+        self.tail_requests += port.tail_requests;
+    }
 }
 
 impl TargetMetrics {
@@ -325,6 +356,119 @@ impl Collector for Metrics {
                         let mut labels = target_labels(t);
                         labels.push(("counter", counter.clone()));
                         (labels, ConstCounter::new(*n))
+                    })
+                })
+                .collect(),
+        )?;
+        let gauges = |f: &dyn Fn(&TargetMetrics) -> Option<i64>| -> Vec<(Labels, ConstGauge<i64>)> {
+            targets
+                .iter()
+                .filter_map(|t| Some((target_labels(t), ConstGauge::new(f(t)?))))
+                .collect()
+        };
+        let counters =
+            |f: &dyn Fn(&TargetMetrics) -> Option<u64>| -> Vec<(Labels, ConstCounter<u64>)> {
+                targets
+                    .iter()
+                    .filter_map(|t| Some((target_labels(t), ConstCounter::new(f(t)?))))
+                    .collect()
+            };
+        family(
+            &mut encoder,
+            "profiler_live",
+            "Bytes allocated through the target's allocator since the attach and not freed",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+            gauges(&|t| t.live_bytes),
+        )?;
+        family(
+            &mut encoder,
+            "profiler_live_allocations",
+            "Blocks allocated since the attach and not freed",
+            None,
+            MetricType::Gauge,
+            gauges(&|t| t.live_allocations),
+        )?;
+        family(
+            &mut encoder,
+            "profiler_allocations",
+            "Blocks allocated through the target's allocator",
+            None,
+            MetricType::Counter,
+            counters(&|t| t.allocations),
+        )?;
+        family(
+            &mut encoder,
+            "profiler_allocated",
+            "Bytes allocated through the target's allocator",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+            counters(&|t| t.allocated_bytes),
+        )?;
+        family(
+            &mut encoder,
+            "profiler_memory_growth",
+            "Memory the target first touched (page faults on new pages), whether released since \
+             or not",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+            counters(&|t| t.grown_bytes),
+        )?;
+        family(
+            &mut encoder,
+            "profiler_memory_held",
+            "Of the memory the target touched since the attach, what it still holds",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+            gauges(&|t| t.held_bytes),
+        )?;
+        let cause_rows = |tail: bool| -> Vec<(Labels, ConstCounter<f64>)> {
+            targets
+                .iter()
+                .flat_map(|t| {
+                    t.why.iter().flat_map(move |(port, w)| {
+                        let of = if tail { &w.tail_seconds } else { &w.seconds };
+                        category::NAMES.iter().zip(of).map(move |(cause, s)| {
+                            let mut labels = target_labels(t);
+                            labels.push(("port", port.to_string()));
+                            labels.push(("cause", cause.to_string()));
+                            (labels, ConstCounter::new(*s))
+                        })
+                    })
+                })
+                .collect()
+        };
+        family(
+            &mut encoder,
+            "profiler_request_time",
+            "Socket-to-reply time of every request, by what its threads were doing (cause: \
+             queued, cpu, runqueue, lock, blocked, other), per listening port",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+            cause_rows(false),
+        )?;
+        family(
+            &mut encoder,
+            "profiler_tail_request_time",
+            "The same for the tail requests only (--tail, p99 by default, of each second's \
+             requests per port): a cause's share of it is what made the slowest slow",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+            cause_rows(true),
+        )?;
+        family(
+            &mut encoder,
+            "profiler_tail_requests",
+            "Requests counted as the tail (--tail of each second's requests per port)",
+            None,
+            MetricType::Counter,
+            targets
+                .iter()
+                .flat_map(|t| {
+                    t.why.iter().map(move |(port, w)| {
+                        let mut labels = target_labels(t);
+                        labels.push(("port", port.to_string()));
+                        (labels, ConstCounter::new(w.tail_requests))
                     })
                 })
                 .collect(),

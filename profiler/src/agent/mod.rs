@@ -27,7 +27,7 @@ use self::metrics::{Bucketer, State, TargetMetrics};
 use crate::{
     options::AttachOptions,
     preflight,
-    probes::{self, Counters, Drain, Drained},
+    probes::{self, Counters, Drain, Drained, LiveStack},
     report::{pprof, profile::WeightedStack},
     session::{self, AttachError, Loaded},
     stacks,
@@ -166,6 +166,36 @@ pub struct Shared {
     pub host: String,
     /// Families the agent runs.
     pub families: BTreeSet<&'static str>,
+    /// Per target, what is live now: replaced at every drain, dropped when the target exits.
+    pub live: Mutex<BTreeMap<u32, TargetLive>>,
+}
+
+/// One target's live figures by stack, as of the last drain.
+#[derive(Debug, Default)]
+pub struct TargetLive {
+    pub comm: String,
+    /// `alloc`: live blocks.
+    pub allocs: Option<Vec<LiveStack>>,
+    /// `memory`: held pages.
+    pub held: Option<Vec<LiveStack>>,
+}
+
+/// Which live profile an endpoint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveKind {
+    /// `/debug/pprof/allocs` (and `heap`): Go's heap profile's in-use values.
+    Allocs,
+    /// `/debug/pprof/memory`: pages held by the stack that first touched them.
+    Held,
+}
+
+impl LiveKind {
+    pub fn family(self) -> &'static str {
+        match self {
+            Self::Allocs => "alloc",
+            Self::Held => "memory",
+        }
+    }
 }
 
 impl Shared {
@@ -245,6 +275,46 @@ impl Shared {
             |i| labels[i].as_slice(),
             start.as_nanosecond() as i64,
             duration.as_nanos() as i64,
+        )
+    }
+}
+
+impl Shared {
+    /// The live profile of `kind` over every target, as of the last drain: a snapshot, as Go's
+    /// `heap` is, each sample labelled with pid, comm and host.
+    pub fn live_profile(&self, kind: LiveKind) -> pprof::Profile {
+        let mut stacks = Vec::new();
+        if let Ok(live) = self.live.lock() {
+            for (&pid, target) in live.iter() {
+                let of = match kind {
+                    LiveKind::Allocs => &target.allocs,
+                    LiveKind::Held => &target.held,
+                };
+                for s in of.iter().flatten() {
+                    stacks.push((pid, target.comm.clone(), s.clone()));
+                }
+            }
+        }
+        let labels: Vec<[(String, String); 3]> = stacks
+            .iter()
+            .map(|(pid, comm, _)| {
+                [
+                    ("pid".to_string(), pid.to_string()),
+                    ("comm".to_string(), comm.clone()),
+                    ("host".to_string(), self.host.clone()),
+                ]
+            })
+            .collect();
+        let live: Vec<LiveStack> = stacks.into_iter().map(|(_, _, s)| s).collect();
+        let kind = match kind {
+            LiveKind::Allocs => &pprof::INUSE,
+            LiveKind::Held => &pprof::HELD,
+        };
+        pprof::live(
+            &live,
+            kind,
+            |i| labels[i].as_slice(),
+            jiff::Timestamp::now().as_nanosecond() as i64,
         )
     }
 }
@@ -455,39 +525,85 @@ fn all_pids() -> impl Iterator<Item = u32> {
 
 /// Writes a snapshot per family every interval under `dir`, and removes the oldest once all
 /// of them together pass `max_bytes`.
+///
+/// Each drain's stacks are merged here as they come (same target, thread and frames: one
+/// entry), so what is held until the next snapshot is bounded by the distinct stacks, not by
+/// `--interval`: keeping the drain windows for a whole interval grew with it (an hour's
+/// interval held 3600 windows of every stack seen in each).
 struct Rotation {
     dir: PathBuf,
     max_bytes: u64,
     last: Instant,
-    /// The end of the last window written.
-    covered: Instant,
+    /// Since the last snapshot, per profile: weight by (pid, comm, thread, frames).
+    pending: HashMap<ProfileKind, HashMap<StackId, u64>>,
+    /// When the pending stacks begin.
+    from: Instant,
     started: jiff::Timestamp,
 }
+
+/// A stack's identity across drains: its target, thread and frames.
+type StackId = (u32, String, String, Vec<String>);
 
 /// Snapshot files are named `<family>-<UTC time>.pb.gz`, which sort oldest first.
 const SNAPSHOT_SUFFIX: &str = ".pb.gz";
 
 impl Rotation {
+    fn new(dir: PathBuf, max_bytes: u64) -> Self {
+        Self {
+            dir,
+            max_bytes,
+            last: Instant::now(),
+            pending: HashMap::new(),
+            from: Instant::now(),
+            started: jiff::Timestamp::now(),
+        }
+    }
+
+    /// Merges one drain's stacks into the next snapshot.
+    fn add(&mut self, window: &Window) {
+        for (kind, stacks) in &window.stacks {
+            let pending = self.pending.entry(*kind).or_default();
+            for s in stacks {
+                let id = (
+                    s.pid,
+                    s.comm.clone(),
+                    s.stack.thread.clone(),
+                    s.stack.frames.clone(),
+                );
+                *pending.entry(id).or_default() += s.stack.weight;
+            }
+        }
+    }
+
     fn write(&mut self, shared: &Shared) {
-        // Each snapshot starts where the last one's windows ended: none is counted twice.
-        let since = self.covered;
-        self.last = Instant::now();
-        let now = jiff::Timestamp::now();
-        let stamp = now.strftime("%Y%m%dT%H%M%SZ").to_string();
+        let now = Instant::now();
+        let duration = now.saturating_duration_since(self.from);
+        self.from = now;
+        self.last = now;
+        let mut pending = std::mem::take(&mut self.pending);
+        let wall = jiff::Timestamp::now();
+        let stamp = wall.strftime("%Y%m%dT%H%M%SZ").to_string();
         for kind in ProfileKind::ALL {
             if !shared.families.contains(kind.family()) {
                 continue;
             }
-            let span = shared.stacks_since(kind, since);
-            if let Some(to) = span.to {
-                self.covered = self.covered.max(to);
-            }
-            let profile = shared.profile(
-                kind,
-                &span.stacks,
-                self.started.max(now - span.duration()),
-                span.duration(),
-            );
+            let stacks: Vec<TargetStack> = pending
+                .remove(&kind)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|((pid, comm, thread, frames), weight)| TargetStack {
+                    pid,
+                    comm,
+                    stack: WeightedStack {
+                        thread,
+                        tid: 0,
+                        frames,
+                        weight,
+                    },
+                })
+                .collect();
+            let profile =
+                shared.profile(kind, &stacks, self.started.max(wall - duration), duration);
             let path = self
                 .dir
                 .join(format!("{}-{stamp}{SNAPSHOT_SUFFIX}", kind.stem()));
@@ -561,6 +677,7 @@ impl Agent {
             frequency: opts.attach.cpu.as_ref().map_or(99, |c| c.frequency),
             host,
             families,
+            live: Mutex::new(BTreeMap::new()),
         });
         let server = http::Server::start(opts.listen, shared.clone()).map_err(|source| {
             AgentError::Listen {
@@ -574,13 +691,7 @@ impl Agent {
                     path: dir.clone(),
                     source,
                 })?;
-                Some(Rotation {
-                    dir: dir.clone(),
-                    max_bytes: opts.output_max_bytes,
-                    last: Instant::now(),
-                    covered: Instant::now(),
-                    started: jiff::Timestamp::now(),
-                })
+                Some(Rotation::new(dir.clone(), opts.output_max_bytes))
             }
             None => None,
         };
@@ -663,6 +774,7 @@ impl Agent {
         let mut window = Window::default();
         let mut gone = Vec::new();
         let mut updates = Vec::new();
+        let mut lives = Vec::new();
         for (&pid, attached) in &mut self.attached {
             let exited = attached.exited();
             let drained = attached.drain();
@@ -707,9 +819,33 @@ impl Agent {
                 }
                 t.dropped = counters.drops();
                 t.rss_bytes = preflight::rss_kb(pid).map(|kb| kb * 1024);
+                if let Some(live) = &drained.live {
+                    t.live_bytes = Some(live.iter().map(|s| s.bytes).sum());
+                    t.live_allocations = Some(live.iter().map(|s| s.count).sum());
+                    *t.allocations.get_or_insert(0) += drained.allocations;
+                    *t.allocated_bytes.get_or_insert(0) += drained.allocated_bytes;
+                }
+                if let Some(held) = &drained.held {
+                    t.held_bytes = Some(held.iter().map(|s| s.bytes).sum());
+                    *t.grown_bytes.get_or_insert(0) += drained.grown_bytes;
+                }
+                for port in &drained.why {
+                    t.why.entry(port.port).or_default().add(port);
+                }
+                if drained.live.is_some() || drained.held.is_some() {
+                    lives.push((pid, t.comm.clone(), drained.live, drained.held));
+                }
             }
             for pid in &gone {
                 state.targets.remove(pid);
+            }
+        }
+        if let Ok(mut live) = self.shared.live.lock() {
+            for (pid, comm, allocs, held) in lives {
+                live.insert(pid, TargetLive { comm, allocs, held });
+            }
+            for pid in &gone {
+                live.remove(pid);
             }
         }
         for pid in gone {
@@ -722,9 +858,14 @@ impl Agent {
         window.from = Some(self.window_start);
         window.at = Some(now);
         self.window_start = now;
+        if let Some(rotation) = &mut self.rotation {
+            rotation.add(&window);
+        }
         if let Ok(mut windows) = self.shared.windows.lock() {
             windows.push_back(window);
-            let retain = RETAIN.max(self.opts.interval) + DRAIN_EVERY;
+            // The endpoints' longest span, whatever --interval is (the snapshots merge their
+            // own, above).
+            let retain = RETAIN + DRAIN_EVERY;
             while windows
                 .front()
                 .and_then(|w| w.at)
@@ -808,6 +949,43 @@ mod tests {
         assert!(Cgroup::resolve(Path::new("svc/pool"), "").contains(proc));
         assert!(Cgroup::resolve(Path::new("/sys/fs/cgroup/svc"), "").contains(proc));
         assert!(!Cgroup::resolve(Path::new("/kubepods"), "").contains(proc));
+    }
+
+    #[test]
+    fn snapshots_merge_drains_by_stack() {
+        let stack = |pid: u32, frames: &[&str], weight: u64| TargetStack {
+            pid,
+            comm: "pool".into(),
+            stack: WeightedStack {
+                thread: "worker".into(),
+                tid: 7,
+                frames: frames.iter().map(|f| f.to_string()).collect(),
+                weight,
+            },
+        };
+        let mut rotation = Rotation::new(PathBuf::from("/nonexistent"), 0);
+        for _ in 0..100 {
+            let mut window = Window::default();
+            window.stacks.insert(
+                ProfileKind::Cpu,
+                vec![
+                    stack(1, &["main", "hot"], 3),
+                    stack(1, &["main", "cold"], 1),
+                    stack(2, &["main", "hot"], 2),
+                ],
+            );
+            rotation.add(&window);
+        }
+        // A hundred drains hold what one does: one entry per target and stack.
+        let cpu = &rotation.pending[&ProfileKind::Cpu];
+        assert_eq!(cpu.len(), 3);
+        let hot = (
+            1,
+            "pool".into(),
+            "worker".into(),
+            vec!["main".into(), "hot".into()],
+        );
+        assert_eq!(cpu[&hot], 300);
     }
 
     #[test]

@@ -15,7 +15,9 @@ use profiler_common::{
     stats,
 };
 
-use super::{Counters, Family, Finish, ProbeError, Setup, Tick, attach_tracepoint, map, map_mut};
+use super::{
+    Counters, Drain, Family, Finish, ProbeError, Setup, Tick, attach_tracepoint, map, map_mut,
+};
 use crate::{
     ebpf::LoadConfig,
     report::{
@@ -142,6 +144,8 @@ pub struct Memory {
     page_size: u64,
     /// The target, known from `configure` on.
     pid: u32,
+    /// The agent's running held pages by stack (`drain`).
+    held: super::LiveTable<GrowthKey>,
 }
 
 impl Memory {
@@ -152,6 +156,7 @@ impl Memory {
             samples: Vec::new(),
             page_size: rustix::param::page_size() as u64,
             pid: 0,
+            held: super::LiveTable::default(),
         }
     }
 
@@ -180,6 +185,33 @@ impl Family for Memory {
     }
 
     fn attach(&mut self, ebpf: &mut Ebpf, _: &Setup<'_>) -> Result<(), ProbeError> {
+        // The release the mapping calls tail-call, in place before any of them is attached.
+        let release: &mut aya::programs::TracePoint =
+            super::program_mut(ebpf, PROBE, memory::RELEASE_PROGRAM)?;
+        release.load().map_err(|source| ProbeError::Load {
+            probe: PROBE,
+            program: memory::RELEASE_PROGRAM,
+            source: Box::new(source),
+        })?;
+        let fd = release
+            .fd()
+            .map_err(|source| ProbeError::Load {
+                probe: PROBE,
+                program: memory::RELEASE_PROGRAM,
+                source: Box::new(source),
+            })?
+            .try_clone()
+            .map_err(|source| ProbeError::Other {
+                probe: PROBE,
+                what: format!("duplicating {}'s fd", memory::RELEASE_PROGRAM),
+                source,
+            })?;
+        let mut tail: aya::maps::ProgramArray<_> = map_mut(ebpf, PROBE, memory::TAIL_MAP)?;
+        tail.set(0, &fd, 0).map_err(|source| ProbeError::Map {
+            probe: PROBE,
+            map: memory::TAIL_MAP,
+            source: Box::new(source),
+        })?;
         // An mremap's exit before its entry, so no entry waits for an exit not attached yet.
         for (program, category, event) in [
             (memory::FAULT_USER_PROGRAM, "exceptions", "page_fault_user"),
@@ -229,6 +261,26 @@ impl Family for Memory {
         if tick.target_alive {
             self.snapshot(tick);
         }
+    }
+
+    fn drain(&mut self, d: &mut Drain<'_>) -> Result<bool, ProbeError> {
+        let deltas: Vec<(GrowthKey, Growth)> = super::take_all(d.ebpf, PROBE, memory::GROWTH_MAP)?;
+        // Mapping calls by stack: the agent serves none of it, but the map must not fill.
+        let changes: Vec<(ChangeKey, Change)> =
+            super::take_all(d.ebpf, PROBE, memory::CHANGES_MAP)?;
+        d.into
+            .user_stacks
+            .extend(changes.iter().map(|(k, _)| k.user_stack));
+        let page = self.page_size as i64;
+        d.into.grown_bytes += deltas.iter().map(|(_, g)| g.pages).sum::<u64>() * self.page_size;
+        let held = self.held.add(
+            d,
+            deltas
+                .iter()
+                .map(|(k, g)| (*k, k.user_stack, g.held_pages * page, g.held_pages)),
+        )?;
+        d.into.held = Some(held);
+        Ok(true)
     }
 
     fn progress(&self, counters: &Counters) -> String {

@@ -102,10 +102,104 @@ pub struct Drained {
     pub lock_waits: Vec<(String, u64)>,
     /// `sock`: per listening port, everything since attach (cumulative).
     pub ports: Vec<crate::report::sock::PortData>,
+    /// `alloc`: live blocks by stack as they stand now (a state, not a delta).
+    pub live: Option<Vec<LiveStack>>,
+    /// `alloc`: blocks and bytes allocated since the last drain.
+    pub allocations: u64,
+    pub allocated_bytes: u64,
+    /// `memory`: pages still held by the stack that first touched them, as they stand now
+    /// (`bytes`, and `count` in pages).
+    pub held: Option<Vec<LiveStack>>,
+    /// `memory`: bytes the target grew by (first touched) since the last drain.
+    pub grown_bytes: u64,
+    /// `why`: per listening port, requests' time by cause since the last drain.
+    pub why: Vec<WhyPort>,
     /// User stacks (by hash) and kernel stacks (by id) the drained entries named: forgotten
     /// once every family has drained, so the stack maps stay bounded too.
     pub user_stacks: Vec<u64>,
     pub kernel_stacks: Vec<i32>,
+}
+
+pub use crate::report::profile::LiveStack;
+
+/// One port's requests in one drain, by cause (`profiler_common::why::category`).
+#[derive(Debug, Clone, Default)]
+pub struct WhyPort {
+    pub port: u16,
+    pub requests: u64,
+    pub ns: [u64; profiler_common::why::category::COUNT],
+    /// The window's tail requests (`--tail`, per port) and their time by cause.
+    pub tail_requests: u64,
+    pub tail_ns: [u64; profiler_common::why::category::COUNT],
+}
+
+/// For the agent: a live quantity by stack, kept as the sum of the deltas each drain takes
+/// from a kernel map (`take_all`), which the kernel side recreates with negative figures when
+/// a release follows a drain. Stacks with nothing live left are dropped with their names, so
+/// this is bounded by the live stacks, not by how long the agent runs.
+pub(crate) struct LiveTable<K> {
+    /// By key: its user stack's hash, bytes, count.
+    sums: std::collections::HashMap<K, (u64, i64, i64)>,
+    /// Named frames by user stack hash, kept while live: the kernel's stack map forgets them
+    /// at each drain.
+    names: std::collections::HashMap<u64, Vec<String>>,
+}
+
+impl<K> Default for LiveTable<K> {
+    fn default() -> Self {
+        Self {
+            sums: std::collections::HashMap::new(),
+            names: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash> LiveTable<K> {
+    /// Adds one drain's deltas `(key, user stack hash, bytes, count)` and returns the live
+    /// stacks now.
+    pub fn add(
+        &mut self,
+        d: &mut Drain<'_>,
+        deltas: impl IntoIterator<Item = (K, u64, i64, i64)>,
+    ) -> Result<Vec<LiveStack>, ProbeError> {
+        for (key, hash, bytes, count) in deltas {
+            let sum = self.sums.entry(key).or_insert((hash, 0, 0));
+            sum.1 += bytes;
+            sum.2 += count;
+            d.into.user_stacks.push(hash);
+        }
+        // A count at or below zero has nothing live (below: a release whose block was
+        // counted before the attach, or an add lost to the drain's race).
+        self.sums.retain(|_, (_, _, count)| *count > 0);
+        let live: std::collections::HashSet<u64> = self.sums.values().map(|v| v.0).collect();
+        self.names.retain(|hash, _| live.contains(hash));
+        let unnamed: Vec<u64> = live
+            .iter()
+            .copied()
+            .filter(|hash| !self.names.contains_key(hash))
+            .collect();
+        if !unnamed.is_empty() {
+            let table = crate::stacks::StackTable::load(
+                d.ebpf,
+                unnamed.iter().copied(),
+                std::iter::empty(),
+                d.maps,
+                d.symbolizer,
+            )?;
+            for hash in unnamed {
+                self.names.insert(hash, table.user_frames(hash));
+            }
+        }
+        Ok(self
+            .sums
+            .values()
+            .map(|&(hash, bytes, count)| LiveStack {
+                frames: self.names.get(&hash).cloned().unwrap_or_default(),
+                bytes,
+                count,
+            })
+            .collect())
+    }
 }
 
 /// What a family may read before and while attaching.
@@ -291,18 +385,25 @@ pub(crate) fn attach_tracepoint(
     event: &str,
 ) -> Result<(), ProbeError> {
     let prog: &mut aya::programs::TracePoint = program_mut(ebpf, probe, program)?;
+    let began = std::time::Instant::now();
     prog.load().map_err(|source| ProbeError::Load {
         probe,
         program,
         source: Box::new(source),
     })?;
-    prog.attach(category, event)
-        .map_err(|source| ProbeError::Attach {
-            probe,
-            program,
-            target: format!("{category}:{event}"),
-            source: Box::new(source),
-        })?;
+    let loaded = began.elapsed();
+    let attached = prog.attach(category, event);
+    log::debug!(
+        "{program}: loaded (verified) in {:.0} ms, attached in {:.0} ms",
+        loaded.as_secs_f64() * 1e3,
+        (began.elapsed() - loaded).as_secs_f64() * 1e3
+    );
+    attached.map_err(|source| ProbeError::Attach {
+        probe,
+        program,
+        target: format!("{category}:{event}"),
+        source: Box::new(source),
+    })?;
     Ok(())
 }
 
@@ -357,9 +458,13 @@ pub(crate) fn already_gone(err: &MapError) -> bool {
     }
 }
 
-/// Reads every entry of a hash map and deletes what it read. An update the kernel makes
-/// between the read and the delete is lost (one interval's increment of one key, counted
-/// nowhere); the alternative, never deleting, lets the map fill and drop new keys for good.
+/// Moves every entry of a hash map out of it: the keys are listed, then each is taken with
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which copies the value and unlinks the entry under the
+/// bucket's lock, so an update the kernel makes after the copy lands in a new entry, read at
+/// the next drain. (Reading the whole map and then deleting lost every update made between
+/// the two, one interval's increment of each key.) What is still lost: an add by a program
+/// that found the entry just before the copy and writes just after it, a window of a few
+/// instructions. Keys inserted after the listing stay for the next drain.
 pub(crate) fn take_all<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     probe: &'static str,
@@ -370,15 +475,73 @@ pub(crate) fn take_all<K: aya::Pod, V: aya::Pod>(
         map: name,
         source: Box::new(source),
     };
-    let mut table: aya::maps::HashMap<_, K, V> = map_mut(ebpf, probe, name)?;
-    let entries = table.iter().collect::<Result<Vec<_>, _>>().map_err(fail)?;
-    for (key, _) in &entries {
-        match table.remove(key) {
-            Err(err) if !already_gone(&err) => return Err(fail(err)),
-            _ => {}
+    let table: aya::maps::HashMap<_, K, V> = map(ebpf, probe, name)?;
+    let keys = table.keys().collect::<Result<Vec<K>, _>>().map_err(fail)?;
+    let Some(aya::maps::Map::HashMap(data)) = ebpf.map(name) else {
+        return Err(fail(MapError::InvalidName { name: name.into() }));
+    };
+    let fd = std::os::fd::AsFd::as_fd(data.fd());
+    let mut entries = Vec::with_capacity(keys.len());
+    for key in keys {
+        match lookup_and_delete::<K, V>(fd, &key) {
+            Ok(Some(value)) => entries.push((key, value)),
+            Ok(None) => {}
+            Err(io_error) => {
+                return Err(fail(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_and_delete_elem",
+                    io_error,
+                })));
+            }
         }
     }
     Ok(entries)
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on one key of a hash map, which aya 0.14 exposes only for
+/// queues and stacks. Hash maps have it from Linux 5.14, below the 5.17 our `bpf_loop` walks
+/// already need. `None`: the key went meanwhile.
+fn lookup_and_delete<K: aya::Pod, V: aya::Pod>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    key: &K,
+) -> std::io::Result<Option<V>> {
+    use std::os::fd::AsRawFd as _;
+    /// `union bpf_attr`'s map-element member: map_fd, key, value, flags.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at a key and a value buffer of the map's sizes (the typed view
+    // checked them), both live across the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            std::ptr::from_ref(&attr),
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if ret == 0 {
+        // SAFETY: the kernel wrote the whole value; any bit pattern is a valid Pod.
+        return Ok(Some(unsafe { value.assume_init() }));
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOENT) => Ok(None),
+        _ => Err(err),
+    }
 }
 
 /// Sets a family's one-slot `ARMED` array: its programs account only while it is 1, so they

@@ -58,6 +58,20 @@ fn offset(format: &Format, event: &str, field: &str, size: u32) -> Result<u32, P
         .map_err(|e| super::tracefs_error(PROBE, &e))
 }
 
+/// `sock_common.skc_num`'s offset in the running kernel, found once per process: parsing the
+/// kernel's BTF was most of an attach's `configure` time (the agent re-attaches every
+/// restarted target), and the running kernel's layout cannot change under us.
+fn skc_num_offset() -> Result<u32, String> {
+    static OFFSET: std::sync::OnceLock<Result<u32, String>> = std::sync::OnceLock::new();
+    OFFSET
+        .get_or_init(|| {
+            btf::Btf::load(Path::new(btf::VMLINUX))
+                .and_then(|b| b.field_offset("sock_common", "skc_num"))
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+}
+
 /// Field offsets from tracefs and the local-port offset from BTF.
 pub fn kernel_config(_config: &Config) -> Result<SockConfig, ProbeError> {
     let ready = format("sk_data_ready")?;
@@ -78,14 +92,12 @@ pub fn kernel_config(_config: &Config) -> Result<SockConfig, ProbeError> {
             "sock_recv_length and sock_send_length have different layouts on this kernel".into(),
         ));
     }
-    let skc_num = btf::Btf::load(Path::new(btf::VMLINUX))
-        .and_then(|b| b.field_offset("sock_common", "skc_num"))
-        .map_err(|e| {
-            other(format!(
-                "needs the kernel's BTF ({}) to find a socket's port: {e}",
-                btf::VMLINUX
-            ))
-        })?;
+    let skc_num = skc_num_offset().map_err(|e| {
+        other(format!(
+            "needs the kernel's BTF ({}) to find a socket's port: {e}",
+            btf::VMLINUX
+        ))
+    })?;
     Ok(SockConfig {
         ready_sk: offset(&ready, "sk_data_ready", "skaddr", 8)?,
         ready_protocol: offset(&ready, "sk_data_ready", "protocol", 2)?,

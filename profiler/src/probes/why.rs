@@ -14,7 +14,7 @@ use profiler_common::{
     why::{self, ReqRecord, SAMPLES, Stack, WhyConfig, category},
 };
 
-use super::{Counters, Family, Finish, ProbeError, Setup, Tick, attach_tracepoint, map};
+use super::{Counters, Drain, Family, Finish, ProbeError, Setup, Tick, attach_tracepoint, map};
 use crate::{
     ebpf::LoadConfig,
     probes::futex::namer::LockNamer,
@@ -238,6 +238,59 @@ impl Family for Why {
 
     fn progress(&self, counters: &Counters) -> String {
         format!("{} requests followed", counters.get(stats::WHY_REQUESTS))
+    }
+
+    /// The records sent since the last drain, summed per port by cause, with the window's
+    /// tail apart; nothing is kept, and the stacks they named are forgotten.
+    fn drain(&mut self, d: &mut Drain<'_>) -> Result<bool, ProbeError> {
+        let Some(ring) = self.records.as_mut() else {
+            return Ok(false);
+        };
+        let mut by_port: HashMap<u32, Vec<(u64, [u64; category::COUNT])>> = HashMap::new();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<ReqRecord>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `ReqRecord` (checked length); unaligned.
+            let r = unsafe { item.as_ptr().cast::<ReqRecord>().read_unaligned() };
+            let stacks = r
+                .sample
+                .iter()
+                .take(r.samples.min(SAMPLES as u32) as usize)
+                .chain([&r.lock.waiter, &r.lock.holder, &r.blocked.at]);
+            for s in stacks {
+                d.into.user_stacks.push(s.user);
+                d.into.kernel_stacks.push(s.kernel);
+            }
+            by_port
+                .entry(r.port_index)
+                .or_default()
+                .push((r.latency_ns, r.ns));
+        }
+        if by_port.is_empty() {
+            return Ok(true);
+        }
+        let ports = ports(d.ebpf)?;
+        for (index, mut requests) in by_port {
+            let Some(&port) = ports.get(&index) else {
+                continue;
+            };
+            let mut ns = [0u64; category::COUNT];
+            for (_, by_cause) in &requests {
+                for (sum, n) in ns.iter_mut().zip(by_cause) {
+                    *sum += n;
+                }
+            }
+            let (tail_requests, tail_ns) = report::tail_time(&mut requests, self.config.tail);
+            d.into.why.push(crate::probes::WhyPort {
+                port,
+                requests: requests.len() as u64,
+                ns,
+                tail_requests,
+                tail_ns,
+            });
+        }
+        Ok(true)
     }
 
     fn finish(&mut self, f: &mut Finish<'_>) -> Result<(), ProbeError> {

@@ -155,6 +155,45 @@ pub const LOCKS: Kind = Kind {
     period: ("delay", "nanoseconds", 1),
 };
 
+/// Live blocks by stack, as Go's heap profile's in-use values (`go tool pprof` shows
+/// `inuse_space` by default).
+pub const INUSE: Kind = Kind {
+    values: &[("inuse_objects", "count"), ("inuse_space", "bytes")],
+    period: ("space", "bytes", 1),
+};
+
+/// Pages held by the stack that first touched them.
+pub const HELD: Kind = Kind {
+    values: &[("held_pages", "count"), ("held_space", "bytes")],
+    period: ("space", "bytes", 1),
+};
+
+/// A live profile (`INUSE`, `HELD`): each stack's count and bytes as its two values.
+pub fn live<'a>(
+    stacks: &[super::profile::LiveStack],
+    kind: &Kind,
+    labels: impl Fn(usize) -> &'a [(String, String)],
+    time_unix_nanos: i64,
+) -> Profile {
+    let weighted: Vec<WeightedStack> = stacks
+        .iter()
+        .map(|s| WeightedStack {
+            thread: String::new(),
+            tid: 0,
+            frames: s.frames.clone(),
+            weight: s.count.max(0) as u64,
+        })
+        .collect();
+    let mut profile = build(&weighted, kind, labels, time_unix_nanos, 0);
+    // `build` gives each sample one weight; the second value is the stack's own bytes.
+    for (sample, stack) in profile.sample.iter_mut().zip(stacks) {
+        if let Some(bytes) = sample.value.get_mut(1) {
+            *bytes = stack.bytes;
+        }
+    }
+    profile
+}
+
 /// A stack profile: each frame name a function with one location, each sample labelled with
 /// its thread and with `labels(i)` for the `i`th stack (the agent's pid, comm and host).
 pub fn build<'a>(

@@ -16,6 +16,15 @@ pub struct WeightedStack {
     pub weight: u64,
 }
 
+/// One stack's live figures (an allocation's blocks, a growth's held pages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveStack {
+    /// Named frames, root first.
+    pub frames: Vec<String>,
+    pub bytes: i64,
+    pub count: i64,
+}
+
 /// A function's share of a profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionShare {

@@ -352,6 +352,30 @@ fn group(requests: &[&Request], names: &CpuNames<'_>) -> Group {
 }
 
 /// The tail and the typical band of each port.
+/// Of one port's requests (`(latency, time by cause)`), the tail by the same rule as
+/// [`analyze`]: how many, and their time by cause. For the agent, per drain window.
+pub fn tail_time(
+    requests: &mut [(u64, [u64; category::COUNT])],
+    tail: Tail,
+) -> (u64, [u64; category::COUNT]) {
+    requests.sort_by_key(|r| r.0);
+    let slow: &[(u64, [u64; category::COUNT])] = match tail {
+        Tail::Quantile(_) if requests.is_empty() => &[],
+        Tail::Quantile(q) => {
+            let from = ((q * requests.len() as f64).floor() as usize).min(requests.len() - 1);
+            &requests[from..]
+        }
+        Tail::Latency(ns) => &requests[requests.partition_point(|r| r.0 < ns)..],
+    };
+    let mut ns = [0u64; category::COUNT];
+    for (_, by_cause) in slow {
+        for (sum, n) in ns.iter_mut().zip(by_cause) {
+            *sum += n;
+        }
+    }
+    (slow.len() as u64, ns)
+}
+
 pub fn analyze(requests: &[Request], tail: Tail) -> Vec<PortWhy> {
     let mut by_port: HashMap<u16, Vec<&Request>> = HashMap::new();
     for r in requests {
@@ -637,6 +661,27 @@ mod tests {
                 .any(|l| l.starts_with(":3333 lock SHARE_LOG;held by;stall_thread;stall_loop ")),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn tail_time_takes_the_slowest_by_the_rule() {
+        let mut reqs: Vec<(u64, [u64; category::COUNT])> = (1..=100u64)
+            .map(|i| {
+                let mut ns = [0; category::COUNT];
+                ns[category::CPU] = i;
+                ns[category::LOCK] = if i > 98 { 1000 } else { 0 };
+                (i * 10, ns)
+            })
+            .rev()
+            .collect();
+        // p99 of 100: the slowest two (index 99 only once floored: 0.99 × 100 = 99).
+        let (n, ns) = tail_time(&mut reqs, Tail::Quantile(0.99));
+        assert_eq!(n, 1);
+        assert_eq!(ns[category::LOCK], 1000);
+        assert_eq!(ns[category::CPU], 100);
+        let (n, ns) = tail_time(&mut reqs, Tail::Latency(990));
+        assert_eq!((n, ns[category::LOCK], ns[category::CPU]), (2, 2000, 199));
+        assert_eq!(tail_time(&mut [], Tail::Quantile(0.99)).0, 0);
     }
 
     #[test]

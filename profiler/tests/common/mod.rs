@@ -137,3 +137,15 @@ pub fn folded(outcome: &Outcome, name: &str) -> Vec<(Vec<String>, u64)> {
     let file = std::fs::File::open(outcome.dir.join(name)).expect("folded file written");
     profiler::report::folded::parse(std::io::BufReader::new(file)).expect("folded parses")
 }
+
+/// The allocation fixtures' flags: frame pointers, and no allocator call folded away.
+pub const ALLOC_FLAGS: &[&str] = &[
+    "-O2",
+    "-g",
+    "-fno-omit-frame-pointer",
+    "-mno-omit-leaf-frame-pointer",
+    "-fno-inline",
+    "-fno-builtin-malloc",
+    "-fno-builtin-free",
+    "-fno-builtin-realloc",
+];

@@ -25,7 +25,7 @@ use profiler_common::{
     stats,
 };
 
-use super::{Counters, Family, Finish, ProbeError, Setup, Tick, map, program_mut};
+use super::{Counters, Drain, Family, Finish, ProbeError, Setup, Tick, map, program_mut};
 use crate::{
     ebpf::LoadConfig,
     procmaps::{Backing, ProcessMaps},
@@ -425,6 +425,8 @@ pub struct Alloc {
     snapshots: Snapshots,
     /// The target's memory, and the live bytes, over time.
     memory: Vec<MemorySample>,
+    /// The agent's running live set (`drain`).
+    live: super::LiveTable<AllocKey>,
 }
 
 impl Alloc {
@@ -434,6 +436,7 @@ impl Alloc {
             allocator: None,
             snapshots: Snapshots::default(),
             memory: Vec::new(),
+            live: super::LiveTable::default(),
         }
     }
 
@@ -504,6 +507,25 @@ impl Family for Alloc {
 
     fn progress(&self, counters: &Counters) -> String {
         format!("{} allocations", counters.get(stats::ALLOC_TRACKED))
+    }
+
+    fn drain(&mut self, d: &mut Drain<'_>) -> Result<bool, ProbeError> {
+        // Every stack's change since the last drain; the live set is their running sum.
+        let deltas: Vec<(AllocKey, StackAllocs)> =
+            super::take_all(d.ebpf, PROBE, alloc::STACKS_MAP)?;
+        let scale = i64::from(self.config.sample_every.max(1));
+        for (_, v) in &deltas {
+            d.into.allocations += v.total_allocs * scale as u64;
+            d.into.allocated_bytes += v.total_bytes * scale as u64;
+        }
+        let live = self.live.add(
+            d,
+            deltas
+                .iter()
+                .map(|(k, v)| (*k, k.user_stack, v.live_bytes * scale, v.live_count * scale)),
+        )?;
+        d.into.live = Some(live);
+        Ok(true)
     }
 
     fn finish(&mut self, f: &mut Finish<'_>) -> Result<(), ProbeError> {
