@@ -289,10 +289,7 @@ impl AgentArgs {
             memory: (self.all || self.memory).then(memory::Config::default),
             // `why` follows the requests `sock` pairs.
             sock: (self.all || self.sock || why).then_some(sock::Config {}),
-            why: why.then_some(why::Config {
-                tail: self.tail,
-                futex_traced: false,
-            }),
+            why: why.then_some(why::Config { tail: self.tail }),
             interval: None,
             unwind: self.unwind.into(),
             verbose,
