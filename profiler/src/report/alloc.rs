@@ -684,6 +684,64 @@ pub fn render(report: &LeakReport, suspects: usize) -> String {
 mod tests {
     use super::*;
 
+    /// Sampled in time, each tracked byte stands for 1/duty bytes, and the text says how the
+    /// figures were estimated.
+    #[test]
+    fn time_sampled_figures_are_scaled_by_the_duty() {
+        let key = AllocKey {
+            user_stack: 7,
+            tgid: 1,
+            kind: kind::MALLOC,
+            _pad: [0; 3],
+        };
+        let stacks = [(
+            key,
+            StackAllocs {
+                live_bytes: 1000,
+                live_count: 100,
+                total_allocs: 100,
+                total_bytes: 1000,
+                ..StackAllocs::default()
+            },
+        )];
+        let snapshots = Snapshots::default();
+        let analysis = Analysis {
+            snapshots: &snapshots,
+            stacks: &stacks,
+            frames: &|_| vec!["main".into()],
+            now_ns: 0,
+            min_age_secs: 10.0,
+            interval_secs: 1.0,
+            sample_every: 1,
+            duty: 0.25,
+            windows: 12,
+            memory: &[],
+            component: &|_| "main".into(),
+            budget: None,
+        };
+        let report = analysis.report();
+        assert!(report.estimate);
+        assert_eq!((report.live_bytes, report.live_count), (4000, 400));
+        assert_eq!(report.sampled_live_count, 100);
+        assert!((report.relative_error - 0.1).abs() < 1e-9);
+        let text = render(&report, 5);
+        assert!(
+            text.contains("probed 25.0% of the time in 12 windows")
+                && text.contains("100 sampled live blocks")
+                && text.contains("about 10%"),
+            "{text}"
+        );
+        let exact = Analysis {
+            duty: 1.0,
+            windows: 0,
+            ..analysis
+        };
+        let report = exact.report();
+        assert!(!report.estimate);
+        assert_eq!(report.live_bytes, 1000);
+        assert!(!render(&report, 5).contains("estimates"));
+    }
+
     #[test]
     fn growth_tells_leaks_from_churn() {
         let leak: Vec<(f64, f64)> = (0..6)

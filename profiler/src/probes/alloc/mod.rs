@@ -586,10 +586,16 @@ impl Family for Alloc {
         match &mut self.windows {
             Some(windows) if on => windows.armed(),
             Some(windows) => windows.disarmed(),
-            // One window, the whole capture.
-            None => window::set_window(ebpf, u32::from(on))?,
+            // One window, the whole capture: opened before arming and closed after, so no
+            // return in between is taken for one cut by a window's close.
+            None if on => window::set_window(ebpf, 1)?,
+            None => {}
         }
-        super::set_armed(ebpf, PROBE, alloc::ARMED_MAP, on)
+        super::set_armed(ebpf, PROBE, alloc::ARMED_MAP, on)?;
+        if !on && self.windows.is_none() {
+            window::set_window(ebpf, 0)?;
+        }
+        Ok(())
     }
 
     fn begin(&mut self, tick: &mut Tick<'_>) {
