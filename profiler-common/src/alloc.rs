@@ -114,8 +114,11 @@ pub struct InFlight {
     /// The stack pointer at entry: a later entry at or below it is a call made from inside
     /// this one (or its tail call); above it, this call's frame is gone and its return lost.
     pub sp: u64,
+    /// The return address at `sp` on entry, before the return probe replaced it with the
+    /// `[uprobes]` trampoline: a stack walked inside the call (a page fault) reads it here.
+    pub ret: u64,
 }
-const _: () = assert!(core::mem::size_of::<InFlight>() == 32);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 40);
 
 /// A stack that allocates, and through which call.
 #[repr(C)]

@@ -78,6 +78,24 @@ fn entry_sp(ctx: &ProbeContext) -> u64 {
     unsafe { (*ctx.regs).rsp }
 }
 
+/// The return address at a uprobe on a function's entry. The entry programs run before the
+/// kernel swaps it for the return probe's trampoline.
+#[inline(always)]
+fn entry_ret(sp: u64) -> u64 {
+    // SAFETY: a read of the target's stack that may fault (then 0: nothing to put back).
+    unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
+}
+
+/// The stack slot of this thread's open allocator call holding its return address, and the
+/// address the return probe hid there: a walk inside the call (a page fault in malloc) would
+/// otherwise end at the `[uprobes]` trampoline.
+#[inline(always)]
+pub fn hidden_return(tid: u32) -> Option<(u64, u64)> {
+    // SAFETY: a read of the thread's entry; a racing rewrite only makes the pair not match.
+    let call = unsafe { ALLOC_INFLIGHT.get(tid) }?;
+    (call.open != 0 && call.ret != 0).then_some((call.sp, call.ret))
+}
+
 /// Opens a call of this thread, in a window; `sp` is the stack pointer at its entry.
 #[inline(always)]
 fn enter(sp: u64, tid: u32, size: u64, ptr: u64, kind: u8) {
@@ -110,6 +128,7 @@ fn enter(sp: u64, tid: u32, size: u64, ptr: u64, kind: u8) {
         call.open = 1;
         call.window = window;
         call.sp = sp;
+        call.ret = if sp == 0 { 0 } else { entry_ret(sp) };
         return;
     }
     let call = InFlight {
@@ -120,6 +139,7 @@ fn enter(sp: u64, tid: u32, size: u64, ptr: u64, kind: u8) {
         _pad: [0; 2],
         window,
         sp,
+        ret: if sp == 0 { 0 } else { entry_ret(sp) },
     };
     let _ = ALLOC_INFLIGHT.insert(tid, call, BPF_ANY as u64);
 }

@@ -453,3 +453,57 @@ fn time_sampled_windows_find_the_leak_and_no_ring_block() {
     let text = std::fs::read_to_string(outcome.dir.join("leaks.txt")).unwrap();
     assert!(text.contains("of the time in"), "{text}");
 }
+
+/// `--alloc` beside `--memory`: a page fault inside malloc, whose return address the return
+/// probe swapped for the `[uprobes]` trampoline, still unwinds to malloc's caller (the entry
+/// probe kept the address; the walk puts it back). Before, such stacks ended at the
+/// trampoline.
+#[test]
+fn faults_inside_malloc_unwind_past_the_return_probe() {
+    require_root!();
+    let mut fixture = start_fixture(
+        &CBuild {
+            source: "alloc_fault_in_malloc",
+            output: "alloc_fault_in_malloc",
+            cflags: ALLOC_FLAGS,
+            libs: &[],
+        },
+        &["65536", "4", "4"],
+    );
+    let mut opts = options(
+        fixture.pid(),
+        Duration::from_secs(6),
+        output_dir("alloc-fault-in-malloc"),
+    );
+    opts.cpu = None;
+    opts.alloc = Some(profiler::probes::alloc::Config::default());
+    opts.memory = Some(profiler::probes::memory::Config::default());
+    let (_, outcome) = capture(opts, || fixture.signal(libc::SIGUSR1).unwrap());
+    fixture
+        .wait_for_line("done grew", Duration::from_secs(5))
+        .unwrap();
+    let stacks = folded(&outcome, "memory.folded");
+    // Growth faulted inside the allocator: a frame of malloc's below the leaf.
+    let in_malloc: Vec<&(Vec<String>, u64)> = stacks
+        .iter()
+        .filter(|(frames, _)| frames.iter().any(|f| f.contains("malloc")))
+        .collect();
+    let total: u64 = in_malloc.iter().map(|(_, n)| n).sum();
+    let through_caller: u64 = in_malloc
+        .iter()
+        .filter(|(frames, _)| frames.iter().any(|f| f == "grow_heap"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(total > 0, "no growth inside malloc: {stacks:#?}");
+    assert!(
+        through_caller as f64 >= total as f64 * 0.9,
+        "{through_caller} of {total} bytes grown inside malloc reach grow_heap: {in_malloc:#?}"
+    );
+    // The trampoline's page is named by no file: `[uprobes]` or `[unknown]`.
+    assert!(
+        !in_malloc
+            .iter()
+            .any(|(frames, _)| frames.iter().any(|f| f.starts_with('['))),
+        "a stack passes through the return probe's trampoline: {in_malloc:#?}"
+    );
+}
