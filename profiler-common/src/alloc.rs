@@ -29,11 +29,15 @@ pub const LIVE_MAP: &str = "ALLOC_LIVE";
 pub const STACKS_MAP: &str = "ALLOC_STACKS";
 /// `ALLOC_INFLIGHT`: tid → [`InFlight`], between an allocator's entry and its return.
 pub const INFLIGHT_MAP: &str = "ALLOC_INFLIGHT";
-/// `ALLOC_ARMED`: one `u32`, 1 while the programs account. Set once every probe is attached
-/// and cleared before the last read, so allocations and frees start and stop counting at the
-/// same instant (attached one by one, a ring that reuses addresses was counted with its frees
-/// missing in the windows).
+/// `ALLOC_ARMED`: two `u32`s. Slot 0 is 1 while the programs account: set once every probe is
+/// attached and cleared before the last read, so allocations and frees start and stop counting
+/// at the same instant (attached one by one, a ring that reuses addresses was counted with its
+/// frees missing in the windows). Slot [`WINDOW_SLOT`] numbers the allocation window open now.
 pub const ARMED_MAP: &str = "ALLOC_ARMED";
+/// `ALLOC_ARMED` slot: the allocation window open now (from 1), 0 between windows. Without
+/// `--alloc-duty` one window lasts the whole capture. Only calls entered in a window are
+/// opened; a call still open from an earlier window lost its return to the window's close.
+pub const WINDOW_SLOT: u32 = 1;
 /// [`AllocConfig`] global.
 pub const CONFIG_GLOBAL: &str = "ALLOC_CONFIG";
 
@@ -75,7 +79,9 @@ pub struct AllocConfig {
     pub mmap_fd_offset: u32,
     pub mmap_ret_offset: u32,
     pub munmap_addr_offset: u32,
-    pub _pad: u32,
+    /// 1 when the allocation probes come and go in windows (`--alloc-duty`): a free of an
+    /// untracked block is then usually one allocated between windows, not before the attach.
+    pub windowed: u32,
 }
 const _: () = assert!(core::mem::size_of::<AllocConfig>() == 24);
 
@@ -87,7 +93,7 @@ impl Default for AllocConfig {
             mmap_fd_offset: 0,
             mmap_ret_offset: 0,
             munmap_addr_offset: 0,
-            _pad: 0,
+            windowed: 0,
         }
     }
 }
@@ -102,12 +108,17 @@ pub struct InFlight {
     pub ptr: u64,
     pub kind: u8,
     pub open: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The window (`WINDOW_SLOT`) the call entered in.
+    pub window: u32,
     /// The stack pointer at entry: a later entry at or below it is a call made from inside
     /// this one (or its tail call); above it, this call's frame is gone and its return lost.
     pub sp: u64,
+    /// The return address at `sp` on entry, before the return probe replaced it with the
+    /// `[uprobes]` trampoline: a stack walked inside the call (a page fault) reads it here.
+    pub ret: u64,
 }
-const _: () = assert!(core::mem::size_of::<InFlight>() == 32);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 40);
 
 /// A stack that allocates, and through which call.
 #[repr(C)]

@@ -83,7 +83,14 @@ pub const MEMORY_STACKS_FULL: u32 = 33;
 /// (the tail call to `memory::RELEASE_PROGRAM` failed).
 pub const MEMORY_RELEASE_CUT: u32 = 34;
 
-pub const COUNT: u32 = 35;
+/// alloc, `--alloc-duty`: frees of sampled-in addresses never seen allocated: blocks made
+/// between allocation windows (or before the attach), ignored.
+pub const ALLOC_UNSAMPLED_FREES: u32 = 35;
+/// alloc, `--alloc-duty`: calls whose return went unseen because their window closed first
+/// (their blocks are not tracked, as if allocated between windows).
+pub const ALLOC_WINDOW_CUT: u32 = 36;
+
+pub const COUNT: u32 = 37;
 
 /// Names used in reports and `summary.json`, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -122,10 +129,12 @@ pub const NAMES: [&str; COUNT as usize] = [
     "memory_pages_full",
     "memory_stacks_full",
     "memory_release_cut",
+    "alloc_unsampled_frees",
+    "alloc_window_cut",
 ];
 
 /// Counters that count events rather than losses; summaries keep them apart from drops.
-pub const EVENTS: [u32; 14] = [
+pub const EVENTS: [u32; 16] = [
     CPU_SAMPLES,
     WHY_REQUESTS,
     SOCK_REQUESTS,
@@ -139,6 +148,9 @@ pub const EVENTS: [u32; 14] = [
     // and glibc calling itself.
     ALLOC_UNKNOWN_FREES,
     ALLOC_NESTED,
+    // What sampling in time leaves out by design: reported beside the estimate.
+    ALLOC_UNSAMPLED_FREES,
+    ALLOC_WINDOW_CUT,
     MEMORY_FAULTS,
     MEMORY_GROWN,
     MEMORY_RELEASED,

@@ -4,6 +4,10 @@
 //! probe decides by a hash of the returned address whether to track it; only then does it walk
 //! the stack, from the caller's context, so the function that called the allocator is the
 //! leaf. `free` retires tracked addresses and is a hash check for the rest.
+//!
+//! With `--alloc-duty` the user side attaches the allocating functions' probes only in
+//! windows; `free` and `realloc`'s entry stay attached, so a block tracked in a window is
+//! retired whenever it goes, and only calls entered in a window are opened.
 
 use aya_ebpf::{
     EbpfContext as _, Global,
@@ -14,7 +18,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use profiler_common::{
-    alloc::{AllocConfig, AllocKey, InFlight, LiveAlloc, StackAllocs, kind, sampled},
+    alloc::{AllocConfig, AllocKey, InFlight, LiveAlloc, StackAllocs, WINDOW_SLOT, kind, sampled},
     stats,
 };
 
@@ -27,7 +31,7 @@ static ALLOC_CONFIG: Global<AllocConfig> = Global::new(AllocConfig {
     mmap_fd_offset: 0,
     mmap_ret_offset: 0,
     munmap_addr_offset: 0,
-    _pad: 0,
+    windowed: 0,
 });
 
 /// Preallocated (inserting into a map that allocates per element costs ~0.6 µs more per
@@ -42,13 +46,20 @@ static ALLOC_STACKS: HashMap<AllocKey, StackAllocs> = HashMap::with_max_entries(
 #[map]
 static ALLOC_INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(16384, 0);
 
-/// 1 while the programs account (see `profiler_common::alloc::ARMED_MAP`).
+/// 1 while the programs account, and the window open now (see
+/// `profiler_common::alloc::ARMED_MAP`).
 #[map]
-static ALLOC_ARMED: Array<u32> = Array::with_max_entries(1, 0);
+static ALLOC_ARMED: Array<u32> = Array::with_max_entries(2, 0);
 
 #[inline(always)]
 fn armed() -> bool {
     ALLOC_ARMED.get(0).is_some_and(|v| *v != 0)
+}
+
+/// The allocation window open now, 0 between windows.
+#[inline(always)]
+fn window() -> u32 {
+    ALLOC_ARMED.get(WINDOW_SLOT).copied().unwrap_or(0)
 }
 
 /// The target thread calling, while the programs are armed.
@@ -67,14 +78,39 @@ fn entry_sp(ctx: &ProbeContext) -> u64 {
     unsafe { (*ctx.regs).rsp }
 }
 
-/// Opens a call of this thread; `sp` is the stack pointer at its entry.
+/// The return address at a uprobe on a function's entry. The entry programs run before the
+/// kernel swaps it for the return probe's trampoline.
+#[inline(always)]
+fn entry_ret(sp: u64) -> u64 {
+    // SAFETY: a read of the target's stack that may fault (then 0: nothing to put back).
+    unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
+}
+
+/// The stack slot of this thread's open allocator call holding its return address, and the
+/// address the return probe hid there: a walk inside the call (a page fault in malloc) would
+/// otherwise end at the `[uprobes]` trampoline.
+#[inline(always)]
+pub fn hidden_return(tid: u32) -> Option<(u64, u64)> {
+    // SAFETY: a read of the thread's entry; a racing rewrite only makes the pair not match.
+    let call = unsafe { ALLOC_INFLIGHT.get(tid) }?;
+    (call.open != 0 && call.ret != 0).then_some((call.sp, call.ret))
+}
+
+/// Opens a call of this thread, in a window; `sp` is the stack pointer at its entry.
 #[inline(always)]
 fn enter(sp: u64, tid: u32, size: u64, ptr: u64, kind: u8) {
+    let window = window();
+    if window == 0 {
+        return;
+    }
     count(stats::ALLOC_CALLS);
     if let Some(call) = ALLOC_INFLIGHT.get_ptr_mut(tid) {
         // SAFETY: this thread's own entry; only this thread writes it.
         let call = unsafe { &mut *call };
-        if call.open != 0 {
+        if call.open != 0 && call.window != window {
+            // Opened in an earlier window whose return probe went before the call returned.
+            count(stats::ALLOC_WINDOW_CUT);
+        } else if call.open != 0 {
             // At or below the open call's entry: made from inside it, or a tail call reusing
             // its frame (glibc's memalign ends in `return __libc_malloc (n)`). The inner call's
             // block is the outer's, and the outer's return then finds nothing open. Above it,
@@ -90,7 +126,9 @@ fn enter(sp: u64, tid: u32, size: u64, ptr: u64, kind: u8) {
         call.ptr = ptr;
         call.kind = kind;
         call.open = 1;
+        call.window = window;
         call.sp = sp;
+        call.ret = if sp == 0 { 0 } else { entry_ret(sp) };
         return;
     }
     let call = InFlight {
@@ -98,13 +136,16 @@ fn enter(sp: u64, tid: u32, size: u64, ptr: u64, kind: u8) {
         ptr,
         kind,
         open: 1,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        window,
         sp,
+        ret: if sp == 0 { 0 } else { entry_ret(sp) },
     };
     let _ = ALLOC_INFLIGHT.insert(tid, call, BPF_ANY as u64);
 }
 
-/// Closes this thread's open call and returns it.
+/// Closes this thread's open call and returns it, if it entered in the window open now: a
+/// block is tracked only when its call entered and returned inside one window.
 #[inline(always)]
 fn close(tid: u32) -> Option<InFlight> {
     let call = ALLOC_INFLIGHT.get_ptr_mut(tid)?;
@@ -114,6 +155,10 @@ fn close(tid: u32) -> Option<InFlight> {
         return None;
     }
     call.open = 0;
+    if call.window != window() {
+        count(stats::ALLOC_WINDOW_CUT);
+        return None;
+    }
     Some(*call)
 }
 
@@ -165,7 +210,8 @@ pub fn alloc_enter_aligned(ctx: ProbeContext) -> u32 {
 /// realloc hands the old block over. It is retired here, before the call: once realloc has
 /// freed it inside, another thread's malloc can get the address back and be tracked before
 /// this call's return probe runs, which would then retire the new block. (A failed realloc
-/// leaves the old block live but untracked; its later free counts as unknown.)
+/// leaves the old block live but untracked; its later free counts as unknown.) Attached
+/// between windows too, as `free` is: the new block is then untracked, but the old is retired.
 #[uprobe]
 pub fn alloc_enter_realloc(ctx: ProbeContext) -> u32 {
     if let Some((_, tid)) = accounting_thread() {
@@ -279,7 +325,7 @@ fn stack_entry(key: &AllocKey) -> Option<*mut StackAllocs> {
 }
 
 /// Forgets a tracked address; counts a free of an address that should have been tracked but
-/// was not seen (allocated before attach).
+/// was not seen: allocated before the attach, or with `--alloc-duty` between windows too.
 #[inline(always)]
 fn retire(addr: u64, every: u32) {
     if !sampled(addr, every) {
@@ -287,6 +333,8 @@ fn retire(addr: u64, every: u32) {
     }
     if release(addr) {
         count(stats::ALLOC_FREES);
+    } else if ALLOC_CONFIG.load().windowed != 0 {
+        count(stats::ALLOC_UNSAMPLED_FREES);
     } else {
         count(stats::ALLOC_UNKNOWN_FREES);
     }

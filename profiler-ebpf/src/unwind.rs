@@ -12,8 +12,8 @@ use aya_ebpf::{
     Global,
     bindings::{BPF_F_MMAPABLE, pt_regs},
     helpers::{
-        bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::map,
     maps::Array,
@@ -97,6 +97,10 @@ struct Walk {
     /// The pc is a function's first instruction (a uprobe): its return address is at [sp].
     at_entry: u8,
     _pad: [u8; 3],
+    /// Where this thread's open allocator call keeps its return address, and the address a
+    /// return probe replaced there (0, 0: none).
+    hidden_slot: u64,
+    hidden_ret: u64,
 }
 
 enum Next {
@@ -128,6 +132,8 @@ pub fn user_regs() -> Option<(u64, u64, u64)> {
 #[inline(always)]
 pub fn walk(stack: &mut UserStack, regs: (u64, u64, u64), at_entry: bool) -> bool {
     let (pc, sp, bp) = regs;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let (hidden_slot, hidden_ret) = crate::alloc::hidden_return(tid).unwrap_or((0, 0));
     let mut walk = Walk {
         pc,
         sp,
@@ -140,6 +146,8 @@ pub fn walk(stack: &mut UserStack, regs: (u64, u64, u64), at_entry: bool) -> boo
         stop: stop::NONE,
         at_entry: at_entry as u8,
         _pad: [0; 3],
+        hidden_slot,
+        hidden_ret,
     };
     // SAFETY: `step` is a BPF subprogram with bpf_loop's callback signature; the context is
     // our stack frame, alive for the whole call.
@@ -238,6 +246,7 @@ fn next(walk: &mut Walk, index: u64) -> Next {
         return Next::Stop(stop::READ_FAULT);
     };
     record_slot(n, cfa - 8);
+    let ra = unhide(walk, cfa - 8, ra);
     if row.cfa_type != cfa::PLT {
         match row.rbp_type {
             rbp::OFFSET => {
@@ -275,8 +284,8 @@ fn fallback(walk: &mut Walk, n: usize, reason: u8) -> Next {
             return Next::Stop(stop::READ_FAULT);
         };
         record_slot(n, walk.sp);
+        walk.pc = unhide(walk, walk.sp, ra);
         walk.sp += 8;
-        walk.pc = ra;
         return Next::Continue;
     }
     if walk.bp_known == 0 {
@@ -297,10 +306,21 @@ fn fallback(walk: &mut Walk, n: usize, reason: u8) -> Next {
     }) else {
         return Next::Stop(stop::READ_FAULT);
     };
+    walk.pc = unhide(walk, walk.bp + 8, ra);
     walk.sp = walk.bp + 16;
     walk.bp = next_bp;
-    walk.pc = ra;
     Next::Continue
+}
+
+/// The return address read at `slot`, or the one a return probe hid there (the trampoline
+/// would end the walk).
+#[inline(always)]
+fn unhide(walk: &Walk, slot: u64, ra: u64) -> u64 {
+    if walk.hidden_slot != 0 && slot == walk.hidden_slot {
+        walk.hidden_ret
+    } else {
+        ra
+    }
 }
 
 /// The mapping that holds `addr`: the last one starting at or below it, if it ends above it.

@@ -138,6 +138,15 @@ pub struct AttachArgs {
     /// are then estimates.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub alloc_sample: u32,
+    /// alloc: probe the allocating functions only this percent of the time, in windows of
+    /// --alloc-window, detached between them so their calls cost nothing; frees stay probed,
+    /// so no block tracked in a window is a false leak. Figures are estimates scaled by the
+    /// measured share, with their error.
+    #[arg(long, default_value_t = 100, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub alloc_duty: u32,
+    /// alloc: how long each --alloc-duty window lasts.
+    #[arg(long, value_parser = parse_duration, default_value = "200ms")]
+    pub alloc_window: Duration,
     /// alloc: the allocator's file (as the target sees it) instead of finding it.
     #[arg(long)]
     pub allocator: Option<PathBuf>,
@@ -356,6 +365,8 @@ impl AttachArgs {
                 allocator: self.allocator.clone(),
                 min_age: self.min_age,
                 budget: self.budget.clone(),
+                duty: f64::from(self.alloc_duty) / 100.0,
+                window: self.alloc_window,
             }),
             memory: (self.all || self.memory).then(|| memory::Config {
                 budget: self.budget.clone(),

@@ -363,3 +363,136 @@ fn samples_inside_our_programs_are_named_as_ours() {
         "a BPF frame named after the last vmlinux symbol"
     );
 }
+
+/// `--alloc-duty 20`: the allocation probes come and go in 200 ms windows while `free` stays
+/// probed. Beside a ring turning every half second (so blocks tracked in a window are freed
+/// between windows), the leaking function is the suspect, no ring block is, and its live bytes
+/// scaled by the measured duty come within 30% of what it leaked: the leak spans about 8
+/// windows, so one window more or less inside it is 12%, and a busy machine runs the fixture
+/// unevenly across the rest.
+#[test]
+fn time_sampled_windows_find_the_leak_and_no_ring_block() {
+    require_root!();
+    let mut fixture = start_fixture(
+        &CBuild {
+            source: "alloc_leak_ring",
+            output: "alloc_leak_ring",
+            cflags: ALLOC_FLAGS,
+            libs: &[],
+        },
+        &["1000", "4096", "96", "2", "10", "8"],
+    );
+    let mut opts = options(
+        fixture.pid(),
+        Duration::from_secs(11),
+        output_dir("alloc-duty"),
+    );
+    opts.cpu = None;
+    opts.alloc = Some(profiler::probes::alloc::Config {
+        min_age: Duration::from_secs(2),
+        duty: 0.2,
+        ..Default::default()
+    });
+    opts.interval = Some(Duration::from_secs(1));
+    let (end, outcome) = capture(opts, || fixture.signal(libc::SIGUSR1).unwrap());
+    assert_eq!(end, profiler::session::EndReason::Duration);
+    let done = fixture
+        .wait_for_line("done leaked", Duration::from_secs(5))
+        .unwrap();
+    let leaked: f64 = done.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let summary = outcome.summary.alloc.as_ref().expect("alloc section");
+    let leaks = outcome.leaks.as_ref().expect("leak report");
+    assert!(leaks.estimate);
+    assert!(
+        (0.12..=0.3).contains(&leaks.duty),
+        "measured duty {}",
+        leaks.duty
+    );
+    assert!(leaks.windows >= 8, "{} windows", leaks.windows);
+    let top = leaks.suspects.first().expect("a suspect");
+    assert_eq!(caller(top), "leaky_path", "{:#?}", leaks.suspects);
+    assert!(
+        (top.live_bytes as f64 - leaked).abs() <= leaked * 0.3,
+        "leaky_path estimated {} B live, leaked {leaked} B (duty {:.3}, {} sampled blocks)",
+        top.live_bytes,
+        leaks.duty,
+        leaks.sampled_live_count
+    );
+    assert!(
+        !leaks
+            .suspects
+            .iter()
+            .any(|s| s.frames.iter().any(|f| f == "ring_block")),
+        "a ring block taken for a leak: {:#?}",
+        leaks.suspects
+    );
+    // Frees of blocks made between windows are ignored, not taken for blocks from before the
+    // attach; the ring's tracked blocks were all freed through the probe that stayed.
+    assert_eq!(summary.unknown_frees, 0);
+    assert!(summary.unsampled_frees > 1000, "{summary:#?}");
+    assert!(summary.frees > 500, "{} frees", summary.frees);
+    let dropped = &outcome.summary.dropped;
+    for counter in [
+        "alloc_missed_frees",
+        "alloc_missed_returns",
+        "alloc_live_full",
+    ] {
+        assert_eq!(dropped[counter], 0, "{counter}");
+    }
+    let text = std::fs::read_to_string(outcome.dir.join("leaks.txt")).unwrap();
+    assert!(text.contains("of the time in"), "{text}");
+}
+
+/// `--alloc` beside `--memory`: a page fault inside malloc, whose return address the return
+/// probe swapped for the `[uprobes]` trampoline, still unwinds to malloc's caller (the entry
+/// probe kept the address; the walk puts it back). Before, such stacks ended at the
+/// trampoline.
+#[test]
+fn faults_inside_malloc_unwind_past_the_return_probe() {
+    require_root!();
+    let mut fixture = start_fixture(
+        &CBuild {
+            source: "alloc_fault_in_malloc",
+            output: "alloc_fault_in_malloc",
+            cflags: ALLOC_FLAGS,
+            libs: &[],
+        },
+        &["65536", "4", "4"],
+    );
+    let mut opts = options(
+        fixture.pid(),
+        Duration::from_secs(6),
+        output_dir("alloc-fault-in-malloc"),
+    );
+    opts.cpu = None;
+    opts.alloc = Some(profiler::probes::alloc::Config::default());
+    opts.memory = Some(profiler::probes::memory::Config::default());
+    let (_, outcome) = capture(opts, || fixture.signal(libc::SIGUSR1).unwrap());
+    fixture
+        .wait_for_line("done grew", Duration::from_secs(5))
+        .unwrap();
+    let stacks = folded(&outcome, "memory.folded");
+    // Growth faulted inside the allocator: a frame of malloc's below the leaf.
+    let in_malloc: Vec<&(Vec<String>, u64)> = stacks
+        .iter()
+        .filter(|(frames, _)| frames.iter().any(|f| f.contains("malloc")))
+        .collect();
+    let total: u64 = in_malloc.iter().map(|(_, n)| n).sum();
+    let through_caller: u64 = in_malloc
+        .iter()
+        .filter(|(frames, _)| frames.iter().any(|f| f == "grow_heap"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(total > 0, "no growth inside malloc: {stacks:#?}");
+    assert!(
+        through_caller as f64 >= total as f64 * 0.9,
+        "{through_caller} of {total} bytes grown inside malloc reach grow_heap: {in_malloc:#?}"
+    );
+    // The trampoline's page is named by no file: `[uprobes]` or `[unknown]`.
+    assert!(
+        !in_malloc
+            .iter()
+            .any(|(frames, _)| frames.iter().any(|f| f.starts_with('['))),
+        "a stack passes through the return probe's trampoline: {in_malloc:#?}"
+    );
+}

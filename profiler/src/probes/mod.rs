@@ -317,6 +317,13 @@ pub enum ProbeError {
         #[source]
         source: Box<ProgramError>,
     },
+    #[error("{probe}: could not detach {program}")]
+    Detach {
+        probe: &'static str,
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
     #[error("{probe}: map {map} is missing or of the wrong type")]
     Map {
         probe: &'static str,

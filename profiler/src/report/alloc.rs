@@ -30,6 +30,12 @@ pub struct AllocSummary {
     /// Allocator calls made from inside another (tracked once, as the inner call).
     #[serde(default)]
     pub nested: u64,
+    /// `--alloc-duty`: frees of blocks allocated between windows (or before the attach).
+    #[serde(default)]
+    pub unsampled_frees: u64,
+    /// `--alloc-duty`: calls whose window closed before they returned (not tracked).
+    #[serde(default)]
+    pub window_cut: u64,
     pub leaks: LeakReport,
 }
 
@@ -46,6 +52,9 @@ pub struct Allocator {
     /// (function, bytes past the symbol) where each probe sits (see `probe_point`).
     #[serde(default)]
     pub offsets: Vec<(String, u64)>,
+    /// (function, offset in the file) of each probe, what the kernel attaches at.
+    #[serde(default)]
+    pub file_offsets: Vec<(String, u64)>,
 }
 
 /// Stacks listed among the largest that are not growing.
@@ -159,7 +168,22 @@ pub struct MemoryGrowth {
 pub struct LeakReport {
     /// One allocation in this many was tracked; above 1, byte and count figures are estimates.
     pub sample_every: u32,
+    /// Byte and count figures are estimates (`sample_every` above 1, or `duty` below 1).
     pub estimate: bool,
+    /// `--alloc-duty`: the measured share of the time the allocation probes were attached
+    /// (runs without it, or from before it, read 0: take that as 1).
+    #[serde(default)]
+    pub duty: f64,
+    /// `--alloc-duty`: allocation windows opened.
+    #[serde(default)]
+    pub windows: u64,
+    /// Live allocations actually tracked, before scaling: the estimate's sample.
+    #[serde(default)]
+    pub sampled_live_count: i64,
+    /// Relative standard error of the scaled live figures, about 1/sqrt(sampled blocks); 0
+    /// when nothing is estimated.
+    #[serde(default)]
+    pub relative_error: f64,
     pub snapshots: usize,
     pub interval_secs: f64,
     pub min_age_secs: f64,
@@ -186,6 +210,10 @@ pub struct Analysis<'a> {
     pub min_age_secs: f64,
     pub interval_secs: f64,
     pub sample_every: u32,
+    /// The measured share of the time allocations were probed (1 without `--alloc-duty`).
+    pub duty: f64,
+    /// Allocation windows opened (0 without `--alloc-duty`).
+    pub windows: u64,
     pub memory: &'a [MemorySample],
     /// The component of a user stack (see [`super::component`]).
     pub component: &'a dyn Fn(u64) -> String,
@@ -206,8 +234,17 @@ impl Analysis<'_> {
         frames
     }
 
+    /// What one tracked byte or block stands for: the address sample's rate over the duty.
+    fn scale(&self) -> f64 {
+        f64::from(self.sample_every.max(1)) / self.duty.clamp(f64::MIN_POSITIVE, 1.0)
+    }
+
+    fn estimate(&self) -> bool {
+        self.sample_every > 1 || self.duty < 1.0
+    }
+
     pub fn report(&self) -> LeakReport {
-        let scale = i64::from(self.sample_every.max(1));
+        let scale = self.scale();
         let mut suspects = Vec::new();
         let mut stable = Vec::new();
         for (key, s) in self.stacks {
@@ -223,12 +260,12 @@ impl Analysis<'_> {
             let stack = AllocStack {
                 frames: self.frames(key),
                 kind: kind_name(key.kind).to_string(),
-                live_bytes: s.live_bytes * scale,
-                live_count: s.live_count * scale,
-                total_allocs: s.total_allocs * scale as u64,
-                total_bytes: s.total_bytes * scale as u64,
+                live_bytes: scaled(s.live_bytes, scale),
+                live_count: scaled(s.live_count, scale),
+                total_allocs: scaled(s.total_allocs as i64, scale) as u64,
+                total_bytes: scaled(s.total_bytes as i64, scale) as u64,
                 oldest_age_secs: age,
-                growth_bytes_per_min: slope * 60.0 * scale as f64,
+                growth_bytes_per_min: slope * 60.0 * scale,
             };
             if keeps_growing && age >= self.min_age_secs {
                 suspects.push(stack);
@@ -237,12 +274,22 @@ impl Analysis<'_> {
             }
         }
         let (live_bytes, live_count) = live_totals(self.stacks, scale);
+        let (_, sampled_live_count) = live_totals(self.stacks, 1.0);
+        let estimate = self.estimate();
         suspects.sort_by(|a, b| b.growth_bytes_per_min.total_cmp(&a.growth_bytes_per_min));
         stable.sort_by_key(|s| std::cmp::Reverse(s.live_bytes));
         stable.truncate(LARGEST_LISTED);
         LeakReport {
             sample_every: self.sample_every.max(1),
-            estimate: self.sample_every > 1,
+            estimate,
+            duty: self.duty,
+            windows: self.windows,
+            sampled_live_count,
+            relative_error: if estimate {
+                1.0 / (sampled_live_count.max(1) as f64).sqrt()
+            } else {
+                0.0
+            },
             snapshots: self.snapshots.len(),
             interval_secs: self.interval_secs,
             min_age_secs: self.min_age_secs,
@@ -258,14 +305,19 @@ impl Analysis<'_> {
 
     /// Live bytes by component.
     fn components(&self) -> Components {
-        let scale = self.sample_every.max(1) as f64;
+        let scale = self.scale();
         let named: Vec<(String, &AllocKey, &StackAllocs)> = self
             .stacks
             .iter()
             .filter(|(_, s)| s.live_bytes > 0 || s.total_allocs > 0)
             .map(|(k, s)| ((self.component)(k.user_stack), k, s))
             .collect();
-        let measure = if self.sample_every > 1 {
+        let measure = if self.duty < 1.0 {
+            format!(
+                "live bytes, estimated from allocations made in the {:.1}% of the time probed",
+                self.duty * 100.0
+            )
+        } else if self.sample_every > 1 {
             format!(
                 "live bytes, estimated from one allocation in {}",
                 self.sample_every
@@ -291,7 +343,7 @@ impl Analysis<'_> {
 
     /// Live bytes by stack, for `alloc.folded`/`alloc.svg`, rooted at `root`.
     pub fn weighted_stacks(&self, root: &str) -> Vec<WeightedStack> {
-        let scale = i64::from(self.sample_every.max(1));
+        let scale = self.scale();
         self.stacks
             .iter()
             .filter(|(_, s)| s.live_bytes > 0)
@@ -299,20 +351,23 @@ impl Analysis<'_> {
                 thread: root.to_string(),
                 tid: 0,
                 frames: self.frames(key),
-                weight: (s.live_bytes * scale) as u64,
+                weight: scaled(s.live_bytes, scale) as u64,
             })
             .collect()
     }
 }
 
-/// Live bytes and allocations over every stack, scaled by the sampling rate.
-pub fn live_totals(stacks: &[(AllocKey, StackAllocs)], scale: i64) -> (i64, i64) {
-    stacks.iter().fold((0, 0), |(bytes, count), (_, s)| {
-        (
-            bytes + s.live_bytes.max(0) * scale,
-            count + s.live_count.max(0) * scale,
-        )
-    })
+/// A tracked figure scaled to what it stands for.
+fn scaled(value: i64, scale: f64) -> i64 {
+    (value as f64 * scale).round() as i64
+}
+
+/// Live bytes and allocations over every stack, scaled by what one tracked block stands for.
+pub fn live_totals(stacks: &[(AllocKey, StackAllocs)], scale: f64) -> (i64, i64) {
+    let (bytes, count) = stacks.iter().fold((0, 0), |(bytes, count), (_, s)| {
+        (bytes + s.live_bytes.max(0), count + s.live_count.max(0))
+    });
+    (scaled(bytes, scale), scaled(count, scale))
 }
 
 pub fn memory_growth(samples: &[MemorySample]) -> MemoryGrowth {
@@ -532,17 +587,35 @@ fn bytes(n: i64) -> String {
     }
 }
 
+/// How the live figures were estimated, and how far to trust them; empty when exact.
+pub fn estimate_note(report: &LeakReport) -> String {
+    if !report.estimate {
+        return String::new();
+    }
+    let mut how = Vec::new();
+    if report.duty > 0.0 && report.duty < 1.0 {
+        how.push(format!(
+            "allocations probed {:.1}% of the time in {} windows, frees always",
+            report.duty * 100.0,
+            report.windows
+        ));
+    }
+    if report.sample_every > 1 {
+        how.push(format!("one address in {} tracked", report.sample_every));
+    }
+    format!(
+        " (estimates: {}; scaled from {} sampled live blocks, relative error about {:.0}%, more \
+         where allocation comes in bursts)",
+        how.join(", "),
+        report.sampled_live_count,
+        report.relative_error * 100.0
+    )
+}
+
 /// `leaks.txt` and the terminal's leak section.
 pub fn render(report: &LeakReport, suspects: usize) -> String {
     let mut out = String::new();
-    let est = if report.estimate {
-        format!(
-            " (estimates: one allocation in {} tracked)",
-            report.sample_every
-        )
-    } else {
-        String::new()
-    };
+    let est = estimate_note(report);
     out.push_str(&component::alarms(&report.components));
     if let Some(said) = &report.plausibility {
         let _ = writeln!(out, "{said}");
@@ -610,6 +683,64 @@ pub fn render(report: &LeakReport, suspects: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sampled in time, each tracked byte stands for 1/duty bytes, and the text says how the
+    /// figures were estimated.
+    #[test]
+    fn time_sampled_figures_are_scaled_by_the_duty() {
+        let key = AllocKey {
+            user_stack: 7,
+            tgid: 1,
+            kind: kind::MALLOC,
+            _pad: [0; 3],
+        };
+        let stacks = [(
+            key,
+            StackAllocs {
+                live_bytes: 1000,
+                live_count: 100,
+                total_allocs: 100,
+                total_bytes: 1000,
+                ..StackAllocs::default()
+            },
+        )];
+        let snapshots = Snapshots::default();
+        let analysis = Analysis {
+            snapshots: &snapshots,
+            stacks: &stacks,
+            frames: &|_| vec!["main".into()],
+            now_ns: 0,
+            min_age_secs: 10.0,
+            interval_secs: 1.0,
+            sample_every: 1,
+            duty: 0.25,
+            windows: 12,
+            memory: &[],
+            component: &|_| "main".into(),
+            budget: None,
+        };
+        let report = analysis.report();
+        assert!(report.estimate);
+        assert_eq!((report.live_bytes, report.live_count), (4000, 400));
+        assert_eq!(report.sampled_live_count, 100);
+        assert!((report.relative_error - 0.1).abs() < 1e-9);
+        let text = render(&report, 5);
+        assert!(
+            text.contains("probed 25.0% of the time in 12 windows")
+                && text.contains("100 sampled live blocks")
+                && text.contains("about 10%"),
+            "{text}"
+        );
+        let exact = Analysis {
+            duty: 1.0,
+            windows: 0,
+            ..analysis
+        };
+        let report = exact.report();
+        assert!(!report.estimate);
+        assert_eq!(report.live_bytes, 1000);
+        assert!(!render(&report, 5).contains("estimates"));
+    }
 
     #[test]
     fn growth_tells_leaks_from_churn() {

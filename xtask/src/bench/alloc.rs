@@ -1,8 +1,11 @@
 //! `cargo xtask bench alloc`: what allocation tracking costs per malloc+free pair. A fixture
 //! runs a fixed number of malloc(64)+free pairs alone, with `--alloc`, with
-//! `--alloc --alloc-sample 64`, and with bpftrace's bare probes on the same functions
+//! `--alloc --alloc-sample 64`, with `--alloc --alloc-duty 10` (malloc probed in windows a
+//! tenth of the time, free always; its run is ten times longer, so it spans many windows
+//! rather than the first), and with bpftrace's bare probes on the same functions
 //! (uprobe+uretprobe on malloc, uprobe on free, counting only): the floor any uprobe-based
-//! tracker pays. Interleaved round by round; the added cost per pair is (traced - bare) / pairs.
+//! tracker pays. Interleaved round by round; the added cost per pair is (traced - bare) / pairs,
+//! per pair of each run's own length.
 //! All of it on glibc's malloc and on jemalloc's (the fixture linked with `-ljemalloc`): the
 //! floor probes each function at its entry, where the kernel single-steps an instruction it
 //! cannot emulate (jemalloc's `free` begins with nine), while the profiler probes past them.
@@ -36,15 +39,25 @@ enum Tool {
     Bare,
     Full,
     Sampled,
+    Windowed,
     Floor,
 }
 
 impl Tool {
+    /// malloc+free pairs a run makes: a windowed run must span many 2 s window periods.
+    fn pairs(self) -> u64 {
+        match self {
+            Self::Windowed => PAIRS * 10,
+            _ => PAIRS,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::Bare => "bare",
             Self::Full => "profiler --alloc",
             Self::Sampled => "profiler --alloc --alloc-sample 64",
+            Self::Windowed => "profiler --alloc --alloc-duty 10",
             Self::Floor => "bpftrace uprobes (floor)",
         }
     }
@@ -147,7 +160,13 @@ fn measure_allocator(
     profiler: &Path,
     rounds: usize,
 ) -> anyhow::Result<AllocatorResult> {
-    let tools = [Tool::Bare, Tool::Full, Tool::Sampled, Tool::Floor];
+    let tools = [
+        Tool::Bare,
+        Tool::Full,
+        Tool::Sampled,
+        Tool::Windowed,
+        Tool::Floor,
+    ];
     let mut runs: Vec<Vec<u64>> = tools.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for k in 0..tools.len() {
@@ -158,7 +177,7 @@ fn measure_allocator(
                 "{allocator} round {}/{rounds}: {:<36} {:>8.1} ns/pair",
                 round + 1,
                 tools[i].name(),
-                ns as f64 / PAIRS as f64
+                ns as f64 / tools[i].pairs() as f64
             );
             runs[i].push(ns);
         }
@@ -167,15 +186,17 @@ fn measure_allocator(
         .iter()
         .zip(&runs)
         .map(|(tool, times)| {
+            let per_pair = |t: u64| t as f64 / tool.pairs() as f64;
+            let bare = |b: u64| b as f64 / PAIRS as f64;
             let mut ratios: Vec<f64> = times
                 .iter()
                 .zip(&runs[0])
-                .map(|(t, b)| *t as f64 / *b as f64)
+                .map(|(t, b)| per_pair(*t) / bare(*b))
                 .collect();
             let mut added: Vec<f64> = times
                 .iter()
                 .zip(&runs[0])
-                .map(|(t, b)| (*t as f64 - *b as f64) / PAIRS as f64)
+                .map(|(t, b)| per_pair(*t) - bare(*b))
                 .collect();
             Config {
                 name: tool.name(),
@@ -185,7 +206,7 @@ fn measure_allocator(
             }
         })
         .collect();
-    let sampled_over_floor = configs[2].added_ns_per_pair / configs[3].added_ns_per_pair;
+    let sampled_over_floor = configs[2].added_ns_per_pair / configs[4].added_ns_per_pair;
     Ok(AllocatorResult {
         allocator,
         configs,
@@ -219,6 +240,11 @@ fn attach(
         Tool::Bare => None,
         Tool::Full => Some(Attached::spawn(profiler_cmd("1"), Some("profiling pid"))?),
         Tool::Sampled => Some(Attached::spawn(profiler_cmd("64"), Some("profiling pid"))?),
+        Tool::Windowed => {
+            let mut cmd = profiler_cmd("1");
+            cmd.args(["--alloc-duty", "10"]);
+            Some(Attached::spawn(cmd, Some("profiling pid"))?)
+        }
         Tool::Floor => {
             let script = format!(
                 "uprobe:{library}:malloc /pid == {pid}/ {{ @m = count(); }} \
@@ -235,7 +261,8 @@ fn attach(
 }
 
 fn measure(tool: Tool, fixture: &Path, profiler: &Path, library: &str) -> anyhow::Result<u64> {
-    let mut target = ChildGuard::spawn(Command::new(fixture).args(["pairs", &PAIRS.to_string()]))?;
+    let mut target =
+        ChildGuard::spawn(Command::new(fixture).args(["pairs", &tool.pairs().to_string()]))?;
     target.wait_for_line("ready", Duration::from_secs(10))?;
     let pid = target.pid().to_string();
     let out = std::env::temp_dir().join(format!("profiler-bench-alloc-{}", std::process::id()));

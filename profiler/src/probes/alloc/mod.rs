@@ -42,6 +42,7 @@ use crate::{
 };
 
 pub mod probe_point;
+pub mod window;
 
 const PROBE: &str = "alloc";
 
@@ -55,6 +56,10 @@ pub struct Config {
     pub min_age: std::time::Duration,
     /// Components named by frame patterns, with byte budgets (`--budget`).
     pub budget: Option<Budget>,
+    /// `--alloc-duty`: the share of the time, in (0, 1], the allocating functions' probes are
+    /// attached, in windows of `window` (see [`window`]); 1 keeps them attached throughout.
+    pub duty: f64,
+    pub window: std::time::Duration,
 }
 
 impl Default for Config {
@@ -64,6 +69,8 @@ impl Default for Config {
             allocator: None,
             min_age: std::time::Duration::from_secs(10),
             budget: None,
+            duty: 1.0,
+            window: window::DEFAULT_WINDOW,
         }
     }
 }
@@ -150,6 +157,37 @@ fn probe_offsets(data: &[u8], symbols: &[(String, String)]) -> Vec<(String, u64)
         .collect()
 }
 
+/// Each probe's offset in the file (what the kernel attaches at), from its symbol's address,
+/// the section holding it and the probe's offset past the symbol.
+fn file_offsets(
+    data: &[u8],
+    symbols: &[(String, String)],
+    offsets: &[(String, u64)],
+) -> Vec<(String, u64)> {
+    let Ok(file) = object::File::parse(data) else {
+        return Vec::new();
+    };
+    symbols
+        .iter()
+        .filter_map(|(function, symbol)| {
+            let sym = file
+                .dynamic_symbols()
+                .chain(file.symbols())
+                .find(|s| s.is_definition() && s.name() == Ok(symbol))?;
+            let section = file.section_by_index(sym.section_index()?).ok()?;
+            let (section_offset, _) = section.file_range()?;
+            let past = offsets
+                .iter()
+                .find(|(f, _)| f == function)
+                .map_or(0, |(_, o)| *o);
+            Some((
+                function.clone(),
+                sym.address() - section.address() + section_offset + past,
+            ))
+        })
+        .collect()
+}
+
 /// Symbol prefixes allocators export their API under (jemalloc `je_`, tikv-jemallocator
 /// `_rjem_`, tcmalloc `tc_`, mimalloc `mi_`); the plain name wins where both exist.
 const PREFIXES: &[&str] = &["", "je_", "_rjem_", "tc_", "mi_"];
@@ -164,12 +202,22 @@ const LIBRARIES: &[(&str, &str)] = &[
 impl Allocator {
     fn new(name: &str, path: PathBuf, data: &[u8], symbols: Vec<(String, String)>) -> Self {
         let offsets = probe_offsets(data, &symbols);
+        let file_offsets = file_offsets(data, &symbols, &offsets);
         Self {
             name: name.into(),
             path,
             symbols,
             offsets,
+            file_offsets,
         }
+    }
+
+    /// Where `function`'s probe sits in the file.
+    fn file_offset(&self, function: &str) -> Option<u64> {
+        self.file_offsets
+            .iter()
+            .find(|(f, _)| f == function)
+            .map(|(_, o)| *o)
     }
 
     fn symbol(&self, function: &str) -> Option<&str> {
@@ -329,11 +377,11 @@ pub fn kernel_config(config: &Config) -> Result<AllocConfig, ProbeError> {
         munmap_addr_offset: munmap
             .offset("syscalls", "sys_enter_munmap", "addr", 8)
             .map_err(err)?,
-        _pad: 0,
+        windowed: u32::from(config.duty < 1.0),
     })
 }
 
-fn load_program<'a>(
+pub(super) fn load_program<'a>(
     ebpf: &'a mut Ebpf,
     program: &'static str,
 ) -> Result<&'a mut UProbe, ProbeError> {
@@ -348,13 +396,30 @@ fn load_program<'a>(
     Ok(prog)
 }
 
-pub fn attach(ebpf: &mut Ebpf, pid: u32, allocator: &Allocator) -> Result<(), ProbeError> {
+/// Whether a probe comes and goes with the allocation windows (`--alloc-duty`): the hot
+/// allocating functions'. Detaching a uprobe waits for an RCU-tasks grace period (about 100 ms
+/// each, one at a time), so the rarely called ones stay attached, their programs opening calls
+/// only in a window; `free` and `realloc`'s entry stay because they retire tracked blocks, and
+/// `realloc`'s return because it shares that breakpoint anyway.
+fn windowed_probe(function: &str) -> bool {
+    matches!(function, "malloc" | "calloc")
+}
+
+/// Attaches the allocator's probes; with `windows`, those that come and go with the windows
+/// are attached at their file offsets and listed there, attached (the first window).
+pub fn attach(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    allocator: &Allocator,
+    windows: Option<&mut window::Windows>,
+) -> Result<(), ProbeError> {
     let path = target_path(pid, &allocator.path);
-    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Other {
+    let pid = NonZeroU32::new(pid).ok_or(ProbeError::Other {
         probe: PROBE,
         what: "pid 0".into(),
         source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-    })?);
+    })?;
+    let scope = UProbeScope::OneProcess(pid);
     let attach_err = |program: &'static str, symbol: &str| {
         let target = format!("{symbol} in {}", path.display());
         move |source| ProbeError::Attach {
@@ -364,29 +429,52 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, allocator: &Allocator) -> Result<(), Pr
             source: Box::new(source),
         }
     };
+    let mut windowed = Vec::new();
     for (function, program, kind, _) in FUNCTIONS {
         let Some(symbol) = allocator.symbol(function) else {
             continue;
         };
         let offset = allocator.offset(function);
+        // At the same point, so both share one breakpoint; and first, so no call that the
+        // entry probe sees can return unseen.
+        let mut probes = Vec::new();
         if *function != "free" {
-            // At the same point, so both share one breakpoint; and first, so no call that
-            // the entry probe sees can return unseen.
-            let ret = load_program(ebpf, alloc::RETURN_PROGRAM)?;
-            ret.attach(
-                UProbeAttachLocation::SymbolOffset(symbol, offset),
-                &path,
-                scope,
-            )
-            .map_err(attach_err(alloc::RETURN_PROGRAM, symbol))?;
+            probes.push((alloc::RETURN_PROGRAM, None, true));
         }
-        let prog = load_program(ebpf, program)?;
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::SymbolOffset(symbol, offset),
-            cookie: Some(u64::from(*kind)),
-        };
-        prog.attach(point, &path, scope)
-            .map_err(attach_err(program, symbol))?;
+        probes.push((*program, Some(u64::from(*kind)), false));
+        for (program, cookie, ret) in probes {
+            if windows.is_some() && windowed_probe(function) {
+                let file_offset =
+                    allocator
+                        .file_offset(function)
+                        .ok_or_else(|| ProbeError::Other {
+                            probe: PROBE,
+                            what: format!("no file offset for {symbol} in {}", path.display()),
+                            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                        })?;
+                windowed.push(window::Probe {
+                    program,
+                    file_offset,
+                    cookie,
+                    ret,
+                });
+                continue;
+            }
+            let prog = load_program(ebpf, program)?;
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::SymbolOffset(symbol, offset),
+                cookie,
+            };
+            prog.attach(point, &path, scope)
+                .map_err(attach_err(program, symbol))?;
+        }
+    }
+    if let Some(windows) = windows {
+        for probe in &windowed {
+            load_program(ebpf, probe.program)?;
+        }
+        windows.set_probes(path.clone(), pid, windowed);
+        windows.open(ebpf)?;
     }
     // The exit before the entry, as with the return probes above.
     for (program, event) in [
@@ -427,23 +515,35 @@ pub struct Alloc {
     memory: Vec<MemorySample>,
     /// The agent's running live set (`drain`).
     live: super::LiveTable<AllocKey>,
+    /// `--alloc-duty`: the allocation windows.
+    windows: Option<window::Windows>,
 }
 
 impl Alloc {
     pub fn new(config: Config) -> Self {
+        let windows = (config.duty < 1.0)
+            .then(|| window::Windows::new(config.duty.max(0.001), config.window));
         Self {
             config,
             allocator: None,
             snapshots: Snapshots::default(),
             memory: Vec::new(),
             live: super::LiveTable::default(),
+            windows,
         }
+    }
+
+    /// The share of the time the allocation probes were attached (1 without windows).
+    fn duty(&self) -> f64 {
+        self.windows
+            .as_ref()
+            .map_or(1.0, window::Windows::measured_duty)
     }
 
     /// Per-stack live bytes, and the target's memory beside their totals.
     fn snapshot(&mut self, tick: &Tick<'_>) {
         let at = tick.elapsed.as_secs_f64();
-        let scale = i64::from(self.config.sample_every.max(1));
+        let scale = f64::from(self.config.sample_every.max(1)) / self.duty();
         let live = match read(tick.ebpf) {
             Ok(stacks) => {
                 self.snapshots.record(at, &stacks);
@@ -482,11 +582,23 @@ impl Family for Alloc {
             what: "attached before the allocator was found".into(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         })?;
-        attach(ebpf, setup.pid, allocator)
+        attach(ebpf, setup.pid, allocator, self.windows.as_mut())
     }
 
     fn arm(&mut self, ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
-        super::set_armed(ebpf, PROBE, alloc::ARMED_MAP, on)
+        match &mut self.windows {
+            Some(windows) if on => windows.armed(),
+            Some(windows) => windows.disarmed(),
+            // One window, the whole capture: opened before arming and closed after, so no
+            // return in between is taken for one cut by a window's close.
+            None if on => window::set_window(ebpf, 1)?,
+            None => {}
+        }
+        super::set_armed(ebpf, PROBE, alloc::ARMED_MAP, on)?;
+        if !on && self.windows.is_none() {
+            window::set_window(ebpf, 0)?;
+        }
+        Ok(())
     }
 
     fn begin(&mut self, tick: &mut Tick<'_>) {
@@ -494,6 +606,9 @@ impl Family for Alloc {
     }
 
     fn tick(&mut self, tick: &mut Tick<'_>) {
+        if let Some(windows) = &mut self.windows {
+            windows.step(tick.ebpf);
+        }
         if tick.interval_due {
             self.snapshot(tick);
         }
@@ -563,6 +678,8 @@ impl Family for Alloc {
             min_age_secs: self.config.min_age.as_secs_f64(),
             interval_secs: f.interval.as_secs_f64(),
             sample_every: self.config.sample_every,
+            duty: self.duty(),
+            windows: self.windows.as_ref().map_or(0, |w| u64::from(w.count())),
             memory: &self.memory,
         };
         let leaks = analysis.report();
@@ -593,23 +710,39 @@ impl Family for Alloc {
             tracked: c.get(stats::ALLOC_TRACKED),
             frees: c.get(stats::ALLOC_FREES),
             unknown_frees: c.get(stats::ALLOC_UNKNOWN_FREES),
+            unsampled_frees: c.get(stats::ALLOC_UNSAMPLED_FREES),
+            window_cut: c.get(stats::ALLOC_WINDOW_CUT),
             nested: c.get(stats::ALLOC_NESTED),
             leaks,
             allocator: self.allocator.clone().unwrap_or_default(),
         };
+        let untracked_frees = if self.windows.is_some() {
+            format!(
+                "{} frees of blocks allocated between windows or before the attach, ignored; \
+                 {} calls cut by a window's close",
+                summary.unsampled_frees, summary.window_cut
+            )
+        } else {
+            format!(
+                "{} frees of blocks from before the attach",
+                summary.unknown_frees
+            )
+        };
         f.writer.say(&format!(
-            "alloc: {} calls to {} ({}), {} tracked, {} freed ({} frees of blocks from before \
-             the attach, {} calls from inside the allocator)\n{}",
+            "alloc: {} calls to {} ({}), {} tracked, {} freed ({untracked_frees}, {} calls \
+             from inside the allocator)\n{}",
             summary.calls,
             summary.allocator.name,
             summary.allocator.path.display(),
             summary.tracked,
             summary.frees,
-            summary.unknown_frees,
             summary.nested,
             report::render(&summary.leaks, TERMINAL_LEAKS)
         ));
         f.notes.extend(summary.leaks.plausibility.clone());
+        if let Some(failed) = self.windows.as_ref().and_then(|w| w.failed.clone()) {
+            f.notes.push(format!("alloc: {failed}"));
+        }
         f.outcome
             .findings
             .extend(report::findings(&summary.leaks, report::MEMORY_CSV));
