@@ -1,6 +1,9 @@
 //! The eBPF object, built by `build.rs` and embedded here so one binary is all a user copies.
 
-use aya::{Ebpf, EbpfLoader};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{PerfEvent, Program, ProgramError, TracePoint, UProbe},
+};
 use profiler_common::{globals, unwind};
 
 /// The object file `profiler-ebpf` compiles to.
@@ -68,6 +71,67 @@ pub fn load(config: &LoadConfig) -> Result<Ebpf, aya::EbpfError> {
         loader.map_max_entries(name, *entries);
     }
     loader.load(OBJECT)
+}
+
+/// A program type whose `load` takes nothing: all the families use.
+pub trait Load {
+    /// Loads (verifies) the program unless it is loaded already.
+    fn load_once(&mut self) -> Result<(), ProgramError>;
+}
+
+macro_rules! impl_load {
+    ($($t:ty),*) => {$(
+        impl Load for $t {
+            fn load_once(&mut self) -> Result<(), ProgramError> {
+                if self.fd().is_ok() {
+                    return Ok(());
+                }
+                self.load()
+            }
+        }
+    )*};
+}
+impl_load!(TracePoint, UProbe, PerfEvent);
+
+/// Verifies `names` side by side, one thread per CPU, before the families attach them (each
+/// then finds its programs loaded). The verifier takes 50-450 ms a program here and runs
+/// privileged loads in parallel, so an attach of every family, most of which is
+/// verification, takes about 1/CPUs of the time. A failure is left for the family's own
+/// load to report with its context.
+pub fn preload(ebpf: &mut Ebpf, names: &[&'static str]) {
+    let queue: Vec<(&str, &mut Program)> = ebpf
+        .programs_mut()
+        .filter(|(name, _)| names.contains(name))
+        .collect();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(queue.len());
+    if workers < 2 {
+        return; // the families' own loads do it in turn
+    }
+    let queue = std::sync::Mutex::new(queue);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    // The guard drops at the end of the statement: loads run unlocked.
+                    let next = queue.lock().map(|mut q| q.pop()).ok().flatten();
+                    let Some((name, program)) = next else {
+                        break;
+                    };
+                    let loaded = match program {
+                        Program::TracePoint(p) => p.load_once(),
+                        Program::UProbe(p) => p.load_once(),
+                        Program::PerfEvent(p) => p.load_once(),
+                        _ => Ok(()),
+                    };
+                    if let Err(err) = loaded {
+                        log::debug!("preload of {name} failed (its family reports it): {err}");
+                    }
+                }
+            });
+        }
+    });
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so large maps load there too.

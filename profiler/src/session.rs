@@ -138,6 +138,9 @@ pub fn load(
         source: Box::new(source),
     })?;
     phases.mark("object load");
+    let programs: Vec<&'static str> = families.iter().flat_map(|f| f.programs()).collect();
+    ebpf::preload(&mut ebpf, &programs);
+    phases.mark("verify");
     unwinder.install(&mut ebpf, &maps)?;
     phases.mark("tables install");
     let logger = if verbose {
@@ -151,6 +154,13 @@ pub fn load(
         family.attach(&mut ebpf, &setup)?;
         phases.mark(format!("attach {}", family.name()));
     }
+    // A program a family loads without listing it is verified alone, after the others: not
+    // wrong, only slower, so tests (debug builds) catch it.
+    debug_assert!(
+        ebpf.programs()
+            .all(|(name, p)| p.fd().is_err() || programs.contains(&name)),
+        "a family loads a program its `programs` does not list"
+    );
     // Together, so every family counts from the same instant.
     for family in &mut families {
         family.arm(&mut ebpf, true)?;

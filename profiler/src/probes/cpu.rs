@@ -44,11 +44,7 @@ impl Default for Config {
 
 pub fn attach(ebpf: &mut Ebpf, config: &Config) -> Result<(), ProbeError> {
     let program: &mut PerfEvent = program_mut(ebpf, PROBE, cpu::PROGRAM)?;
-    program.load().map_err(|source| ProbeError::Load {
-        probe: PROBE,
-        program: cpu::PROGRAM,
-        source: Box::new(source),
-    })?;
+    super::load_once(program, PROBE, cpu::PROGRAM)?;
     let cpus = online_cpus().map_err(|(what, source)| ProbeError::Other {
         probe: PROBE,
         what: format!("cannot list online CPUs ({what})"),
@@ -99,6 +95,10 @@ impl Cpu {
 impl Family for Cpu {
     fn name(&self) -> &'static str {
         PROBE
+    }
+
+    fn programs(&self) -> Vec<&'static str> {
+        vec![cpu::PROGRAM]
     }
 
     fn configure(&mut self, _: &Setup<'_>, _: &mut LoadConfig) -> Result<(), ProbeError> {

@@ -177,6 +177,20 @@ impl Family for Memory {
         PROBE
     }
 
+    fn programs(&self) -> Vec<&'static str> {
+        vec![
+            memory::RELEASE_PROGRAM,
+            memory::FAULT_USER_PROGRAM,
+            memory::FAULT_KERNEL_PROGRAM,
+            memory::BRK_PROGRAM,
+            memory::MMAP_PROGRAM,
+            memory::MUNMAP_PROGRAM,
+            memory::MADVISE_PROGRAM,
+            memory::MREMAP_EXIT_PROGRAM,
+            memory::MREMAP_ENTER_PROGRAM,
+        ]
+    }
+
     fn configure(&mut self, setup: &Setup<'_>, load: &mut LoadConfig) -> Result<(), ProbeError> {
         self.pid = setup.pid;
         load.global(memory::CONFIG_GLOBAL, &kernel_config()?);
@@ -188,11 +202,7 @@ impl Family for Memory {
         // The release the mapping calls tail-call, in place before any of them is attached.
         let release: &mut aya::programs::TracePoint =
             super::program_mut(ebpf, PROBE, memory::RELEASE_PROGRAM)?;
-        release.load().map_err(|source| ProbeError::Load {
-            probe: PROBE,
-            program: memory::RELEASE_PROGRAM,
-            source: Box::new(source),
-        })?;
+        super::load_once(release, PROBE, memory::RELEASE_PROGRAM)?;
         let fd = release
             .fd()
             .map_err(|source| ProbeError::Load {

@@ -38,6 +38,14 @@ pub trait Family {
         true
     }
 
+    /// The programs [`attach`] loads, as its configuration stands after [`configure`]. They
+    /// are verified side by side before any family attaches (`ebpf::preload`): verification is
+    /// most of an attach, and the agent's restarted target waits for it.
+    ///
+    /// [`attach`]: Family::attach
+    /// [`configure`]: Family::configure
+    fn programs(&self) -> Vec<&'static str>;
+
     /// Before load: reads what its kernel half needs (tracefs formats, BTF, the allocator)
     /// and sets its globals and map sizes in `load`.
     fn configure(&mut self, setup: &Setup<'_>, load: &mut LoadConfig) -> Result<(), ProbeError>;
@@ -383,6 +391,19 @@ where
     })
 }
 
+/// Loads (verifies) `prog` unless [`crate::ebpf::preload`] already did.
+pub(crate) fn load_once<P: crate::ebpf::Load>(
+    prog: &mut P,
+    probe: &'static str,
+    program: &'static str,
+) -> Result<(), ProbeError> {
+    prog.load_once().map_err(|source| ProbeError::Load {
+        probe,
+        program,
+        source: Box::new(source),
+    })
+}
+
 /// Loads `program` and attaches it to the tracepoint `category:event`.
 pub(crate) fn attach_tracepoint(
     ebpf: &mut Ebpf,
@@ -393,11 +414,7 @@ pub(crate) fn attach_tracepoint(
 ) -> Result<(), ProbeError> {
     let prog: &mut aya::programs::TracePoint = program_mut(ebpf, probe, program)?;
     let began = std::time::Instant::now();
-    prog.load().map_err(|source| ProbeError::Load {
-        probe,
-        program,
-        source: Box::new(source),
-    })?;
+    load_once(prog, probe, program)?;
     let loaded = began.elapsed();
     let attached = prog.attach(category, event);
     log::debug!(

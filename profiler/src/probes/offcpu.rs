@@ -91,6 +91,10 @@ impl Family for Offcpu {
         PROBE
     }
 
+    fn programs(&self) -> Vec<&'static str> {
+        vec![offcpu::PROGRAM]
+    }
+
     fn configure(&mut self, _: &Setup<'_>, load: &mut LoadConfig) -> Result<(), ProbeError> {
         load.global(offcpu::CONFIG_GLOBAL, &kernel_config(&self.config)?);
         Ok(())

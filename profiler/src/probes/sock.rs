@@ -118,11 +118,7 @@ pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
     // The programs do nothing until all are attached and armed together.
     let enter: &mut aya::programs::TracePoint =
         super::program_mut(ebpf, PROBE, sock::SEND_ENTER_PROGRAM)?;
-    enter.load().map_err(|source| ProbeError::Load {
-        probe: PROBE,
-        program: sock::SEND_ENTER_PROGRAM,
-        source: Box::new(source),
-    })?;
+    super::load_once(enter, PROBE, sock::SEND_ENTER_PROGRAM)?;
     for syscall in sock::SEND_SYSCALLS {
         let event = format!("sys_enter_{syscall}");
         enter
@@ -322,6 +318,16 @@ impl Sock {
 impl Family for Sock {
     fn name(&self) -> &'static str {
         PROBE
+    }
+
+    fn programs(&self) -> Vec<&'static str> {
+        vec![
+            sock::SEND_ENTER_PROGRAM,
+            sock::STATE_PROGRAM,
+            sock::DATA_READY_PROGRAM,
+            sock::RECV_PROGRAM,
+            sock::SEND_PROGRAM,
+        ]
     }
 
     /// Nothing it records has a stack: a capture of `sock` alone builds no unwinding tables.

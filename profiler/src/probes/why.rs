@@ -177,6 +177,10 @@ impl Family for Why {
         PROBE
     }
 
+    fn programs(&self) -> Vec<&'static str> {
+        vec![why::SWITCH_PROGRAM, why::WAKING_PROGRAM, why::IDLE_PROGRAM]
+    }
+
     fn configure(&mut self, _: &Setup<'_>, load: &mut LoadConfig) -> Result<(), ProbeError> {
         load.global(why::CONFIG_GLOBAL, &kernel_config()?);
         Ok(())
@@ -191,11 +195,7 @@ impl Family for Why {
         }
         let idle: &mut aya::programs::TracePoint =
             super::program_mut(ebpf, PROBE, why::IDLE_PROGRAM)?;
-        idle.load().map_err(|source| ProbeError::Load {
-            probe: PROBE,
-            program: why::IDLE_PROGRAM,
-            source: Box::new(source),
-        })?;
+        super::load_once(idle, PROBE, why::IDLE_PROGRAM)?;
         for syscall in why::IDLE_SYSCALLS {
             let event = format!("sys_enter_{syscall}");
             if !crate::tracefs::exists("syscalls", &event) {

@@ -386,14 +386,30 @@ pub(super) fn load_program<'a>(
     program: &'static str,
 ) -> Result<&'a mut UProbe, ProbeError> {
     let prog: &mut UProbe = program_mut(ebpf, PROBE, program)?;
-    if prog.fd().is_err() {
-        prog.load().map_err(|source| ProbeError::Load {
-            probe: PROBE,
-            program,
-            source: Box::new(source),
-        })?;
-    }
+    super::load_once(prog, PROBE, program)?;
     Ok(prog)
+}
+
+/// The programs [`attach`] loads for `allocator`'s functions, and the mmap tracepoints'.
+fn programs(allocator: &Allocator) -> Vec<&'static str> {
+    let mut programs = Vec::new();
+    for (function, program, _, _) in FUNCTIONS {
+        if allocator.symbol(function).is_none() {
+            continue;
+        }
+        if *function != "free" {
+            programs.push(alloc::RETURN_PROGRAM);
+        }
+        programs.push(*program);
+    }
+    programs.extend([
+        alloc::MMAP_EXIT_PROGRAM,
+        alloc::MMAP_ENTER_PROGRAM,
+        alloc::MUNMAP_PROGRAM,
+    ]);
+    programs.sort_unstable();
+    programs.dedup();
+    programs
 }
 
 /// Whether a probe comes and goes with the allocation windows (`--alloc-duty`): the hot
@@ -567,6 +583,10 @@ impl Alloc {
 impl Family for Alloc {
     fn name(&self) -> &'static str {
         PROBE
+    }
+
+    fn programs(&self) -> Vec<&'static str> {
+        self.allocator.as_ref().map_or_else(Vec::new, programs)
     }
 
     fn configure(&mut self, setup: &Setup<'_>, load: &mut LoadConfig) -> Result<(), ProbeError> {

@@ -252,6 +252,10 @@ impl Family for Futex {
         PROBE
     }
 
+    fn programs(&self) -> Vec<&'static str> {
+        vec![futex::SWITCH_PROGRAM, futex::WAKING_PROGRAM]
+    }
+
     fn configure(&mut self, _: &Setup<'_>, load: &mut LoadConfig) -> Result<(), ProbeError> {
         load.global(futex::CONFIG_GLOBAL, &kernel_config(&self.config)?);
         Ok(())
