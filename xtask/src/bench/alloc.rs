@@ -94,7 +94,7 @@ struct AllocatorResult {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let profiler = util::build_profiler()?;
-    let rounds = args.rounds.max(5);
+    let rounds = args.rounds().max(5);
     let mut allocators = Vec::new();
     let mut glibc_fixture = None;
     for (allocator, library, libs) in ALLOCATORS {

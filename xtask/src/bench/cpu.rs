@@ -97,7 +97,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Tool::Perf(999),
     ];
     let mut runs: Vec<Vec<Run>> = tools.iter().map(|_| Vec::new()).collect();
-    for round in 0..args.rounds {
+    for round in 0..args.rounds() {
         // Rotate the order each round so no tool always runs first or after the same neighbour.
         for k in 0..tools.len() {
             let i = (k + round) % tools.len();
@@ -107,7 +107,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             eprintln!(
                 "round {}/{}: {name:<26} {:>8.3} s",
                 round + 1,
-                args.rounds,
+                args.rounds(),
                 run.elapsed_ns as f64 / 1e9
             );
             runs[i].push(run);
@@ -160,14 +160,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .to_string(),
         cpus: thread::available_parallelism().map_or(1, |n| n.get()),
         iterations: args.iterations,
-        rounds: args.rounds,
+        rounds: args.rounds(),
         configs,
         profiler_cost,
         table_builds,
     };
     println!(
         "\ncpu sampling overhead on {output} (median of {} interleaved rounds)",
-        args.rounds
+        args.rounds()
     );
     for config in &result.configs {
         println!("  {:<26} {:+6.2}%", config.name, config.overhead_percent);

@@ -119,7 +119,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         cflags: FRAME_POINTERS,
         libs: &[],
     })?;
-    let rounds = args.rounds.max(3);
+    let rounds = args.rounds().max(3);
     let mut runs: Vec<Vec<Run>> = TOOLS.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for k in 0..TOOLS.len() {

@@ -39,19 +39,19 @@ use crate::util;
 const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
 
 /// Seconds of load per measured window (and for the warm-up).
-const WINDOW_SECS: u64 = 6;
+pub(super) const WINDOW_SECS: u64 = 6;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
+pub(super) enum Kind {
     Pool,
     Memcached,
     Redis,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Target {
-    name: &'static str,
-    kind: Kind,
+pub(super) struct Target {
+    pub(super) name: &'static str,
+    pub(super) kind: Kind,
     /// Run with jemalloc preloaded (redis links it already).
     preload_jemalloc: bool,
     allocator: &'static str,
@@ -82,13 +82,16 @@ const TARGETS: [Target; 5] = [
         preload_jemalloc: true,
         allocator: "jemalloc (LD_PRELOAD)",
     },
-    Target {
-        name: "redis-server",
-        kind: Kind::Redis,
-        preload_jemalloc: false,
-        allocator: "jemalloc (linked)",
-    },
+    REDIS,
 ];
+
+/// Debian's redis, linked against Debian's jemalloc (also `bench alloc-server`'s target).
+pub(super) const REDIS: Target = Target {
+    name: "redis-server",
+    kind: Kind::Redis,
+    preload_jemalloc: false,
+    allocator: "jemalloc (linked)",
+};
 
 #[derive(Debug, Clone, Serialize)]
 struct Window {
@@ -142,7 +145,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             format!("{tool} is not installed: run `cargo xtask setup` (it installs memcached, libmemcached-tools, redis-server and redis-tools)")
         })?;
     }
-    let rounds = args.rounds.max(3);
+    let rounds = args.rounds().max(3);
     let scratch =
         std::env::temp_dir().join(format!("profiler-bench-memory-{}", std::process::id()));
     let mut settings = Vec::new();
@@ -279,7 +282,7 @@ fn round_of(
 }
 
 /// One window of load, with the server's CPU time per operation over it.
-fn timed_load(
+pub(super) fn timed_load(
     profiler: &Path,
     kind: Kind,
     server: &Running,
@@ -293,12 +296,12 @@ fn timed_load(
 }
 
 /// A server we started, killed by pid when dropped.
-struct Running {
-    child: ChildGuard,
-    addr: SocketAddr,
+pub(super) struct Running {
+    pub(super) child: ChildGuard,
+    pub(super) addr: SocketAddr,
 }
 
-fn start(target: Target) -> anyhow::Result<Running> {
+pub(super) fn start(target: Target) -> anyhow::Result<Running> {
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let mut cmd = match target.kind {
@@ -354,7 +357,7 @@ fn start(target: Target) -> anyhow::Result<Running> {
 }
 
 /// One window of load; returns its throughput per second and the operations it counted.
-fn load(
+pub(super) fn load(
     profiler: &Path,
     kind: Kind,
     addr: SocketAddr,
@@ -411,46 +414,49 @@ fn load(
             };
             Ok((field("TPS: ")?, field("Ops: ")?))
         }
-        Kind::Redis => {
-            // About WINDOW_SECS of commands at ~300,000/s.
-            let n = (WINDOW_SECS * 300_000 / 4).to_string();
-            let out = util::output(
-                Command::new("redis-benchmark")
-                    .args(["-h", "127.0.0.1", "-p"])
-                    .arg(addr.port().to_string())
-                    .args([
-                        "-t",
-                        "set,get,lpush,lpop",
-                        "-r",
-                        "100000",
-                        "-d",
-                        "256",
-                        "-P",
-                        "8",
-                        "-c",
-                        "32",
-                        "-q",
-                        "-n",
-                    ])
-                    .arg(&n),
-            )?;
-            let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
-            // Each test runs n commands: overall throughput is 4n over the sum of their times.
-            let rates: Vec<f64> = text
-                .lines()
-                .filter(|l| l.contains("requests per second"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
-                .collect();
-            if rates.len() != 4 {
-                bail!("redis-benchmark printed {} rates: {text}", rates.len());
-            }
-            let commands = rates.len() as f64 * (WINDOW_SECS * 300_000 / 4) as f64;
-            Ok((
-                rates.len() as f64 / rates.iter().map(|r| 1.0 / r).sum::<f64>(),
-                commands,
-            ))
-        }
+        // About WINDOW_SECS of commands at ~300,000/s.
+        Kind::Redis => redis_load(addr, WINDOW_SECS * 300_000 / 4),
     }
+}
+
+/// `redis-benchmark` with pipelining, `per_test` commands of each of SET, GET (random keys),
+/// LPUSH and LPOP; returns the throughput per second and the commands run.
+pub(super) fn redis_load(addr: SocketAddr, per_test: u64) -> anyhow::Result<(f64, f64)> {
+    let out = util::output(
+        Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p"])
+            .arg(addr.port().to_string())
+            .args([
+                "-t",
+                "set,get,lpush,lpop",
+                "-r",
+                "100000",
+                "-d",
+                "256",
+                "-P",
+                "8",
+                "-c",
+                "32",
+                "-q",
+                "-n",
+            ])
+            .arg(per_test.to_string()),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    // Each test runs n commands: overall throughput is 4n over the sum of their times.
+    let rates: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("requests per second"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    if rates.len() != 4 {
+        bail!("redis-benchmark printed {} rates: {text}", rates.len());
+    }
+    let commands = rates.len() as f64 * per_test as f64;
+    Ok((
+        rates.len() as f64 / rates.iter().map(|r| 1.0 / r).sum::<f64>(),
+        commands,
+    ))
 }
 
 /// CPU per page grown, alone and traced, interleaved.
@@ -525,7 +531,7 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
+pub(super) fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')

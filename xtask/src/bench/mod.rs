@@ -3,6 +3,7 @@
 
 mod agent;
 mod alloc;
+mod alloc_server;
 mod cpu;
 mod futex;
 mod memory;
@@ -27,9 +28,10 @@ use crate::util;
 pub struct BenchArgs {
     /// What to measure.
     pub which: Which,
-    /// Interleaved rounds (each runs every configuration once).
-    #[arg(long, default_value_t = 9)]
-    pub rounds: usize,
+    /// Interleaved rounds (each runs every configuration once): 9 unless given, 3 for
+    /// alloc-server (its slowest window, `--alloc` on redis, takes about a minute).
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// Work per run, in fixture iterations (about 5 µs each on this machine).
     #[arg(long, default_value_t = 500_000)]
     pub iterations: u64,
@@ -40,6 +42,16 @@ pub struct BenchArgs {
     /// agent: how long the soak runs, in minutes.
     #[arg(long, default_value_t = 10)]
     pub minutes: u64,
+}
+
+impl BenchArgs {
+    /// `--rounds`, or this bench's default.
+    pub fn rounds(&self) -> usize {
+        self.rounds.unwrap_or(match self.which {
+            Which::AllocServer => 3,
+            _ => 9,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,6 +76,9 @@ pub enum Which {
     Cpu,
     Futex,
     Alloc,
+    /// What `--alloc` costs redis (jemalloc) under load, beside empty probes on the same
+    /// functions: the floor no work of ours sets.
+    AllocServer,
     Sock,
     Memory,
     /// The agent's memory and CPU over a long run under load.
@@ -75,6 +90,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Cpu => cpu::run(&args),
         Which::Futex => futex::run(&args),
         Which::Alloc => alloc::run(&args),
+        Which::AllocServer => alloc_server::run(&args),
         Which::Sock => sock::run(&args),
         Which::Memory => memory::run(&args),
         Which::Agent => agent::run(&args),

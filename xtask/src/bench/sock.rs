@@ -91,7 +91,7 @@ struct Result {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let profiler = util::build_profiler()?;
-    let rounds = args.rounds.max(3);
+    let rounds = args.rounds().max(3);
     let scratch = std::env::temp_dir().join(format!("profiler-bench-sock-{}", std::process::id()));
     let mut settings = Vec::new();
     for target in TARGETS {
