@@ -20,7 +20,7 @@ use crate::shared::{add_to, count, now_ns, switch_stacks, target_thread};
 #[unsafe(no_mangle)]
 static OFFCPU_CONFIG: Global<OffcpuConfig> = Global::new(OffcpuConfig {
     next_pid_offset: 0,
-    _pad: 0,
+    prev_state_offset: 0,
     min_block_ns: 0,
 });
 
@@ -61,7 +61,9 @@ pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
     // The tracepoint runs as the task leaving the CPU.
     if let Some((tgid, tid)) = target_thread() {
         count(stats::OFFCPU_SWITCHES);
-        let (user, kernel) = switch_stacks(&ctx, tid);
+        // SAFETY: the offset comes from this kernel's sched_switch format.
+        let prev_state = unsafe { ctx.read_at::<u64>(config.prev_state_offset as usize) };
+        let (user, kernel) = switch_stacks(&ctx, tid, prev_state.unwrap_or(0));
         let key = StackKey {
             tgid,
             tid,
