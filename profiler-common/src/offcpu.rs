@@ -15,9 +15,9 @@ pub const CONFIG_GLOBAL: &str = "OFFCPU_CONFIG";
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OffcpuConfig {
-    /// Offset of `next_pid` (4 bytes) in the sched_switch record.
+    /// Offsets of `next_pid` (4 bytes) and `prev_state` (8) in the sched_switch record.
     pub next_pid_offset: u32,
-    pub _pad: u32,
+    pub prev_state_offset: u32,
     /// Blocks shorter than this are not counted.
     pub min_block_ns: u64,
 }

@@ -1,5 +1,8 @@
 //! What the scheduler's tracepoints say, as more than one family reads it.
 
+/// `sched_switch` `prev_state` of a task sleeping interruptibly (`S`), as a futex wait does.
+pub const INTERRUPTIBLE: u64 = 0x1;
+
 /// Whether a `sched_switch` `prev_state` means the task stays runnable (preempted or
 /// yielding): no sleeping state bit (`S`, `D`, … are 0x01–0x40; 0x80 marks a preemption).
 #[inline(always)]

@@ -17,6 +17,10 @@ pub const SCRATCH_STACK_MAP: &str = "SCRATCH_STACK";
 /// `STACK_CACHE`: [`WalkKey`] → [`WalkCache`], a thread's last table walk from one place.
 pub const STACK_CACHE_MAP: &str = "STACK_CACHE";
 
+/// `STACKS_EPOCH`: one `u64`, moved on by userspace each time it removes kernel stacks from
+/// `KERNEL_STACKS` (the agent's drains), so the kernel side knows a stack id it kept may be gone.
+pub const STACKS_EPOCH_MAP: &str = "STACKS_EPOCH";
+
 /// Kernel stack id meaning "no kernel stack" (the sample was taken in user mode).
 pub const NO_KERNEL_STACK: i32 = -1;
 /// User stack hash meaning "no user stack" (a kernel thread, or the walk failed).

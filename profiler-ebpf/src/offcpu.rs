@@ -20,17 +20,39 @@ use crate::shared::{add_to, count, now_ns, switch_stacks, target_thread};
 #[unsafe(no_mangle)]
 static OFFCPU_CONFIG: Global<OffcpuConfig> = Global::new(OffcpuConfig {
     next_pid_offset: 0,
-    _pad: 0,
+    prev_state_offset: 0,
     min_block_ns: 0,
 });
 
 #[map]
 static OFFCPU_TIMES: HashMap<StackKey, u64> = HashMap::with_max_entries(32768, 0);
 
-/// LRU: a thread's last switch-out (it exited) is never matched by a switch-in, and over a
-/// long run (`profiler agent`, thread-per-connection servers) those would fill a plain map.
+/// Each thread's last switch-out, kept between switches and updated in place: `ts` is 0 while
+/// the thread runs. An insert at every switch-out and a delete at every switch-in took the LRU's
+/// locks twice per switch. LRU: a thread's last switch-out (it exited) is never matched by a
+/// switch-in, and over a long run (`profiler agent`, thread-per-connection servers) those would
+/// fill a plain map.
 #[map]
 static OFFCPU_START: LruHashMap<u32, OffcpuStart> = LruHashMap::with_max_entries(16384, 0);
+
+/// Thread `tid` leaves the CPU now, at `key`'s stacks.
+#[inline(always)]
+fn begin(tid: u32, key: StackKey, now: u64) {
+    if let Some(start) = OFFCPU_START.get_ptr_mut(tid) {
+        // SAFETY: this thread's own entry; it is read only on the switch that runs it again.
+        unsafe {
+            (*start).key = key;
+            (*start).ts = now;
+        }
+        return;
+    }
+    if OFFCPU_START
+        .insert(tid, OffcpuStart { ts: now, key }, BPF_ANY as u64)
+        .is_err()
+    {
+        count(stats::OFFCPU_START_FULL);
+    }
+}
 
 #[tracepoint]
 pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
@@ -39,34 +61,40 @@ pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
     // The tracepoint runs as the task leaving the CPU.
     if let Some((tgid, tid)) = target_thread() {
         count(stats::OFFCPU_SWITCHES);
-        let (user, kernel) = switch_stacks(&ctx, tid);
-        let start = OffcpuStart {
-            ts: now,
-            key: StackKey {
-                tgid,
-                tid,
-                user_stack: user,
-                kernel_stack: kernel,
-                _pad: 0,
-                comm: bpf_get_current_comm().unwrap_or_default(),
-            },
+        // SAFETY: the offset comes from this kernel's sched_switch format.
+        let prev_state = unsafe { ctx.read_at::<u64>(config.prev_state_offset as usize) };
+        let (user, kernel) = switch_stacks(&ctx, tid, prev_state.unwrap_or(0));
+        let key = StackKey {
+            tgid,
+            tid,
+            user_stack: user,
+            kernel_stack: kernel,
+            _pad: 0,
+            comm: bpf_get_current_comm().unwrap_or_default(),
         };
-        if OFFCPU_START.insert(tid, start, BPF_ANY as u64).is_err() {
-            count(stats::OFFCPU_START_FULL);
-        }
+        begin(tid, key, now);
     }
     // SAFETY: the offset comes from this kernel's sched_switch format.
     let Ok(next) = (unsafe { ctx.read_at::<u32>(config.next_pid_offset as usize) }) else {
         return 0;
     };
     // Only target threads have a start; the lookup is the filter.
-    // SAFETY: the entry is removed below and not used after.
-    if let Some(start) = unsafe { OFFCPU_START.get(next) } {
-        let start = *start;
-        let _ = OFFCPU_START.remove(next);
-        let away = now.saturating_sub(start.ts);
-        if away >= config.min_block_ns {
-            add_to(&OFFCPU_TIMES, &start.key, away, stats::OFFCPU_TIMES_FULL);
+    if let Some(start) = OFFCPU_START.get_ptr_mut(next) {
+        // SAFETY: the thread's own entry: it is not running, so only this CPU touches it now.
+        let start = unsafe { &mut *start };
+        if start.ts != 0 {
+            let since = start.ts;
+            start.ts = 0;
+            // An entry the LRU gave to another thread while its owner was away: the owner's
+            // interval is lost, as if the map had been full.
+            if start.key.tid != next {
+                count(stats::OFFCPU_START_FULL);
+            } else {
+                let away = now.saturating_sub(since);
+                if away >= config.min_block_ns {
+                    add_to(&OFFCPU_TIMES, &start.key, away, stats::OFFCPU_TIMES_FULL);
+                }
+            }
         }
     }
     0

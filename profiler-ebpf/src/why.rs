@@ -362,7 +362,7 @@ pub fn why_switch(ctx: TracePointContext) -> u32 {
                 state::RUNQUEUE
             } else {
                 thread.blocked_ns = now;
-                let (user, kernel) = switch_stacks(&ctx, tid);
+                let (user, kernel) = switch_stacks(&ctx, tid, prev_state);
                 thread.blocked_at = Stack {
                     user,
                     kernel,

@@ -202,6 +202,7 @@ mod tests {
             stats::MAP,
             stack::USER_STACKS_MAP,
             stack::KERNEL_STACKS_MAP,
+            stack::STACKS_EPOCH_MAP,
             stack::SCRATCH_STACK_MAP,
             cpu::COUNTS_MAP,
             unwind::ROWS_MAP,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, StackTraceMap},
+    maps::{Array, HashMap as BpfHashMap, StackTraceMap},
 };
 use profiler_common::stack::{self, StackKey, UserStack, unwinder};
 
@@ -268,15 +268,26 @@ pub fn forget(ebpf: &mut Ebpf, user: &[u64], kernel: &[i32]) -> Result<(), Probe
             }
         }
     }
-    let mut kernel_map: StackTraceMap<_> = map_mut(ebpf, PROBE, stack::KERNEL_STACKS_MAP)?;
-    for id in &kernel {
-        match kernel_map.remove(&(*id as u32)) {
-            Err(err) if !crate::probes::already_gone(&err) => {
-                return Err(fail(stack::KERNEL_STACKS_MAP)(err));
+    if kernel.is_empty() {
+        return Ok(());
+    }
+    {
+        let mut kernel_map: StackTraceMap<_> = map_mut(ebpf, PROBE, stack::KERNEL_STACKS_MAP)?;
+        for id in &kernel {
+            match kernel_map.remove(&(*id as u32)) {
+                Err(err) if !crate::probes::already_gone(&err) => {
+                    return Err(fail(stack::KERNEL_STACKS_MAP)(err));
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
+    // After the removal: the kernel side stops reusing the stack ids it kept (a futex wait's).
+    let mut epoch: Array<_, u64> = map_mut(ebpf, PROBE, stack::STACKS_EPOCH_MAP)?;
+    let next = epoch.get(&0, 0).map_err(fail(stack::STACKS_EPOCH_MAP))? + 1;
+    epoch
+        .set(0, next, 0)
+        .map_err(fail(stack::STACKS_EPOCH_MAP))?;
     Ok(())
 }
 

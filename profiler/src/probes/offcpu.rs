@@ -48,12 +48,10 @@ impl Default for Config {
 pub fn kernel_config(config: &Config) -> Result<OffcpuConfig, ProbeError> {
     let err = |e| super::tracefs_error(PROBE, &e);
     let format = Format::load("sched", "sched_switch").map_err(err)?;
-    let next_pid_offset = format
-        .offset("sched", "sched_switch", "next_pid", 4)
-        .map_err(err)?;
+    let offset = |field, size| format.offset("sched", "sched_switch", field, size);
     Ok(OffcpuConfig {
-        next_pid_offset,
-        _pad: 0,
+        next_pid_offset: offset("next_pid", 4).map_err(err)?,
+        prev_state_offset: offset("prev_state", 8).map_err(err)?,
         min_block_ns: config.min_block.as_nanos().min(u64::MAX as u128) as u64,
     })
 }
