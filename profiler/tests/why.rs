@@ -152,6 +152,7 @@ fn a_slow_cpu_path_is_the_tails_top_cause() {
         ("cpu", "slow_path"),
         "{text}"
     );
+    eprintln!("slow_path: {share:.3} of the tail the server explains");
     assert!(share >= 0.6, "{text}");
     shares_sum_to_one(&p.tail);
 }

@@ -129,7 +129,8 @@ pub struct KnobArgs {
     /// Extra time `slow_path` takes, in milliseconds
     #[arg(long, value_name = "MS", default_value_t = 20)]
     pub slow_ms: u64,
-    /// Spend the slow path on the CPU (hashing) instead of sleeping
+    /// Spend the slow path on the CPU (hashing, --slow-ms of the thread's CPU time) instead of
+    /// sleeping
     #[arg(long)]
     pub slow_spin: bool,
     /// Every MS milliseconds a background job (`stall_loop`) takes the hot mutex and works on
@@ -181,7 +182,8 @@ pub extern "C" fn stall_work(millis: u64) {
 }
 
 /// The slow path of `--slow-every`: `millis` of extra time, asleep (off-CPU) or hashing
-/// (on-CPU). Never inlined and not mangled, so stacks show it by this name.
+/// (`millis` of the thread's CPU time, so a busy machine adds its run-queue wait to the slow
+/// path rather than taking its CPU work away). Never inlined and not mangled, so stacks show it by this name.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn slow_path(millis: u64, spin: bool) {
@@ -189,7 +191,7 @@ pub extern "C" fn slow_path(millis: u64, spin: bool) {
     let duration = Duration::from_millis(millis);
     if spin {
         let mut state = [0u8; 32];
-        burn(&mut state, duration);
+        burn_cpu(&mut state, duration);
         std::hint::black_box(state);
     } else {
         std::thread::sleep(duration);
@@ -217,6 +219,19 @@ pub extern "C" fn leak_bytes(n: usize) -> *mut c_void {
 /// Returns the rounds done.
 pub fn burn(state: &mut [u8; 32], duration: Duration) -> u64 {
     let start = Instant::now();
+    burn_until(state, || start.elapsed() >= duration)
+}
+
+/// Chains SHA-256 over `state` until this thread has spent `duration` on the CPU: the same
+/// CPU work however long a busy machine keeps the thread waiting for a core.
+pub fn burn_cpu(state: &mut [u8; 32], duration: Duration) -> u64 {
+    let start = thread_cpu_time();
+    burn_until(state, || {
+        thread_cpu_time().saturating_sub(start) >= duration
+    })
+}
+
+fn burn_until(state: &mut [u8; 32], mut done: impl FnMut() -> bool) -> u64 {
     let mut rounds = 0;
     loop {
         // Check the clock every 64 rounds (a few microseconds), not every round.
@@ -224,10 +239,16 @@ pub fn burn(state: &mut [u8; 32], duration: Duration) -> u64 {
             *state = Sha256::digest(*state).into();
         }
         rounds += 64;
-        if start.elapsed() >= duration {
+        if done() {
             return rounds;
         }
     }
+}
+
+/// This thread's CPU time.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 #[cfg(test)]
@@ -244,6 +265,16 @@ mod tests {
         assert!(took < Duration::from_millis(200), "{took:?}");
         assert!(rounds >= 64);
         assert_ne!(state, [0u8; 32]);
+    }
+
+    #[test]
+    fn burn_cpu_spends_the_cpu_time_asked() {
+        let mut state = [0u8; 32];
+        let before = thread_cpu_time();
+        burn_cpu(&mut state, Duration::from_millis(5));
+        let spent = thread_cpu_time() - before;
+        assert!(spent >= Duration::from_millis(5), "{spent:?}");
+        assert!(spent < Duration::from_millis(200), "{spent:?}");
     }
 
     #[test]
