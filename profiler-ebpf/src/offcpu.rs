@@ -83,14 +83,14 @@ pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
         // SAFETY: the thread's own entry: it is not running, so only this CPU touches it now.
         let start = unsafe { &mut *start };
         if start.ts != 0 {
-            let since = start.ts;
-            start.ts = 0;
             // An entry the LRU gave to another thread while its owner was away: the owner's
-            // interval is lost, as if the map had been full.
+            // interval is lost, as if the map had been full, and the other thread's start,
+            // which is what the entry holds now, is left alone.
             if start.key.tid != next {
                 count(stats::OFFCPU_START_FULL);
             } else {
-                let away = now.saturating_sub(since);
+                let away = now.saturating_sub(start.ts);
+                start.ts = 0;
                 if away >= config.min_block_ns {
                     add_to(&OFFCPU_TIMES, &start.key, away, stats::OFFCPU_TIMES_FULL);
                 }

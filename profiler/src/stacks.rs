@@ -271,6 +271,9 @@ pub fn forget(ebpf: &mut Ebpf, user: &[u64], kernel: &[i32]) -> Result<(), Probe
     if kernel.is_empty() {
         return Ok(());
     }
+    // Before the removal, so no kept id is reused while its stack goes, and after it, so
+    // none walked during the removal (kept under the new epoch) outlives it.
+    bump_epoch(ebpf)?;
     {
         let mut kernel_map: StackTraceMap<_> = map_mut(ebpf, PROBE, stack::KERNEL_STACKS_MAP)?;
         for id in &kernel {
@@ -282,13 +285,20 @@ pub fn forget(ebpf: &mut Ebpf, user: &[u64], kernel: &[i32]) -> Result<(), Probe
             }
         }
     }
-    // After the removal: the kernel side stops reusing the stack ids it kept (a futex wait's).
+    bump_epoch(ebpf)
+}
+
+/// Moves the stacks' epoch on: the kernel side stops reusing the stack ids it kept (a futex
+/// wait's).
+fn bump_epoch(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let fail = |source: aya::maps::MapError| ProbeError::Map {
+        probe: PROBE,
+        map: stack::STACKS_EPOCH_MAP,
+        source: Box::new(source),
+    };
     let mut epoch: Array<_, u64> = map_mut(ebpf, PROBE, stack::STACKS_EPOCH_MAP)?;
-    let next = epoch.get(&0, 0).map_err(fail(stack::STACKS_EPOCH_MAP))? + 1;
-    epoch
-        .set(0, next, 0)
-        .map_err(fail(stack::STACKS_EPOCH_MAP))?;
-    Ok(())
+    let next = epoch.get(&0, 0).map_err(fail)? + 1;
+    epoch.set(0, next, 0).map_err(fail)
 }
 
 /// Appends `addrs` (leaf first, as the kernel records them) root first, expanding inlined
