@@ -172,23 +172,32 @@ impl Memory {
     }
 }
 
+/// The programs attached to tracepoints, in attach order: an mremap's exit before its entry,
+/// so no entry waits for an exit not attached yet.
+const TRACEPOINTS: [(&str, &str, &str); 8] = [
+    (memory::FAULT_USER_PROGRAM, "exceptions", "page_fault_user"),
+    (
+        memory::FAULT_KERNEL_PROGRAM,
+        "exceptions",
+        "page_fault_kernel",
+    ),
+    (memory::BRK_PROGRAM, "syscalls", "sys_exit_brk"),
+    (memory::MMAP_PROGRAM, "syscalls", "sys_enter_mmap"),
+    (memory::MUNMAP_PROGRAM, "syscalls", "sys_enter_munmap"),
+    (memory::MADVISE_PROGRAM, "syscalls", "sys_enter_madvise"),
+    (memory::MREMAP_EXIT_PROGRAM, "syscalls", "sys_exit_mremap"),
+    (memory::MREMAP_ENTER_PROGRAM, "syscalls", "sys_enter_mremap"),
+];
+
 impl Family for Memory {
     fn name(&self) -> &'static str {
         PROBE
     }
 
     fn programs(&self) -> Vec<&'static str> {
-        vec![
-            memory::RELEASE_PROGRAM,
-            memory::FAULT_USER_PROGRAM,
-            memory::FAULT_KERNEL_PROGRAM,
-            memory::BRK_PROGRAM,
-            memory::MMAP_PROGRAM,
-            memory::MUNMAP_PROGRAM,
-            memory::MADVISE_PROGRAM,
-            memory::MREMAP_EXIT_PROGRAM,
-            memory::MREMAP_ENTER_PROGRAM,
-        ]
+        std::iter::once(memory::RELEASE_PROGRAM)
+            .chain(TRACEPOINTS.iter().map(|(program, ..)| *program))
+            .collect()
     }
 
     fn configure(&mut self, setup: &Setup<'_>, load: &mut LoadConfig) -> Result<(), ProbeError> {
@@ -222,21 +231,7 @@ impl Family for Memory {
             map: memory::TAIL_MAP,
             source: Box::new(source),
         })?;
-        // An mremap's exit before its entry, so no entry waits for an exit not attached yet.
-        for (program, category, event) in [
-            (memory::FAULT_USER_PROGRAM, "exceptions", "page_fault_user"),
-            (
-                memory::FAULT_KERNEL_PROGRAM,
-                "exceptions",
-                "page_fault_kernel",
-            ),
-            (memory::BRK_PROGRAM, "syscalls", "sys_exit_brk"),
-            (memory::MMAP_PROGRAM, "syscalls", "sys_enter_mmap"),
-            (memory::MUNMAP_PROGRAM, "syscalls", "sys_enter_munmap"),
-            (memory::MADVISE_PROGRAM, "syscalls", "sys_enter_madvise"),
-            (memory::MREMAP_EXIT_PROGRAM, "syscalls", "sys_exit_mremap"),
-            (memory::MREMAP_ENTER_PROGRAM, "syscalls", "sys_enter_mremap"),
-        ] {
+        for (program, category, event) in TRACEPOINTS {
             attach_tracepoint(ebpf, PROBE, program, category, event)?;
         }
         Ok(())

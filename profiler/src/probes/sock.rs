@@ -114,6 +114,14 @@ pub fn kernel_config(_config: &Config) -> Result<SockConfig, ProbeError> {
     })
 }
 
+/// The programs on `sock:` tracepoints (the send syscalls' entry aside), in attach order.
+const TRACEPOINTS: [(&str, &str); 4] = [
+    (sock::STATE_PROGRAM, "inet_sock_set_state"),
+    (sock::DATA_READY_PROGRAM, "sk_data_ready"),
+    (sock::RECV_PROGRAM, "sock_recv_length"),
+    (sock::SEND_PROGRAM, "sock_send_length"),
+];
+
 pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
     // The programs do nothing until all are attached and armed together.
     let enter: &mut aya::programs::TracePoint =
@@ -130,12 +138,7 @@ pub fn attach(ebpf: &mut Ebpf, _config: &Config) -> Result<(), ProbeError> {
                 source: Box::new(source),
             })?;
     }
-    for (program, event) in [
-        (sock::STATE_PROGRAM, "inet_sock_set_state"),
-        (sock::DATA_READY_PROGRAM, "sk_data_ready"),
-        (sock::RECV_PROGRAM, "sock_recv_length"),
-        (sock::SEND_PROGRAM, "sock_send_length"),
-    ] {
+    for (program, event) in TRACEPOINTS {
         attach_tracepoint(ebpf, PROBE, program, "sock", event)?;
     }
     Ok(())
@@ -321,13 +324,9 @@ impl Family for Sock {
     }
 
     fn programs(&self) -> Vec<&'static str> {
-        vec![
-            sock::SEND_ENTER_PROGRAM,
-            sock::STATE_PROGRAM,
-            sock::DATA_READY_PROGRAM,
-            sock::RECV_PROGRAM,
-            sock::SEND_PROGRAM,
-        ]
+        std::iter::once(sock::SEND_ENTER_PROGRAM)
+            .chain(TRACEPOINTS.iter().map(|(program, _)| *program))
+            .collect()
     }
 
     /// Nothing it records has a stack: a capture of `sock` alone builds no unwinding tables.
