@@ -235,9 +235,10 @@ impl Family for Cpu {
     }
 }
 
-/// Where a hot leaf `function` is called from, in a few words: " via slow_path (79%),
-/// stall_work (21%)" at the first level up where its callers part ways, else " under" its
-/// caller.
+/// Where a hot leaf `function` is called from, in a few words: " via handler → slow_path (79%),
+/// stall_loop → stall_work (21%)" at the first level up where its callers part ways, else
+/// " under" its caller. Each branch also names its own caller, since the frame where paths part
+/// is often a shared helper (a hashing loop, a copy) and the branch's purpose is one level up.
 fn callers_of(stacks: &[WeightedStack], function: &str) -> String {
     let theirs: Vec<&WeightedStack> = stacks
         .iter()
@@ -247,28 +248,84 @@ fn callers_of(stacks: &[WeightedStack], function: &str) -> String {
     if total == 0 {
         return String::new();
     }
+    use std::collections::HashMap;
     let mut single = None;
     for up in 1..=8 {
-        let mut at: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        // Per frame at this level: its weight, and its callers' weights.
+        let mut at: HashMap<&str, (u64, HashMap<&str, u64>)> = HashMap::new();
         for s in &theirs {
             if let Some(i) = s.frames.len().checked_sub(1 + up) {
-                *at.entry(&s.frames[i]).or_default() += s.weight;
+                let entry = at.entry(&s.frames[i]).or_default();
+                entry.0 += s.weight;
+                if let Some(caller) = i.checked_sub(1).map(|c| s.frames[c].as_str()) {
+                    *entry.1.entry(caller).or_default() += s.weight;
+                }
             }
         }
-        let mut parts: Vec<(&str, u64)> = at.into_iter().collect();
+        let mut parts: Vec<(&str, u64, Option<&str>)> = at
+            .into_iter()
+            .map(|(frame, (weight, callers))| {
+                let caller = callers
+                    .into_iter()
+                    .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+                    .map(|(c, _)| c);
+                (frame, weight, caller)
+            })
+            .collect();
         parts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let big: Vec<&(&str, u64)> = parts.iter().filter(|(_, w)| *w * 10 >= total).collect();
+        let big: Vec<&(&str, u64, Option<&str>)> =
+            parts.iter().filter(|(_, w, _)| *w * 10 >= total).collect();
         if big.len() >= 2 {
             let via: Vec<String> = big
                 .iter()
                 .take(3)
-                .map(|(f, w)| format!("{f} ({})", percent(*w as f64 / total as f64)))
+                .map(|(f, w, caller)| {
+                    let share = percent(*w as f64 / total as f64);
+                    match caller {
+                        Some(c) => format!("{c} → {f} ({share})"),
+                        None => format!("{f} ({share})"),
+                    }
+                })
                 .collect();
             return format!(" via {}", via.join(", "));
         }
         if up == 1 {
-            single = parts.first().map(|(f, _)| format!(" under {f}"));
+            single = parts.first().map(|(f, _, _)| format!(" under {f}"));
         }
     }
     single.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(frames: &[&str], weight: u64) -> WeightedStack {
+        WeightedStack {
+            frames: frames.iter().map(|f| f.to_string()).collect(),
+            weight,
+            thread: "t".into(),
+            tid: 1,
+        }
+    }
+
+    #[test]
+    fn each_branch_names_its_caller_where_paths_part() {
+        let stacks = [
+            stack(&["main", "stall_loop", "stall_work", "digest"], 85),
+            stack(&["main", "handle", "slow_path", "burn_cpu", "digest"], 15),
+            stack(&["main", "handle", "other"], 50),
+        ];
+        assert_eq!(
+            callers_of(&stacks, "digest"),
+            " via stall_loop → stall_work (85%), slow_path → burn_cpu (15%)"
+        );
+    }
+
+    #[test]
+    fn one_caller_is_named_under() {
+        let stacks = [stack(&["main", "work", "digest"], 10)];
+        assert_eq!(callers_of(&stacks, "digest"), " under work");
+        assert_eq!(callers_of(&stacks, "absent"), "");
+    }
 }
