@@ -17,7 +17,7 @@ pub const WAKING_PROGRAM: &str = "futex_waking";
 pub const WAITS_MAP: &str = "FUTEX_WAITS";
 /// `FUTEX_WAKES`: [`FutexKey`] (waker stack) → [`FutexWake`].
 pub const WAKES_MAP: &str = "FUTEX_WAKES";
-/// `FUTEX_LOCKS`: [`FutexLockKey`] → [`FutexLock`], each contended lock's waiters now.
+/// `FUTEX_LOCKS`: [`FutexLockKey`] → `u64`, when the lock was last released to a waiter (ns).
 pub const LOCKS_MAP: &str = "FUTEX_LOCKS";
 /// `FUTEX_WAITERS`: [`FutexWaiter`] → `u64` waits, to count distinct waiting threads.
 pub const WAITERS_MAP: &str = "FUTEX_WAITERS";
@@ -131,18 +131,6 @@ pub struct FutexLockKey {
 }
 const _: () = assert!(core::mem::size_of::<FutexLockKey>() == 16);
 
-/// A lock's waiters now, and since when its holder has kept one waiting.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FutexLock {
-    /// Waits begun and not yet ended (changed by atomic adds).
-    pub waiters: u64,
-    /// When the current holder began keeping a waiter waiting: the first waiter's wait, or
-    /// the previous wake; 0 while nobody waits.
-    pub since: u64,
-}
-const _: () = assert!(core::mem::size_of::<FutexLock>() == 16);
-
 /// A thread that waited on a lock.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -184,7 +172,6 @@ impl_pod!(
     FutexWait,
     FutexWake,
     FutexLockKey,
-    FutexLock,
     FutexWaiter,
     FutexStart
 );

@@ -14,8 +14,8 @@ use aya_ebpf::{
 };
 use profiler_common::{
     futex::{
-        FutexConfig, FutexKey, FutexLock, FutexLockKey, FutexStart, FutexWait, FutexWaiter,
-        FutexWake, MIN_WALKED_HOLD_NS, SHORT_HOLD_STACK, nr, op,
+        FutexConfig, FutexKey, FutexLockKey, FutexStart, FutexWait, FutexWaiter, FutexWake,
+        MIN_WALKED_HOLD_NS, SHORT_HOLD_STACK, nr, op,
     },
     hist::{SLOTS, slot_of},
     sched::stays_runnable,
@@ -42,10 +42,11 @@ static FUTEX_WAITS: HashMap<FutexKey, FutexWait> =
 #[map]
 static FUTEX_WAKES: HashMap<FutexKey, FutexWake> = HashMap::with_max_entries(8192, 0);
 
-/// Per lock, who is waiting since when. LRU: locks come and go (per connection, per object)
-/// over a long run (`profiler agent`), and the least recently used have nobody waiting.
+/// Per lock, when it was last released to a waiter: the earliest its current holder can have
+/// taken it. LRU: locks come and go (per connection, per object) over a long run (`profiler
+/// agent`); a lock forgotten only credits its next hold from the woken waiter's wait.
 #[map]
-static FUTEX_LOCKS: LruHashMap<FutexLockKey, FutexLock> = LruHashMap::with_max_entries(8192, 0);
+static FUTEX_LOCKS: LruHashMap<FutexLockKey, u64> = LruHashMap::with_max_entries(8192, 0);
 
 #[map]
 static FUTEX_WAITERS: HashMap<FutexWaiter, u64> = HashMap::with_max_entries(16384, 0);
@@ -57,29 +58,6 @@ pub static FUTEX_START: LruHashMap<u32, FutexStart> = LruHashMap::with_max_entri
 
 #[map]
 static FUTEX_ZERO: PerCpuArray<FutexWait> = PerCpuArray::with_max_entries(1, 0);
-
-/// The state of the lock at `uaddr`, made if new.
-#[inline(always)]
-fn lock_state(tgid: u32, uaddr: u64) -> Option<*mut FutexLock> {
-    let key = FutexLockKey {
-        uaddr,
-        tgid,
-        _pad: 0,
-    };
-    if let Some(lock) = FUTEX_LOCKS.get_ptr_mut(key) {
-        return Some(lock);
-    }
-    match FUTEX_LOCKS.insert(key, FutexLock::default(), BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        // Another CPU made it first.
-        Err(e) if e == -EEXIST => {}
-        Err(_) => {
-            count(stats::FUTEX_MAPS_FULL);
-            return None;
-        }
-    }
-    FUTEX_LOCKS.get_ptr_mut(key)
-}
 
 /// The current task's saved syscall registers: (syscall number, first and second argument).
 #[inline(always)]
@@ -116,30 +94,24 @@ pub fn blocking_futex() -> Option<u64> {
     }
 }
 
-/// Whether the current thread is inside a futex call that wakes (rather than, say, a signal
-/// or a timer waking a waiter).
+/// The lock the current thread wakes a waiter of, if it is inside a futex call that wakes
+/// (rather than, say, a signal or a timer waking a waiter).
 #[inline(always)]
-fn in_futex_wake() -> bool {
-    match syscall_regs() {
-        Some((nr::FUTEX, _, op)) => op::is_wake(op as u32 & op::CMD_MASK),
-        Some((nr::FUTEX_WAKE | nr::FUTEX_REQUEUE, _, _)) => true,
-        _ => false,
+fn waking_futex() -> Option<u64> {
+    match syscall_regs()? {
+        (nr::FUTEX, uaddr, op) if op::is_wake(op as u32 & op::CMD_MASK) => Some(uaddr),
+        (nr::FUTEX_WAKE, uaddr, _) => Some(uaddr),
+        // The first struct futex_waitv's uaddr, as for futex_waitv.
+        // SAFETY: a read of user memory that may fault; the helper reports it.
+        (nr::FUTEX_REQUEUE, waiters, _) => {
+            unsafe { bpf_probe_read_user((waiters + 8) as *const u64) }.ok()
+        }
+        _ => None,
     }
 }
 
 #[inline(always)]
 fn begin_wait(tgid: u32, tid: u32, uaddr: u64, now: u64, stack: u64) {
-    if let Some(lock) = lock_state(tgid, uaddr) {
-        // SAFETY: a live map value. The count moves atomically; `since` is 0 while nobody
-        // waits (BPF for generic CPUs has no fetch-and-add to tell the first waiter), so a
-        // race can only lose a little held time, never count time nobody waited.
-        unsafe {
-            atomic_add(&raw mut (*lock).waiters, 1);
-            if (*lock).since == 0 {
-                (*lock).since = now;
-            }
-        }
-    }
     if let Some(start) = FUTEX_START.get_ptr_mut(tid) {
         // SAFETY: this thread's own entry; its end is read only once `ts` is set, on the
         // switch that runs it again.
@@ -170,25 +142,6 @@ fn end_wait(tid: u32, start: &mut FutexStart, now: u64) {
     let waited = now.saturating_sub(start.ts);
     start.ts = 0;
     let (uaddr, tgid) = (start.uaddr, start.tgid);
-    let lock = FutexLockKey {
-        uaddr,
-        tgid,
-        _pad: 0,
-    };
-    if let Some(lock) = FUTEX_LOCKS.get_ptr_mut(lock) {
-        // SAFETY: a live map value; every wait that began counted itself in. The last
-        // waiter out: nobody is kept waiting any more.
-        unsafe {
-            // A lock evicted and made again while this wait ran never counted it in: no
-            // decrement below zero.
-            if (*lock).waiters > 0 {
-                atomic_add(&raw mut (*lock).waiters, u64::MAX);
-            }
-            if (*lock).waiters == 0 {
-                (*lock).since = 0;
-            }
-        }
-    }
     count(stats::FUTEX_WAITS);
     let key = FutexKey {
         uaddr,
@@ -222,30 +175,36 @@ fn end_wait(tid: u32, start: &mut FutexStart, now: u64) {
     }
 }
 
-/// Target thread `tid` wakes a waiter of `uaddr`: it held the lock while someone waited from
-/// `since` to now; whoever runs next holds it from now.
+/// When the lock was released to a waiter before `now`; `now` becomes its last release.
 #[inline(always)]
-fn wake(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64) {
-    count(stats::FUTEX_WAKES);
-    let now = now_ns();
+fn release(tgid: u32, uaddr: u64, now: u64) -> u64 {
     let key = FutexLockKey {
         uaddr,
         tgid,
         _pad: 0,
     };
-    let held = match FUTEX_LOCKS.get_ptr_mut(key) {
-        // SAFETY: a live map value; `since` races benignly between two wakes of one lock.
-        Some(lock) => unsafe {
-            let since = (*lock).since;
-            if since == 0 {
-                0
-            } else {
-                (*lock).since = now;
-                now.saturating_sub(since)
-            }
-        },
-        None => 0,
-    };
+    if let Some(released) = FUTEX_LOCKS.get_ptr_mut(key) {
+        // SAFETY: a live map value; two wakes of one lock at once race benignly (each credits
+        // up to its own wakee's wait).
+        unsafe { core::mem::replace(&mut *released, now) }
+    } else {
+        if FUTEX_LOCKS.insert(key, now, BPF_ANY as u64).is_err() {
+            count(stats::FUTEX_MAPS_FULL);
+        }
+        0
+    }
+}
+
+/// Target thread `tid` wakes a waiter of `uaddr` who has waited since `waited_since`: it held
+/// the lock while that waiter waited, from the later of the wait's start and the lock's
+/// previous release to a waiter (before which someone else held it), to now. Neither bound
+/// needs to know who else is waiting, so no count of waiters can drift and credit a hold with
+/// time the lock sat free.
+#[inline(always)]
+fn wake(ctx: &TracePointContext, tgid: u32, tid: u32, uaddr: u64, waited_since: u64) {
+    count(stats::FUTEX_WAKES);
+    let now = now_ns();
+    let held = now.saturating_sub(release(tgid, uaddr, now).max(waited_since));
     // A short hold kept its waiters little: counted and timed, not walked (a walk costs more).
     let stack = if held < MIN_WALKED_HOLD_NS {
         SHORT_HOLD_STACK
@@ -336,10 +295,20 @@ pub fn futex_waking(ctx: TracePointContext) -> u32 {
     };
     // SAFETY: copied out at once.
     let start = unsafe { *start };
-    if start.ts == 0 || start.tgid != tgid || !in_futex_wake() {
+    if start.tgid != tgid {
         return 0;
     }
-    wake(&ctx, tgid, tid, start.uaddr);
+    let Some(uaddr) = waking_futex() else {
+        return 0;
+    };
+    if start.ts == 0 {
+        // The wakee has not gone to sleep yet (it is between queueing on the futex and
+        // switching out): no wait to credit, but the lock changed hands now, and the next
+        // holder's credit starts here.
+        release(tgid, uaddr, now_ns());
+        return 0;
+    }
+    wake(&ctx, tgid, tid, start.uaddr, start.ts);
     0
 }
 

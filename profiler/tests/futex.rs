@@ -145,8 +145,16 @@ fn names_the_long_holder_before_the_frequent_releaser() {
         "{:#?}\n{lines:?}",
         top.top_wakers
     );
-    // What the old ranking by wakes got wrong.
-    assert!(brief.count > long.count * 3, "{:#?}", top.top_wakers);
+    // What the old ranking by wakes got wrong: the brief holders release it to a waiter far
+    // more often. Their walked wakes alone may not show it: a handoff after a hold of under
+    // 10 us is counted without a stack, and under little contention most are that short.
+    let other_wakes: u64 = top
+        .top_wakers
+        .iter()
+        .filter(|w| !w.frames.iter().any(|f| f == "long_hold_loop"))
+        .map(|w| w.count)
+        .sum();
+    assert!(other_wakes > long.count * 3, "{:#?}", top.top_wakers);
     // Held while others waited: at most what the fixture held it, and most of that (the brief
     // threads queue up within a hold's first microseconds).
     let ours = long.held_us * 1000.0;

@@ -30,7 +30,8 @@ pub struct LockStack {
     /// Time waited from this stack; 0 for wakers.
     pub wait_us: f64,
     /// Wakers: time the lock was held while others waited, summed over the wakes from this
-    /// stack (from the first waiter's wait or the previous wake to this wake); 0 for waiters.
+    /// stack (each from the later of the woken waiter's wait and the lock's previous release to
+    /// a waiter, to this wake); 0 for waiters.
     #[serde(default)]
     pub held_us: f64,
 }
