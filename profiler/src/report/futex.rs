@@ -140,14 +140,24 @@ pub fn render(reports: &[LockReport], n: usize) -> String {
                 leaf_frames(&stack.frames, 6)
             );
         }
-        let _ = writeln!(out, "   holders (who releases it to a waiter):");
+        // A condition variable or a park has no holder: its wakers signal work, and the time
+        // before a wake is the waiter's idleness.
+        let (header, line) = if lock.class == "wait" {
+            ("wakers (who wakes its waiters)", "waited before a wake")
+        } else {
+            (
+                "holders (who releases it to a waiter)",
+                "held while others waited",
+            )
+        };
+        let _ = writeln!(out, "   {header}:");
         if lock.top_wakers.is_empty() {
             let _ = writeln!(out, "     (none seen)");
         }
         for stack in &lock.top_wakers {
             let _ = writeln!(
                 out,
-                "     held {:>8.1} ms while others waited, {:>8} wakes  {}",
+                "     {:>10.1} ms {line}, {:>8} wakes  {}",
                 stack.held_us / 1000.0,
                 stack.count,
                 leaf_frames(&stack.frames, 6)
@@ -335,7 +345,7 @@ mod tests {
         assert_eq!(f.subject, "lock SHARE_LOG");
         let text = render(&[lock.clone()], 1);
         assert!(
-            text.contains("held   1350.0 ms while others waited,       90 wakes  stall_thread;stall_loop;pthread_mutex_unlock"),
+            text.contains("holders (who releases it to a waiter):\n         1350.0 ms held while others waited,       90 wakes  stall_thread;stall_loop;pthread_mutex_unlock"),
             "{text}"
         );
         // Waits that all began before the attach leave no held time: the releaser stands in.
@@ -346,9 +356,15 @@ mod tests {
             "{}",
             f.what
         );
-        // Idle waits are no finding.
+        // Idle waits are no finding, and have wakers, not holders.
         let mut park = report("park", 900_000.0);
         park.class = "wait".into();
+        park.top_wakers = vec![holder(&["worker", "unpark"], 3, 12_000_000.0)];
+        let text = render(&[park.clone()], 1);
+        assert!(
+            text.contains("wakers (who wakes its waiters):\n        12000.0 ms waited before a wake,        3 wakes  worker;unpark"),
+            "{text}"
+        );
         assert_eq!(finding(&[park], Duration::from_secs(30)), None);
     }
 

@@ -390,23 +390,55 @@ pub(super) fn load_program<'a>(
     Ok(prog)
 }
 
+/// One uprobe [`attach`] places on an allocator function.
+struct Point<'a> {
+    function: &'static str,
+    symbol: &'a str,
+    program: &'static str,
+    cookie: Option<u64>,
+    ret: bool,
+}
+
+/// Every uprobe on `allocator`'s functions, in attach order: a function's return probe before
+/// its entry, at the same point so both share one breakpoint, and first so no call that the
+/// entry probe sees can return unseen. `free` returns nothing to track.
+fn points(allocator: &Allocator) -> impl Iterator<Item = Point<'_>> {
+    FUNCTIONS
+        .iter()
+        .flat_map(move |&(function, program, kind, _)| {
+            let symbol = allocator.symbol(function);
+            let ret = symbol.filter(|_| function != "free").map(|symbol| Point {
+                function,
+                symbol,
+                program: alloc::RETURN_PROGRAM,
+                cookie: None,
+                ret: true,
+            });
+            let entry = symbol.map(|symbol| Point {
+                function,
+                symbol,
+                program,
+                cookie: Some(u64::from(kind)),
+                ret: false,
+            });
+            ret.into_iter().chain(entry)
+        })
+}
+
+/// The mmap tracepoints' programs and events, the exit before the entry as with the return
+/// probes.
+const MMAP_TRACEPOINTS: [(&str, &str); 3] = [
+    (alloc::MMAP_EXIT_PROGRAM, "sys_exit_mmap"),
+    (alloc::MMAP_ENTER_PROGRAM, "sys_enter_mmap"),
+    (alloc::MUNMAP_PROGRAM, "sys_enter_munmap"),
+];
+
 /// The programs [`attach`] loads for `allocator`'s functions, and the mmap tracepoints'.
 fn programs(allocator: &Allocator) -> Vec<&'static str> {
-    let mut programs = Vec::new();
-    for (function, program, _, _) in FUNCTIONS {
-        if allocator.symbol(function).is_none() {
-            continue;
-        }
-        if *function != "free" {
-            programs.push(alloc::RETURN_PROGRAM);
-        }
-        programs.push(*program);
-    }
-    programs.extend([
-        alloc::MMAP_EXIT_PROGRAM,
-        alloc::MMAP_ENTER_PROGRAM,
-        alloc::MUNMAP_PROGRAM,
-    ]);
+    let mut programs: Vec<&'static str> = points(allocator)
+        .map(|p| p.program)
+        .chain(MMAP_TRACEPOINTS.iter().map(|(program, _)| *program))
+        .collect();
     programs.sort_unstable();
     programs.dedup();
     programs
@@ -446,44 +478,37 @@ pub fn attach(
         }
     };
     let mut windowed = Vec::new();
-    for (function, program, kind, _) in FUNCTIONS {
-        let Some(symbol) = allocator.symbol(function) else {
-            continue;
-        };
-        let offset = allocator.offset(function);
-        // At the same point, so both share one breakpoint; and first, so no call that the
-        // entry probe sees can return unseen.
-        let mut probes = Vec::new();
-        if *function != "free" {
-            probes.push((alloc::RETURN_PROGRAM, None, true));
-        }
-        probes.push((*program, Some(u64::from(*kind)), false));
-        for (program, cookie, ret) in probes {
-            if windows.is_some() && windowed_probe(function) {
-                let file_offset =
-                    allocator
-                        .file_offset(function)
-                        .ok_or_else(|| ProbeError::Other {
-                            probe: PROBE,
-                            what: format!("no file offset for {symbol} in {}", path.display()),
-                            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-                        })?;
-                windowed.push(window::Probe {
-                    program,
-                    file_offset,
-                    cookie,
-                    ret,
-                });
-                continue;
-            }
-            let prog = load_program(ebpf, program)?;
-            let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::SymbolOffset(symbol, offset),
+    for Point {
+        function,
+        symbol,
+        program,
+        cookie,
+        ret,
+    } in points(allocator)
+    {
+        if windows.is_some() && windowed_probe(function) {
+            let file_offset = allocator
+                .file_offset(function)
+                .ok_or_else(|| ProbeError::Other {
+                    probe: PROBE,
+                    what: format!("no file offset for {symbol} in {}", path.display()),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                })?;
+            windowed.push(window::Probe {
+                program,
+                file_offset,
                 cookie,
-            };
-            prog.attach(point, &path, scope)
-                .map_err(attach_err(program, symbol))?;
+                ret,
+            });
+            continue;
         }
+        let prog = load_program(ebpf, program)?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::SymbolOffset(symbol, allocator.offset(function)),
+            cookie,
+        };
+        prog.attach(point, &path, scope)
+            .map_err(attach_err(program, symbol))?;
     }
     if let Some(windows) = windows {
         for probe in &windowed {
@@ -492,12 +517,7 @@ pub fn attach(
         windows.set_probes(path.clone(), pid, windowed);
         windows.open(ebpf)?;
     }
-    // The exit before the entry, as with the return probes above.
-    for (program, event) in [
-        (alloc::MMAP_EXIT_PROGRAM, "sys_exit_mmap"),
-        (alloc::MMAP_ENTER_PROGRAM, "sys_enter_mmap"),
-        (alloc::MUNMAP_PROGRAM, "sys_enter_munmap"),
-    ] {
+    for (program, event) in MMAP_TRACEPOINTS {
         super::attach_tracepoint(ebpf, PROBE, program, "syscalls", event)?;
     }
     Ok(())
