@@ -25,6 +25,8 @@ pub const WAITERS_MAP: &str = "FUTEX_WAITERS";
 pub const START_MAP: &str = "FUTEX_START";
 /// A zeroed [`FutexWait`] that new entries are copied from (too big for the BPF stack).
 pub const ZERO_MAP: &str = "FUTEX_ZERO";
+/// `FUTEX_ARMED`: one `u32`, 1 while the program counts: set with every other family's, once all are attached, so no family counts the stalls of another's attach (uprobe registration takes the target's mmap lock).
+pub const ARMED_MAP: &str = "FUTEX_ARMED";
 /// [`FutexConfig`] global.
 pub const CONFIG_GLOBAL: &str = "FUTEX_CONFIG";
 

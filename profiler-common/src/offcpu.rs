@@ -8,6 +8,8 @@ pub const PROGRAM: &str = "offcpu_switch";
 pub const TIMES_MAP: &str = "OFFCPU_TIMES";
 /// `OFFCPU_START`: tid → [`OffcpuStart`] of a thread that is off the CPU now.
 pub const START_MAP: &str = "OFFCPU_START";
+/// `OFFCPU_ARMED`: one `u32`, 1 while the program counts: set with every other family's, once all are attached, so no family counts the stalls of another's attach (uprobe registration takes the target's mmap lock).
+pub const ARMED_MAP: &str = "OFFCPU_ARMED";
 /// [`OffcpuConfig`] global.
 pub const CONFIG_GLOBAL: &str = "OFFCPU_CONFIG";
 

@@ -3,22 +3,28 @@
 use aya_ebpf::{
     helpers::bpf_get_current_comm,
     macros::{map, perf_event},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::PerfEventContext,
 };
 use aya_log_ebpf::debug;
 use profiler_common::{stack::StackKey, stats};
 
 use crate::{
-    shared::{add_to, count, kernel_stack, target_thread, user_stack},
+    shared::{add_to, count, is_armed, kernel_stack, target_thread, user_stack},
     why,
 };
 
 #[map]
 static CPU_COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(65536, 0);
 
+#[map]
+static CPU_ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
 #[perf_event]
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
+    if !is_armed(&CPU_ARMED) {
+        return 0;
+    }
     let Some((tgid, tid)) = target_thread() else {
         return 0;
     };

@@ -9,7 +9,7 @@ use aya_ebpf::{
         bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use profiler_common::{
@@ -23,7 +23,8 @@ use profiler_common::{
 };
 
 use crate::shared::{
-    EEXIST, add_to, atomic_add, count, now_ns, switch_user_stack, target_thread, user_stack,
+    EEXIST, add_to, atomic_add, count, is_armed, now_ns, switch_user_stack, target_thread,
+    user_stack,
 };
 
 #[unsafe(no_mangle)]
@@ -41,6 +42,9 @@ static FUTEX_WAITS: HashMap<FutexKey, FutexWait> =
 
 #[map]
 static FUTEX_WAKES: HashMap<FutexKey, FutexWake> = HashMap::with_max_entries(8192, 0);
+
+#[map]
+static FUTEX_ARMED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per lock, when it was last released to a waiter: the earliest its current holder can have
 /// taken it. LRU: locks come and go (per connection, per object) over a long run (`profiler
@@ -250,6 +254,9 @@ fn credit(entry: *mut FutexWake, held: u64) {
 /// one; a thread switched in that was waiting ends its wait.
 #[tracepoint]
 pub fn futex_switch(ctx: TracePointContext) -> u32 {
+    if !is_armed(&FUTEX_ARMED) {
+        return 0;
+    }
     let config = FUTEX_CONFIG.load();
     let now = now_ns();
     if let Some((tgid, tid)) = target_thread() {
@@ -282,6 +289,9 @@ pub fn futex_switch(ctx: TracePointContext) -> u32 {
 /// Runs as the waker: a waiting thread woken by a target thread's futex call.
 #[tracepoint]
 pub fn futex_waking(ctx: TracePointContext) -> u32 {
+    if !is_armed(&FUTEX_ARMED) {
+        return 0;
+    }
     let Some((tgid, tid)) = target_thread() else {
         return 0;
     };

@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::bpf_get_current_comm,
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::TracePointContext,
 };
 use profiler_common::{
@@ -15,7 +15,7 @@ use profiler_common::{
     stats,
 };
 
-use crate::shared::{add_to, count, now_ns, switch_stacks, target_thread};
+use crate::shared::{add_to, count, is_armed, now_ns, switch_stacks, target_thread};
 
 #[unsafe(no_mangle)]
 static OFFCPU_CONFIG: Global<OffcpuConfig> = Global::new(OffcpuConfig {
@@ -26,6 +26,9 @@ static OFFCPU_CONFIG: Global<OffcpuConfig> = Global::new(OffcpuConfig {
 
 #[map]
 static OFFCPU_TIMES: HashMap<StackKey, u64> = HashMap::with_max_entries(32768, 0);
+
+#[map]
+static OFFCPU_ARMED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Each thread's last switch-out, kept between switches and updated in place: `ts` is 0 while
 /// the thread runs. An insert at every switch-out and a delete at every switch-in took the LRU's
@@ -56,6 +59,9 @@ fn begin(tid: u32, key: StackKey, now: u64) {
 
 #[tracepoint]
 pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
+    if !is_armed(&OFFCPU_ARMED) {
+        return 0;
+    }
     let config = OFFCPU_CONFIG.load();
     let now = now_ns();
     // The tracepoint runs as the task leaving the CPU.

@@ -55,6 +55,12 @@ pub fn target_thread() -> Option<(u32, u32)> {
     (target != 0 && tgid == target).then_some((tgid, pid_tgid as u32))
 }
 
+/// Whether a family's `*_ARMED` flag is set (an array lookup the verifier inlines).
+#[inline(always)]
+pub fn is_armed(armed: &Array<u32>) -> bool {
+    armed.get(0).is_some_and(|v| *v != 0)
+}
+
 /// Bumps a stats counter. Per-CPU, so a plain add suffices.
 #[inline(always)]
 pub fn count(stat: u32) {

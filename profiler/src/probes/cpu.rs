@@ -109,6 +109,10 @@ impl Family for Cpu {
         attach(ebpf, &self.config)
     }
 
+    fn arm(&mut self, ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
+        super::set_armed(ebpf, PROBE, cpu::ARMED_MAP, on)
+    }
+
     fn progress(&self, counters: &Counters) -> String {
         format!("{} samples", counters.get(stats::CPU_SAMPLES))
     }

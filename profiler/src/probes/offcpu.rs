@@ -15,7 +15,7 @@ use super::{Counters, Drain, Family, Finish, ProbeError, Setup, map};
 use crate::{
     ebpf::LoadConfig,
     report::{
-        cpu::TOP_FUNCTIONS,
+        cpu::{OVERHEAD, TOP_FUNCTIONS},
         findings::{Finding, percent},
         flamegraph::Labels,
         futex::leaf_frames,
@@ -102,6 +102,10 @@ impl Family for Offcpu {
         attach(ebpf, &self.config)
     }
 
+    fn arm(&mut self, ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
+        super::set_armed(ebpf, PROBE, offcpu::ARMED_MAP, on)
+    }
+
     fn progress(&self, counters: &Counters) -> String {
         format!("{} switches", counters.get(stats::OFFCPU_SWITCHES))
     }
@@ -165,6 +169,7 @@ impl Family for Offcpu {
         let (idle, blocked, preempted) = (of("[idle]"), of("[blocked]"), of("[preempted]"));
         let sum = |stacks: &[&WeightedStack]| stacks.iter().map(|s| s.weight).sum::<u64>();
         let (blocked_us, idle_us, preempted_us) = (sum(&blocked), sum(&idle), sum(&preempted));
+        let probe_us = sum(&of(OVERHEAD));
         let heaviest = |mut stacks: Vec<&WeightedStack>, n: usize| {
             stacks.sort_by_key(|s| std::cmp::Reverse(s.weight));
             stacks.truncate(n);
@@ -181,10 +186,19 @@ impl Family for Offcpu {
         let idle_top = heaviest(idle, 3);
         let switches = f.counters.get(stats::OFFCPU_SWITCHES);
         let ms = |us: u64| us as f64 / 1000.0;
+        // Our probes' sleeps are said only when there were any (`--alloc-duty` moving probes).
+        let ours = if probe_us > 0 {
+            format!(
+                ", {:.1} ms asleep in our probes' uprobe traps (under {OVERHEAD})",
+                ms(probe_us)
+            )
+        } else {
+            String::new()
+        };
         let mut text = format!(
             "off-CPU: {:.1} ms blocked inside work, {:.1} ms idle (waiting for work), {:.1} ms \
-             preempted (waiting for a CPU), in {switches} switches over {:.1}s; top blocking \
-             stacks:\n",
+             preempted (waiting for a CPU){ours}, in {switches} switches over {:.1}s; top \
+             blocking stacks:\n",
             ms(blocked_us),
             ms(idle_us),
             ms(preempted_us),
@@ -238,13 +252,14 @@ impl Family for Offcpu {
         }
         f.summary().offcpu = Some(OffcpuSummary {
             min_block_us: self.config.min_block.as_secs_f64() * 1e6,
-            total_us: blocked_us + idle_us + preempted_us,
+            total_us: blocked_us + idle_us + preempted_us + probe_us,
             switches,
             threads: thread_weights(&resolved.stacks),
             top_stacks: top,
             blocked_us,
             idle_us,
             preempted_us,
+            probe_us,
             idle_stacks: idle_top,
             unwinders: resolved.unwinders,
             unwind_stops: resolved.stops,

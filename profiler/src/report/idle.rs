@@ -33,8 +33,18 @@ pub const WAIT_FRAMES: &[&str] = &[
 ];
 
 /// Kernel frames that call the scheduler for a thread that is still runnable: the return to
-/// user mode with a reschedule pending, and voluntary preemption points.
-const PREEMPT_CALLERS: &[&str] = &["exit_to_user_mode_loop_[k]", "__cond_resched_[k]"];
+/// user mode with a reschedule pending (the loop, or the interrupt's or syscall's exit when
+/// the compiler inlined the loop into it), and voluntary preemption points.
+const PREEMPT_CALLERS: &[&str] = &[
+    "exit_to_user_mode_loop_[k]",
+    "irqentry_exit_to_user_mode_[k]",
+    "syscall_exit_to_user_mode_[k]",
+    "__cond_resched_[k]",
+];
+
+/// The class of waits inside our probes: `[probe overhead]`, as in the CPU flamegraph.
+pub const PROBE_OVERHEAD: &str = "probe overhead";
+const _: () = assert!(super::cpu::OVERHEAD.len() == PROBE_OVERHEAD.len() + 2);
 
 /// Whether an off-CPU stack (root first) is a preemption rather than a wait.
 pub fn is_preempted(frames: &[String]) -> bool {
@@ -52,10 +62,13 @@ pub fn is_idle(frames: &[String]) -> bool {
         .any(|f| POLL_FRAMES.contains(&f.as_str()) || WAIT_FRAMES.iter().any(|w| f.contains(w)))
 }
 
-/// The word for a class, as reports print it.
+/// The word for a class, as reports print it. A wait inside our probes (a uprobe's trap) is
+/// the profiler's cost, not the target's blocking.
 pub fn class(frames: &[String]) -> &'static str {
     if is_preempted(frames) {
         "preempted"
+    } else if super::cpu::is_probe_overhead(frames) {
+        PROBE_OVERHEAD
     } else if is_idle(frames) {
         "idle"
     } else {
@@ -114,6 +127,33 @@ mod tests {
             "preempt_schedule_irq_[k]",
         ];
         assert_eq!(class(&frames(&irq)), "preempted");
+        // The timer's return to user mode, with the loop inlined (6.18): the demo's spinner.
+        let tick = [
+            "stall_work",
+            "asm_sysvec_apic_timer_interrupt_[k]",
+            "irqentry_exit_to_user_mode_[k]",
+            "schedule_[k]",
+            "__schedule_[k]",
+        ];
+        assert_eq!(class(&frames(&tick)), "preempted");
+        // Asleep in a uprobe's trap, for the mmap lock a probe's registration holds: ours.
+        let trap = [
+            "leak_bytes",
+            "__GI___libc_malloc",
+            "asm_exc_int3_[k]",
+            "irqentry_exit_to_user_mode_[k]",
+            "uprobe_notify_resume_[k]",
+            "find_active_uprobe_rcu_[k]",
+            "down_read_[k]",
+            "rwsem_down_read_slowpath_[k]",
+            "schedule_preempt_disabled_[k]",
+            "schedule_[k]",
+        ];
+        assert_eq!(class(&frames(&trap)), PROBE_OVERHEAD);
+        assert_eq!(
+            format!("[{}]", class(&frames(&trap))),
+            crate::report::cpu::OVERHEAD
+        );
         // A wait that merely passes the return path on its way is not.
         let waiting = ["main", "poll", "do_sys_poll_[k]", "schedule_[k]"];
         assert_eq!(class(&frames(&waiting)), "idle");

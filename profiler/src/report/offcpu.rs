@@ -25,6 +25,11 @@ pub struct OffcpuSummary {
     /// Of `total_us`, time a runnable thread waited for a CPU after being preempted.
     #[serde(default)]
     pub preempted_us: u64,
+    /// Of `total_us`, time a thread waited inside our probes: a uprobe's trap that sleeps (for
+    /// the target's mmap lock while `--alloc-duty` adds or removes probes). The profiler's
+    /// cost, drawn under `[probe overhead]`.
+    #[serde(default)]
+    pub probe_us: u64,
     /// Heaviest idle stacks, microseconds.
     #[serde(default)]
     pub idle_stacks: Vec<StackWeight>,

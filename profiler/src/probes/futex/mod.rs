@@ -265,6 +265,10 @@ impl Family for Futex {
         attach(ebpf, &self.config)
     }
 
+    fn arm(&mut self, ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
+        super::set_armed(ebpf, PROBE, futex::ARMED_MAP, on)
+    }
+
     fn progress(&self, counters: &Counters) -> String {
         format!("{} futex waits", counters.get(stats::FUTEX_WAITS))
     }
