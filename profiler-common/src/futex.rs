@@ -118,7 +118,8 @@ pub struct FutexWait {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FutexWake {
     pub wakes: u64,
-    /// Per wake, from the later of the first waiter's wait and the previous wake to this one.
+    /// Per wake, from the later of the woken waiter's wait and the lock's previous release to a
+    /// waiter, to this wake.
     pub held_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<FutexWake>() == 16);

@@ -56,7 +56,7 @@ static FUTEX_LOCKS: LruHashMap<FutexLockKey, u64> = LruHashMap::with_max_entries
 static FUTEX_WAITERS: HashMap<FutexWaiter, u64> = HashMap::with_max_entries(16384, 0);
 
 /// Each thread's wait in progress, kept between waits so a wait updates it in place (an insert
-/// and a delete per wait cost more than the rest of the bookkeeping). `why` reads it too.
+/// and a delete per wait cost more than the rest of the bookkeeping).
 #[map]
 pub static FUTEX_START: LruHashMap<u32, FutexStart> = LruHashMap::with_max_entries(16384, 0);
 
@@ -300,25 +300,21 @@ pub fn futex_waking(ctx: TracePointContext) -> u32 {
     let Ok(wakee) = (unsafe { ctx.read_at::<u32>(offset) }) else {
         return 0;
     };
-    let Some(start) = FUTEX_START.get_ptr(wakee) else {
-        return 0;
-    };
-    // SAFETY: copied out at once.
-    let start = unsafe { *start };
-    if start.tgid != tgid {
-        return 0;
-    }
+    // Any wake inside a futex wake call hands a lock on: a wakee asleep in a wait we timed is
+    // credited, any other (not yet asleep, between queueing on the futex and switching out;
+    // or its first wait since the attach) still starts the next holder's credit here.
     let Some(uaddr) = waking_futex() else {
         return 0;
     };
-    if start.ts == 0 {
-        // The wakee has not gone to sleep yet (it is between queueing on the futex and
-        // switching out): no wait to credit, but the lock changed hands now, and the next
-        // holder's credit starts here.
-        release(tgid, uaddr, now_ns());
-        return 0;
+    // SAFETY: copied out at once.
+    match FUTEX_START.get_ptr(wakee).map(|start| unsafe { *start }) {
+        Some(start) if start.ts != 0 && start.tgid == tgid => {
+            wake(&ctx, tgid, tid, start.uaddr, start.ts);
+        }
+        _ => {
+            release(tgid, uaddr, now_ns());
+        }
     }
-    wake(&ctx, tgid, tid, start.uaddr, start.ts);
     0
 }
 

@@ -317,7 +317,7 @@ impl Collector for Metrics {
         family(
             &mut encoder,
             "profiler_offcpu",
-            "Time the target's threads spent off the CPU (blocked, idle and preempted)",
+            "Time the target's threads spent off the CPU (blocked, idle, preempted and in our probes)",
             Some(&Unit::Seconds),
             MetricType::Counter,
             targets

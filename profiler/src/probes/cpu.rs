@@ -239,6 +239,10 @@ impl Family for Cpu {
     }
 }
 
+/// A frame where a hot function's paths part, its weight, and its heaviest caller's name and
+/// weight.
+type Branch<'a> = (&'a str, u64, Option<(&'a str, u64)>);
+
 /// Where a hot leaf `function` is called from, in a few words: " via handler → slow_path (79%),
 /// stall_loop → stall_work (21%)" at the first level up where its callers part ways, else
 /// " under" its caller. Each branch also names its own caller, since the frame where paths part
@@ -266,29 +270,27 @@ fn callers_of(stacks: &[WeightedStack], function: &str) -> String {
                 }
             }
         }
-        let mut parts: Vec<(&str, u64, Option<&str>)> = at
+        // A branch is named by its frame's heaviest caller, with that pair's own share (a
+        // helper's other callers are not in it).
+        let mut parts: Vec<Branch<'_>> = at
             .into_iter()
             .map(|(frame, (weight, callers))| {
                 let caller = callers
                     .into_iter()
-                    .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
-                    .map(|(c, _)| c);
+                    .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)));
                 (frame, weight, caller)
             })
             .collect();
         parts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let big: Vec<&(&str, u64, Option<&str>)> =
-            parts.iter().filter(|(_, w, _)| *w * 10 >= total).collect();
+        let big: Vec<_> = parts.iter().filter(|(_, w, _)| *w * 10 >= total).collect();
         if big.len() >= 2 {
+            let share = |w: u64| percent(w as f64 / total as f64);
             let via: Vec<String> = big
                 .iter()
                 .take(3)
-                .map(|(f, w, caller)| {
-                    let share = percent(*w as f64 / total as f64);
-                    match caller {
-                        Some(c) => format!("{c} → {f} ({share})"),
-                        None => format!("{f} ({share})"),
-                    }
+                .map(|(f, w, caller)| match caller {
+                    Some((c, cw)) => format!("{c} → {f} ({})", share(*cw)),
+                    None => format!("{f} ({})", share(*w)),
                 })
                 .collect();
             return format!(" via {}", via.join(", "));
@@ -323,6 +325,16 @@ mod tests {
         assert_eq!(
             callers_of(&stacks, "digest"),
             " via stall_loop → stall_work (85%), slow_path → burn_cpu (15%)"
+        );
+        // A helper with two callers: the share is its named caller's, not the helper's.
+        let stacks = [
+            stack(&["main", "a", "helper", "digest"], 35),
+            stack(&["main", "b", "helper", "digest"], 25),
+            stack(&["main", "other", "digest"], 40),
+        ];
+        assert_eq!(
+            callers_of(&stacks, "digest"),
+            " via a → helper (35%), main → other (40%)"
         );
     }
 

@@ -119,7 +119,7 @@ impl Family for Offcpu {
         d.into
             .kernel_stacks
             .extend(times.iter().map(|(k, _)| k.kernel_stack));
-        // Weighed in nanoseconds, rooted at [idle] or [blocked] as in `finish`.
+        // Weighed in nanoseconds, rooted at their class as in `finish`.
         d.into.offcpu = resolved
             .stacks
             .into_iter()
@@ -147,7 +147,8 @@ impl Family for Offcpu {
         let title = f.title("off-CPU time");
         let subtitle = format!(
             "weighted by microseconds off-CPU, [blocked] inside work apart from [idle] waiting \
-             for it and [preempted] waiting for a CPU; blocks under {} not counted",
+             for it, [preempted] waiting for a CPU and [probe overhead] asleep in our uprobe \
+             traps; blocks under {} not counted",
             humantime::format_duration(self.config.min_block)
         );
         f.writer.flamegraph(

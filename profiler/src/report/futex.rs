@@ -143,7 +143,11 @@ pub fn render(reports: &[LockReport], n: usize) -> String {
         // A condition variable or a park has no holder: its wakers signal work, and the time
         // before a wake is the waiter's idleness.
         let (header, line) = if lock.class == "wait" {
-            ("wakers (who wakes its waiters)", "waited before a wake")
+            (
+                "wakers (who wakes its waiters; waited: from the later of the wait and the \
+                 previous wake)",
+                "waited",
+            )
         } else {
             (
                 "holders (who releases it to a waiter)",
@@ -362,7 +366,9 @@ mod tests {
         park.top_wakers = vec![holder(&["worker", "unpark"], 3, 12_000_000.0)];
         let text = render(&[park.clone()], 1);
         assert!(
-            text.contains("wakers (who wakes its waiters):\n        12000.0 ms waited before a wake,        3 wakes  worker;unpark"),
+            text.contains(
+                "previous wake):\n        12000.0 ms waited,        3 wakes  worker;unpark"
+            ),
             "{text}"
         );
         assert_eq!(finding(&[park], Duration::from_secs(30)), None);

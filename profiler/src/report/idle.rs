@@ -46,6 +46,14 @@ const PREEMPT_CALLERS: &[&str] = &[
 pub const PROBE_OVERHEAD: &str = "probe overhead";
 const _: () = assert!(super::cpu::OVERHEAD.len() == PROBE_OVERHEAD.len() + 2);
 
+/// Whether a thread went to sleep inside a uprobe's trap handler: the kernel's own frames, not
+/// a user frame that merely passed a probe's return trampoline.
+fn asleep_in_probe(frames: &[String]) -> bool {
+    frames
+        .iter()
+        .any(|f| f == "uprobe_notify_resume_[k]" || f == "handle_swbp_[k]")
+}
+
 /// Whether an off-CPU stack (root first) is a preemption rather than a wait.
 pub fn is_preempted(frames: &[String]) -> bool {
     frames.iter().any(|f| f.starts_with("preempt_schedule"))
@@ -67,7 +75,7 @@ pub fn is_idle(frames: &[String]) -> bool {
 pub fn class(frames: &[String]) -> &'static str {
     if is_preempted(frames) {
         "preempted"
-    } else if super::cpu::is_probe_overhead(frames) {
+    } else if asleep_in_probe(frames) {
         PROBE_OVERHEAD
     } else if is_idle(frames) {
         "idle"

@@ -102,10 +102,7 @@ pub fn read(ebpf: &Ebpf) -> Result<FutexData, ProbeError> {
 /// A waiter's or holder's stack; holds too short to walk are one pseudo-frame saying so.
 fn frames(stacks: &StackTable, hash: u64) -> Vec<String> {
     match hash {
-        SHORT_HOLD_STACK => vec![format!(
-            "{UNWALKED}holds under {} us]",
-            MIN_WALKED_HOLD_NS / 1000
-        )],
+        SHORT_HOLD_STACK => vec![format!("{UNWALKED}under {} us]", MIN_WALKED_HOLD_NS / 1000)],
         _ => stacks.user_frames(hash),
     }
 }
