@@ -301,8 +301,8 @@ pub fn futex_waking(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // Any wake inside a futex wake call hands a lock on: a wakee asleep in a wait we timed is
-    // credited, any other (not yet asleep, between queueing on the futex and switching out;
-    // or its first wait since the attach) still starts the next holder's credit here.
+    // credited; any other (not yet asleep, between queueing on the futex and switching out,
+    // or asleep since before the attach) still starts the next holder's credit here.
     let Some(uaddr) = waking_futex() else {
         return 0;
     };

@@ -147,12 +147,16 @@ fn a_slow_cpu_path_is_the_tails_top_cause() {
     let p = only_port(&outcome);
     let text = tail_text(&outcome);
     let (cause, share) = top_of_server(&p.tail);
-    assert_eq!(
-        (cause.kind.as_str(), cause.name.as_str()),
-        ("cpu", "slow_path"),
-        "{text}"
-    );
-    eprintln!("slow_path: {share:.3} of the tail the server explains");
+    // Named slow_path, or (when the typical requests were too short to be sampled, so nothing
+    // sets slow_path apart from its callers) the deepest frame the tail's samples share below
+    // it; never the handler or the thread's start above it.
+    let under_slow_path = cause
+        .stack
+        .iter()
+        .skip_while(|f| *f != "slow_path")
+        .any(|f| *f == cause.name);
+    assert!(cause.kind == "cpu" && under_slow_path, "{text}");
+    eprintln!("{}: {share:.3} of the tail the server explains", cause.name);
     assert!(share >= 0.6, "{text}");
     shares_sum_to_one(&p.tail);
 }

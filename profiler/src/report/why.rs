@@ -202,8 +202,29 @@ enum CpuNames<'a> {
     Leaf,
     /// The frame whose share of this group's samples most exceeds its share of the other
     /// group's (the shallowest of near ties): the tail's CPU is named by what typical requests
-    /// do not run, `slow_path` rather than the hashing it calls.
-    Apart(&'a HashMap<String, f64>),
+    /// do not run, `slow_path` rather than the hashing it calls. With fewer than
+    /// [`MIN_REFERENCE`] samples the other group says nothing (typical requests of tens of
+    /// microseconds rarely get a sample at 99 Hz), and a sample is named by the deepest own
+    /// frame nearly all of the group's samples share.
+    Apart(&'a HashMap<String, f64>, usize),
+}
+
+/// Samples the other group needs before its shares set frames apart: below this, a frame the
+/// tail runs through (the thread's start, the runtime, the request handler) looked distinctive
+/// only because the typical requests were not sampled.
+const MIN_REFERENCE: usize = 10;
+
+/// The deepest own frame on `stack` that at least 90% of the group's samples run through: the
+/// path the tail's CPU time shares, as deep as it agrees (below the thread's start and the
+/// handler every request runs, where nothing says those are not the cause).
+fn shared_path(stack: &Frames, shares: &HashMap<String, f64>) -> Option<String> {
+    stack
+        .iter()
+        .filter(|f| !f.ends_with(crate::symbolize::KERNEL_SUFFIX))
+        .take_while(|f| shares.get(*f).copied().unwrap_or(0.0) >= 0.9)
+        .filter(|f| !super::profile::is_machinery(f))
+        .last()
+        .cloned()
 }
 
 /// The share of `samples` that each frame appears in.
@@ -230,9 +251,12 @@ impl CpuNames<'_> {
         if super::cpu::is_probe_overhead(stack) {
             return super::cpu::OVERHEAD.into();
         }
-        let Self::Apart(other) = self else {
+        let Self::Apart(other, reference) = self else {
             return leaf(stack);
         };
+        if *reference < MIN_REFERENCE {
+            return shared_path(stack, shares).unwrap_or_else(|| leaf(stack));
+        }
         let excess = |f: &String| {
             shares.get(f).copied().unwrap_or(0.0) - other.get(f).copied().unwrap_or(0.0)
         };
@@ -407,9 +431,10 @@ pub fn analyze(requests: &[Request], tail: Tail) -> Vec<PortWhy> {
                 .collect();
             let cpu_ns: u64 = reqs.iter().map(|r| r.ns[category::CPU]).sum();
             let typical_shares = frame_shares(typical.iter().flat_map(|r| &r.samples));
+            let typical_samples: usize = typical.iter().map(|r| r.samples.len()).sum();
             let mut typical = group(&typical, &CpuNames::Leaf);
             typical.upper_us = Some(p75 as f64 / 1000.0);
-            let tail = group(&slow, &CpuNames::Apart(&typical_shares));
+            let tail = group(&slow, &CpuNames::Apart(&typical_shares, typical_samples));
             PortWhy {
                 port,
                 requests: reqs.len() as u64,
@@ -718,6 +743,49 @@ mod tests {
         );
         assert!(top.share > 0.9);
         assert_eq!(ports[0].typical.causes[0].name, "sha256d");
+    }
+
+    #[test]
+    fn an_unsampled_typical_group_names_the_path_the_tail_shares() {
+        // Typical requests too short for a 99 Hz sample: nothing to compare with, so the
+        // thread's start and the handler every request runs must not be the cause; the deepest
+        // frame 90% of the tail's samples share is.
+        let mut requests: Vec<Request> = (0..960)
+            .map(|i| {
+                let mut r = request(30 + i % 20, 0);
+                r.samples.clear();
+                r
+            })
+            .collect();
+        let slow = frames(&[
+            "clone3",
+            "start_thread",
+            "handle",
+            "slow_path",
+            "burn",
+            "sha256d",
+        ]);
+        let parse = frames(&["clone3", "start_thread", "handle", "parse"]);
+        requests.extend((0..40).map(|i| {
+            let mut r = request(20_000, 0);
+            r.samples = vec![
+                slow.clone(),
+                if i % 8 == 0 {
+                    parse.clone()
+                } else {
+                    slow.clone()
+                },
+            ];
+            r
+        }));
+        let ports = analyze(&requests, Tail::Quantile(0.97));
+        let top = &ports[0].tail.causes[0];
+        assert_eq!(
+            (top.kind.as_str(), top.name.as_str()),
+            ("cpu", "sha256d"),
+            "{:#?}",
+            ports[0].tail
+        );
     }
 
     #[test]
