@@ -22,7 +22,7 @@ use profiler_common::{
     stats,
 };
 
-use crate::shared::{EEXIST, atomic_add, count, now_ns, target_thread, user_stack};
+use crate::shared::{EEXIST, atomic_add, count, is_armed, now_ns, target_thread, user_stack};
 
 #[unsafe(no_mangle)]
 static ALLOC_CONFIG: Global<AllocConfig> = Global::new(AllocConfig {
@@ -53,7 +53,7 @@ static ALLOC_ARMED: Array<u32> = Array::with_max_entries(2, 0);
 
 #[inline(always)]
 fn armed() -> bool {
-    ALLOC_ARMED.get(0).is_some_and(|v| *v != 0)
+    is_armed(&ALLOC_ARMED)
 }
 
 /// The allocation window open now, 0 between windows.

@@ -23,7 +23,9 @@ use profiler_common::{
     stats,
 };
 
-use crate::shared::{atomic_add, count, count_by, target_thread, this_cpu_count, user_stack};
+use crate::shared::{
+    atomic_add, count, count_by, is_armed, target_thread, this_cpu_count, user_stack,
+};
 
 #[unsafe(no_mangle)]
 static MEMORY_CONFIG: Global<MemoryConfig> = Global::new(MemoryConfig {
@@ -82,7 +84,7 @@ static MEMORY_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0
 /// The target thread running, while the programs are armed.
 #[inline(always)]
 fn accounting_thread() -> Option<(u32, u32)> {
-    if !MEMORY_ARMED.get(0).is_some_and(|v| *v != 0) {
+    if !is_armed(&MEMORY_ARMED) {
         return None;
     }
     target_thread()

@@ -22,7 +22,7 @@ use profiler_common::{
 };
 
 use crate::{
-    shared::{EEXIST, atomic_add, count, now_ns, target_thread},
+    shared::{EEXIST, atomic_add, count, is_armed, now_ns, target_thread},
     why,
 };
 
@@ -67,7 +67,7 @@ static SOCK_ARMED: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 fn armed() -> bool {
-    SOCK_ARMED.get(0).is_some_and(|v| *v != 0)
+    is_armed(&SOCK_ARMED)
 }
 
 #[inline(always)]

@@ -22,7 +22,7 @@ use profiler_common::{
 
 use crate::{
     futex::blocking_futex,
-    shared::{count, kernel_stack, now_ns, switch_stacks, target_thread, user_stack},
+    shared::{count, is_armed, kernel_stack, now_ns, switch_stacks, target_thread, user_stack},
 };
 
 #[unsafe(no_mangle)]
@@ -55,7 +55,7 @@ static WHY_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn armed() -> bool {
-    WHY_ARMED.get(0).is_some_and(|v| *v != 0)
+    is_armed(&WHY_ARMED)
 }
 
 #[inline(always)]
